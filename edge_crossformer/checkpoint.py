@@ -1,0 +1,194 @@
+"""Loading upstream CrossFormer checkpoints: every layout upstream and its users produce, strictly checked.
+
+Accepted: `{"model": state_dict}` (upstream's save format), `{"state_dict": ...}`, bare state dicts, `module.`
+prefixes (DataParallel), v1-branch persistent buffers (`*.attn.biases`, `*.attn.relative_position_index`, verified
+against the values this model computes, then dropped), and `.safetensors`. Pickles load with `weights_only=True` only.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+V1_BUFFERS = ("attn.biases", "attn.relative_position_index")
+HEAD_KEYS = ("head.weight", "head.bias")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message says what was wrong and how to fix it."""
+
+
+@dataclass
+class LoadReport:
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+    dropped_v1_buffers: int = 0
+    head_reset: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def describe(self, limit: int = 3) -> str:
+        parts = []
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing keys (e.g. {_examples(self.missing, limit)})")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected keys (e.g. {_examples(self.unexpected, limit)})")
+        if self.mismatched:
+            ex = ", ".join(f"'{k}' checkpoint {list(a)} vs model {list(b)}" for k, a, b in self.mismatched[:limit])
+            parts.append(f"{len(self.mismatched)} keys with other shapes (e.g. {ex})")
+        return "; ".join(parts)
+
+
+def _examples(keys: list[str], limit: int) -> str:
+    return ", ".join(repr(k) for k in keys[:limit])
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read a checkpoint file into a flat state dict (no model needed)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}; pass the path of a .pth/.pt/.safetensors file")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint path is a directory: {path}; pass the checkpoint file inside it")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as e:  # pragma: no cover - safetensors is a core dependency
+            raise CheckpointError("reading .safetensors needs the 'safetensors' package: pip install safetensors") from e
+        try:
+            obj = load_file(str(path))
+        except Exception as e:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from e
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            text = str(e)
+            if "Weights only load failed" in text or "weights_only" in text:
+                raise CheckpointError(
+                    f"{path} holds Python objects beyond tensors, which this tool refuses to unpickle "
+                    "(torch.load(weights_only=True)). Re-save just the weights: "
+                    "torch.save({'model': model.state_dict()}, 'clean.pth'), or convert to .safetensors"
+                ) from e
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: {text[:200]})") from e
+    return unwrap_state_dict(obj, path)
+
+
+def unwrap_state_dict(obj, source: str | Path = "checkpoint") -> dict[str, Tensor]:
+    """Find the state dict inside the layouts upstream and common trainers write; strip `module.` prefixes."""
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict", "model_state", "model_ema"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(
+            f"{source} does not contain a state dict (expected {{'model': state_dict}} or a dict of tensors, "
+            f"got {type(obj).__name__})"
+        )
+    out = {}
+    for k, v in obj.items():
+        while k.startswith("module."):
+            k = k[len("module."):]
+        out[k] = v
+    return out
+
+
+def drop_v1_buffers(state: dict[str, Tensor], model: nn.Module) -> int:
+    """Check v1-branch persistent buffers against the model's own and drop them; a mismatch is an error."""
+    own = dict(model.named_buffers())
+    dropped = 0
+    for key in [k for k in state if k.endswith(V1_BUFFERS)]:
+        expected = own.get(key)
+        value = state.pop(key)
+        dropped += 1
+        if expected is None:
+            # The export-friendly model has no gather table; check against the reference geometry instead.
+            expected = _reference_buffer(model, key)
+        if expected is not None and (value.shape != expected.shape or not torch.equal(value.to(expected.dtype), expected)):
+            raise CheckpointError(
+                f"v1 buffer '{key}' has shape {list(value.shape)} but this model at img_size={model.img_size} "
+                f"expects {list(expected.shape)} with other values: the checkpoint was built for another group "
+                "size or input size. Pass the --img-size it was trained at"
+            )
+    return dropped
+
+
+def _reference_buffer(model: nn.Module, key: str) -> Tensor | None:
+    from .reference import relative_offsets, relative_position_index
+
+    attn = model.get_submodule(key.rsplit(".", 1)[0])
+    group = getattr(attn, "group", None) or getattr(attn, "group_size", None)
+    if group is None:
+        return None
+    return relative_offsets(group) if key.endswith("biases") else relative_position_index(group)
+
+
+def compare(state: dict[str, Tensor], model: nn.Module) -> LoadReport:
+    expected = model.state_dict()
+    report = LoadReport()
+    report.missing = [k for k in expected if k not in state]
+    report.unexpected = [k for k in state if k not in expected]
+    report.mismatched = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items()
+                         if k in state and state[k].shape != v.shape]
+    return report
+
+
+def load_into(model: nn.Module, state: dict[str, Tensor], *, reset_head: bool = False,
+              model_name: str = "", source: str = "checkpoint") -> LoadReport:
+    """Strictly load `state` into `model`; raise CheckpointError with a readable report and a variant hint."""
+    state = dict(state)
+    dropped = drop_v1_buffers(state, model)
+    report = compare(state, model)
+    report.dropped_v1_buffers = dropped
+    head_mismatch = [m for m in report.mismatched if m[0] in HEAD_KEYS]
+    if head_mismatch and len(head_mismatch) == len(report.mismatched) and not (report.missing or report.unexpected):
+        ckpt_classes, model_classes = head_mismatch[0][1][0], head_mismatch[0][2][0]
+        if not reset_head:
+            raise CheckpointError(
+                f"{source} has a {ckpt_classes}-class head but the model was asked for {model_classes} classes; "
+                f"pass num_classes={ckpt_classes} (--num-classes {ckpt_classes}), or reset_head=True "
+                "(--reset-head) to start a fresh head for fine-tuning"
+            )
+        warnings.warn(f"{source}: {ckpt_classes}-class head dropped; the new {model_classes}-class head is "
+                      "randomly initialised and must be trained before its logits mean anything", stacklevel=3)
+        for key in HEAD_KEYS:
+            state.pop(key, None)
+        report = compare(state, model)
+        report.missing = [k for k in report.missing if k not in HEAD_KEYS]
+        report.dropped_v1_buffers = dropped
+        report.head_reset = True
+    if not report.ok:
+        hint = guess_variant(state, exclude=model_name)
+        msg = f"{source} does not fit {model_name or 'this model'}: {report.describe()}"
+        if hint:
+            msg += f"; is this a {hint} checkpoint? try --model {hint}"
+        raise CheckpointError(msg)
+    model.load_state_dict(state, strict=not report.head_reset)
+    return report
+
+
+def guess_variant(state: dict[str, Tensor], exclude: str = "") -> str | None:
+    """Name of the registered variant whose parameter shapes best match `state` (None if nothing is close)."""
+    from .registry import build_model, list_models
+
+    best, best_score = None, 0.0
+    keys = {k: tuple(v.shape) for k, v in state.items() if not k.endswith(V1_BUFFERS) and k not in HEAD_KEYS}
+    for name in list_models():
+        with torch.device("meta"):
+            candidate = build_model(name, img_size=224, num_classes=2)
+        shapes = {k: tuple(v.shape) for k, v in candidate.state_dict().items() if k not in HEAD_KEYS}
+        hits = sum(1 for k, s in shapes.items() if keys.get(k) == s)
+        score = hits / max(len(shapes), len(keys))
+        if score > best_score:
+            best, best_score = name, score
+    if best == exclude or best_score < 0.5:
+        return None
+    return best

@@ -1,0 +1,259 @@
+"""CrossFormer rewritten for edge runtimes: same parameter names and logits as `reference`, different ops.
+
+What changes, and why (each rewrite names the reference computation it replaces):
+- Grouping for SDA and LDA uses rank-4 views and permutes only (reference: rank 6 / rank 8). Core ML rejects
+  rank > 5 at load time, XNNPACK stops at 6 dims, the Neural Engine wants rank <= 4.
+- The dynamic position bias MLP and its gather are evaluated once for the fixed input size and stored, together
+  with the padding mask, as one additive constant per block (`fold_position_bias`). No gather or index at run time.
+- Padding masks use -1e4 instead of -1e6: representable in FP16, still exp() == 0 after softmax in FP32.
+- Attention matmuls are 3-D `bmm` (a 4-D `@` lowers to expand_copy + bmm in ExecuTorch, and the expand stays
+  outside the XNNPACK delegate); q, k and v come from a split of the last dim, not a rank-5 permute and select.
+- Optionally (`decompose_layernorm=True`, for ExecuTorch XNNPACK, which has no LayerNorm) LayerNorm and the final
+  average pool are spelled as 4-D means over dims (2, 3), the only mean XNNPACK takes.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import reference as ref
+from .config import CrossFormerConfig
+
+# Finite in FP16 (max 65504) and far below any attention logit; see module docstring.
+MASK_VALUE = -1.0e4
+
+
+def lsda_partition(x: Tensor, group: int, interval: int) -> Tensor:
+    """Groups from [B, Hp, Wp, C] -> [B * nG, G*G, C] using only rank-4 views.
+
+    interval 0 or 1 is SDA (adjacent G x G tokens); interval I > 1 is LDA (every I-th token).
+    Same groups, same token order inside each group, as `reference.group_tokens` (a rank-8 permute there);
+    only the order of groups differs, and `lsda_merge` plus the mask built with this function account for that.
+    Why: Core ML rejects rank > 5 at load time and XNNPACK stops at 6 dims.
+    """
+    b, hp, wp, c = x.shape
+    g, i = group, max(interval, 1)
+    rh, rw = hp // (g * i), wp // (g * i)
+    if i > 1:
+        # (B Rh Gh Ih Rw, Gw, Iw, C) -> (.., Iw, Gw, C): columns of one group become adjacent.
+        x = x.reshape(b * hp * rw, g, i, c).permute(0, 2, 1, 3)
+    # (B Rh, Gh, Ih Rw Iw, Gw C) -> (B Rh, Ih Rw Iw, Gh, Gw C): rows of one group become adjacent.
+    x = x.reshape(b * rh, g, i * rw * i, g * c).permute(0, 2, 1, 3)
+    return x.reshape(-1, g * g, c)
+
+
+def lsda_merge(x: Tensor, b: int, hp: int, wp: int, group: int, interval: int) -> Tensor:
+    """Inverse of `lsda_partition`: [B * nG, G*G, C] -> [B, Hp, Wp, C], rank-4 views only."""
+    c = x.shape[-1]
+    g, i = group, max(interval, 1)
+    rh, rw = hp // (g * i), wp // (g * i)
+    x = x.reshape(b * rh, i * rw * i, g, g * c).permute(0, 2, 1, 3)
+    if i > 1:
+        x = x.reshape(b * hp * rw, i, g, c).permute(0, 2, 1, 3)
+    return x.reshape(b, hp, wp, c)
+
+
+def padding_mask(resolution: int, group: int, interval: int) -> Tensor | None:
+    """[nG, 1, 1, N] additive mask over padded keys in `lsda_partition`'s group order; None without padding.
+
+    Same masking as `reference.build_attn_mask` (which is [nG, N, N] with upstream's group order).
+    """
+    pad = ref.padding_for(resolution, group * max(interval, 1))
+    if pad == 0:
+        return None
+    hp = resolution + pad
+    flag = torch.zeros(1, hp, hp, 1)
+    flag[:, -pad:, :, :] = 1
+    flag[:, :, -pad:, :] = 1
+    flag = lsda_partition(flag, group, interval)  # nG, N, 1
+    return (flag.reshape(flag.shape[0], 1, 1, -1) * MASK_VALUE)
+
+
+def relative_position_onehot(group: int) -> Tensor:
+    """[N*N, (2G-1)^2] one-hot matrix: `onehot @ table` is `table[relative_position_index]` without a gather."""
+    index = ref.relative_position_index(group).view(-1)
+    return F.one_hot(index, (2 * group - 1) ** 2).float()
+
+
+class ExportLayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters) that can spell itself in ops XNNPACK delegates.
+
+    Why: ExecuTorch's XNNPACK partitioner has no LayerNorm and takes `mean.dim` only on 4-D tensors over
+    dims (2, 3) with keepdim, so the channel dim is moved to dim 2 of a [M, 1, C, 1] view.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5, decompose: bool = False):
+        super().__init__(dim, eps=eps)
+        self.decompose = decompose
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.decompose:
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        shape = x.shape
+        x4 = x.reshape(-1, 1, shape[-1], 1)
+        centered = x4 - x4.mean(dim=(2, 3), keepdim=True)
+        var = (centered * centered).mean(dim=(2, 3), keepdim=True)
+        y = centered * torch.rsqrt(var + self.eps)
+        return y.reshape(shape) * self.weight + self.bias
+
+
+class FriendlyAttention(nn.Module):
+    """Group attention with the position bias (and padding mask) as one additive constant.
+
+    Parameter names match `reference.Attention` (`qkv`, `proj`, `pos.*`) so the same state dict loads.
+    """
+
+    def __init__(self, dim: int, group: int, num_heads: int, mask: Tensor | None):
+        super().__init__()
+        self.dim = dim
+        self.group = group
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.pos = ref.DynamicPosBias(dim // 4, num_heads)
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        self.register_buffer("offsets", ref.relative_offsets(group), persistent=False)
+        self.register_buffer("onehot", relative_position_onehot(group), persistent=False)
+        self.register_buffer("mask", mask, persistent=False)
+        # Set by `fold_position_bias`: [1 or nG, heads, N, N] = position bias (+ padding mask).
+        self.register_buffer("attn_bias", None, persistent=False)
+
+    def live_bias(self) -> Tensor:
+        """Position bias (+ mask) from the MLP, gather-free, differentiable: used before folding (e.g. QAT)."""
+        n = self.group * self.group
+        bias = (self.onehot @ self.pos(self.offsets)).t().reshape(1, self.num_heads, n, n)
+        return bias if self.mask is None else bias + self.mask
+
+    def forward(self, x: Tensor) -> Tensor:
+        bg, n, c = x.shape
+        h, d = self.num_heads, c // self.num_heads
+        qkv = self.qkv(x)
+        # Static slices, not split(): XNNPACK takes slice_copy but leaves split_with_sizes_copy outside.
+        q, k, v = qkv[..., :c], qkv[..., c:2 * c], qkv[..., 2 * c:]
+        q = q.reshape(bg, n, h, d).permute(0, 2, 1, 3).reshape(bg * h, n, d)
+        k = k.reshape(bg, n, h, d).permute(0, 2, 3, 1).reshape(bg * h, d, n)
+        v = v.reshape(bg, n, h, d).permute(0, 2, 1, 3).reshape(bg * h, n, d)
+        attn = torch.bmm(q * self.scale, k)
+        bias = self.attn_bias if self.attn_bias is not None else self.live_bias()
+        planes = bias.shape[0] * bias.shape[1]
+        attn = (attn.reshape(-1, planes, n, n) + bias.reshape(1, planes, n, n)).softmax(dim=-1)
+        x = torch.bmm(attn.reshape(bg * h, n, n), v)
+        x = x.reshape(bg, h, n, d).permute(0, 2, 1, 3).reshape(bg, n, c)
+        return self.proj(x)
+
+
+class FriendlyBlock(nn.Module):
+    """`reference.CrossFormerBlock` with rank-4 grouping and a constant bias; same parameter names."""
+
+    def __init__(self, dim: int, resolution: int, num_heads: int, group_size: int, interval: int, lsda_flag: int,
+                 mlp_ratio: float, use_extra_conv: bool, decompose_layernorm: bool = False):
+        super().__init__()
+        self.resolution = resolution
+        self.group, self.interval, self.padded = ref.block_geometry(resolution, group_size, interval, lsda_flag)
+        norm = lambda: ExportLayerNorm(dim, decompose=decompose_layernorm)  # noqa: E731
+        self.norm1 = norm()
+        mask = padding_mask(resolution, self.group, self.interval)
+        self.attn = FriendlyAttention(dim, self.group, num_heads, mask)
+        self.norm2 = norm()
+        self.mlp = ref.Mlp(dim, int(dim * mlp_ratio))
+        self.use_extra_conv = use_extra_conv
+        if use_extra_conv:
+            self.ex_conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+            self.ex_ln = norm()
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = w = self.resolution
+        b, _, c = x.shape
+        shortcut = x
+        x = self.norm1(x).reshape(b, h, w, c)
+        pad = self.padded - h
+        if pad > 0:
+            x = F.pad(x, (0, 0, 0, pad, 0, pad))
+        x = lsda_partition(x, self.group, self.interval)
+        x = self.attn(x)
+        x = lsda_merge(x, b, self.padded, self.padded, self.group, self.interval)
+        if pad > 0:
+            x = x[:, :h, :w, :]
+        x = shortcut + x.reshape(b, h * w, c)
+        x = x + self.mlp(self.norm2(x))
+        if self.use_extra_conv:
+            x = x.reshape(b, h, w, c).permute(0, 3, 1, 2)
+            x = self.ex_conv(x).permute(0, 2, 3, 1).reshape(b, h * w, c)
+            x = self.ex_ln(x)
+        return x
+
+
+class ExportFriendlyCrossFormer(ref.CrossFormer):
+    """Drop-in for `reference.CrossFormer`: same state dict, same logits, export-friendly graph."""
+
+    def __init__(self, cfg: CrossFormerConfig, img_size: int = 224, num_classes: int = 1000,
+                 decompose_layernorm: bool = False):
+        self.decompose_layernorm = decompose_layernorm
+        super().__init__(cfg, img_size, num_classes)
+        # The stem, merge and final norms are plain nn.LayerNorm in the reference; swap in the same parameters.
+        for parent in list(self.modules()):
+            for name, child in list(parent.named_children()):
+                if type(child) is nn.LayerNorm:
+                    setattr(parent, name, ExportLayerNorm(child.normalized_shape[0], child.eps, decompose_layernorm))
+
+    def _stage(self, cfg: CrossFormerConfig, index: int, resolution: int) -> nn.Module:
+        return ref.Stage(cfg, index, resolution, block_cls=FriendlyBlock,
+                         decompose_layernorm=self.decompose_layernorm)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.patch_embed(x)
+        for layer in self.layers:
+            x = layer(x)
+        x = self.norm(x)
+        # Average over tokens as a 4-D mean over dims (2, 3): the pooling XNNPACK and the Neural Engine take.
+        b, length, c = x.shape
+        return x.transpose(1, 2).reshape(b, c, length, 1).mean(dim=(2, 3), keepdim=True).reshape(b, c)
+
+
+def _folded_bias(attn: FriendlyAttention) -> Tensor:
+    """The reference computation (MLP on the offset table, then the gather), plus the mask, as a constant."""
+    n = attn.group * attn.group
+    index = ref.relative_position_index(attn.group).to(attn.offsets.device)
+    table = attn.pos(attn.offsets)
+    bias = table[index.view(-1)].view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
+    if attn.mask is not None:
+        bias = bias + attn.mask
+    return bias.contiguous()
+
+
+@torch.no_grad()
+def fold_position_bias(model: ExportFriendlyCrossFormer) -> ExportFriendlyCrossFormer:
+    """Inference-only transform: a copy whose every block adds a constant bias instead of running the MLP.
+
+    The copy keeps the `pos.*` parameters (so `state_dict()` still matches upstream's keys) and re-folds the
+    constants whenever a state dict is loaded into it, so they never go stale.
+    """
+    folded = copy.deepcopy(model)
+    for module in folded.modules():
+        if isinstance(module, FriendlyAttention):
+            module.attn_bias = _folded_bias(module)
+            module.register_load_state_dict_post_hook(_refold_after_load)
+    return folded
+
+
+@torch.no_grad()
+def _refold_after_load(module: FriendlyAttention, incompatible_keys) -> None:
+    module.attn_bias = _folded_bias(module)
+
+
+def strip_position_mlp(model: ExportFriendlyCrossFormer) -> ExportFriendlyCrossFormer:
+    """A copy of a folded model without the (now unused) position MLP and its tables: what gets exported."""
+    stripped = copy.deepcopy(model)
+    for module in stripped.modules():
+        if isinstance(module, FriendlyAttention):
+            if module.attn_bias is None:
+                raise ValueError("strip_position_mlp needs a folded model; call fold_position_bias first")
+            del module.pos
+            module.offsets = None
+            module.onehot = None
+            module.mask = None
+    return stripped

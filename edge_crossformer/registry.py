@@ -1,0 +1,93 @@
+"""`list_models()` and `create_model()`: the public way to get a CrossFormer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from .checkpoint import CheckpointError, load_into, read_state_dict
+from .config import VARIANTS, CrossFormerConfig
+from .export_friendly import ExportFriendlyCrossFormer, fold_position_bias
+from .reference import CrossFormer
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+class ModelConfigError(ValueError):
+    """An impossible model request (unknown name, bad size or class count); the message says how to fix it."""
+
+
+def list_models() -> list[str]:
+    return list(VARIANTS)
+
+
+def get_config(name: str) -> CrossFormerConfig:
+    if name not in VARIANTS:
+        known = ", ".join(VARIANTS)
+        close = [k for k in VARIANTS if name.lower().replace("_", "-") in k]
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ModelConfigError(f"unknown model '{name}'; known models: {known}{hint}")
+    return VARIANTS[name]
+
+
+def check_img_size(img_size: int) -> None:
+    if not isinstance(img_size, int) or img_size < 32 or img_size % 32:
+        low = max(32, (int(img_size) // 32) * 32) if isinstance(img_size, int) else 224
+        high = low + 32 if low < img_size else low
+        neighbours = f"{low} or {high}" if low != high else f"{low}"
+        raise ModelConfigError(
+            f"img_size must be a positive multiple of 32 (4x patch embedding, then three 2x merges); "
+            f"got {img_size}. Nearest valid sizes: {neighbours}"
+        )
+
+
+def check_num_classes(num_classes: int) -> None:
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ModelConfigError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+
+
+def build_model(name: str, *, img_size: int | None = None, num_classes: int | None = None,
+                export_friendly: bool = False, decompose_layernorm: bool = False) -> nn.Module:
+    """An untrained (randomly initialised) model; `create_model` is the user-facing entry point."""
+    cfg = get_config(name)
+    img_size = cfg.default_img_size if img_size is None else img_size
+    num_classes = cfg.default_num_classes if num_classes is None else num_classes
+    check_img_size(img_size)
+    check_num_classes(num_classes)
+    if export_friendly:
+        model = ExportFriendlyCrossFormer(cfg, img_size, num_classes, decompose_layernorm=decompose_layernorm)
+    else:
+        model = CrossFormer(cfg, img_size, num_classes)
+    model.model_name = name
+    return model
+
+
+def default_checkpoint(name: str) -> Path | None:
+    cfg = get_config(name)
+    return ASSETS / cfg.bundled_checkpoint if cfg.bundled_checkpoint else None
+
+
+def create_model(name: str, *, checkpoint: str | Path | None = None, img_size: int | None = None,
+                 num_classes: int | None = None, export_friendly: bool = False, reset_head: bool = False,
+                 decompose_layernorm: bool = False, fold: bool = True) -> nn.Module:
+    """A CrossFormer in eval mode: ImageNet-normalized NCHW float in, logits out.
+
+    img_size / num_classes default to 224 / 1000 for upstream variants and to the bundled model's own values for
+    `crossformer-fmnist`, whose trained weights load when no checkpoint is given. `export_friendly=True` returns the
+    rewrite (same state dict, same logits) with the position bias folded to constants (`fold=False` keeps the
+    MLP live, for training). `decompose_layernorm` spells LayerNorm in ops ExecuTorch's XNNPACK delegate takes.
+    """
+    model = build_model(name, img_size=img_size, num_classes=num_classes, export_friendly=export_friendly,
+                        decompose_layernorm=decompose_layernorm)
+    if checkpoint is None:
+        checkpoint = default_checkpoint(name)
+        if checkpoint is not None and not checkpoint.exists():
+            raise CheckpointError(f"bundled checkpoint for {name} is missing ({checkpoint}); reinstall the package")
+    if checkpoint is not None:
+        state = read_state_dict(checkpoint)
+        load_into(model, state, reset_head=reset_head, model_name=name, source=str(checkpoint))
+    model.eval()
+    if export_friendly and fold:
+        model = fold_position_bias(model)
+    return model
