@@ -1,0 +1,98 @@
+"""Each export-friendly rewrite against the reference computation it replaces."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edge_crossformer import reference as ref
+from edge_crossformer.export_friendly import (
+    MASK_VALUE, ExportLayerNorm, FriendlyAttention, lsda_merge, lsda_partition, padding_mask,
+    relative_position_onehot, _folded_bias,
+)
+
+GEOMETRIES = [(56, 7, 0), (56, 7, 8), (28, 7, 4), (64, 4, 4), (32, 4, 2), (14, 7, 2), (16, 4, 1), (8, 4, 2)]
+
+
+def _groups_as_sets(groups: torch.Tensor) -> list[tuple]:
+    return sorted(tuple(g.flatten().tolist()) for g in groups)
+
+
+@pytest.mark.parametrize("size,group,interval", GEOMETRIES)
+def test_partition_gives_upstream_groups_with_upstream_token_order(size, group, interval):
+    # Token ids as channel values: each group's rows list its tokens in order.
+    x = torch.arange(size * size, dtype=torch.float32).view(1, size, size, 1)
+    ours = lsda_partition(x, group, interval)
+    theirs = ref.group_tokens(x, group, interval)
+    assert ours.shape == theirs.shape
+    assert _groups_as_sets(ours) == _groups_as_sets(theirs)
+
+
+@pytest.mark.parametrize("size,group,interval", GEOMETRIES)
+def test_merge_inverts_partition(size, group, interval):
+    x = torch.randn(2, size, size, 5)
+    assert torch.equal(lsda_merge(lsda_partition(x, group, interval), 2, size, size, group, interval), x)
+
+
+@pytest.mark.parametrize("resolution,group,interval", [(56, 4, 4), (28, 4, 2), (12, 7, 0), (12, 7, 1), (24, 7, 2)])
+def test_padding_mask_hides_the_same_keys_as_upstream(resolution, group, interval):
+    ref_mask = ref.build_attn_mask(resolution, group, interval)
+    ours = padding_mask(resolution, group, interval)
+    assert ref_mask is not None and ours is not None
+    # Compare per group: the set of masked key positions (by token id) must match.
+    hp = resolution + ref.padding_for(resolution, group * max(interval, 1))
+    ids = torch.arange(hp * hp, dtype=torch.float32).view(1, hp, hp, 1)
+    ref_ids, our_ids = ref.group_tokens(ids, group, interval), lsda_partition(ids, group, interval)
+    ref_masked = sorted(tuple(ref_ids[g, :, 0][ref_mask[g, 0] < 0].tolist()) for g in range(len(ref_ids)))
+    our_masked = sorted(tuple(our_ids[g, :, 0][ours[g, 0, 0] < 0].tolist()) for g in range(len(our_ids)))
+    assert ref_masked == our_masked
+    assert any(len(m) for m in ref_masked)
+
+
+def test_mask_value_is_fp16_safe_and_still_zeroes_softmax():
+    assert torch.isfinite(torch.tensor(MASK_VALUE, dtype=torch.float16))
+    logits = torch.tensor([3.0, -2.0, 50.0])
+    masked = torch.softmax(logits + torch.tensor([0.0, 0.0, MASK_VALUE]), dim=0)
+    assert masked[2].item() == 0.0
+
+
+@pytest.mark.parametrize("group", [1, 2, 4, 7, 14])
+def test_onehot_matmul_equals_gather(group):
+    table = torch.randn((2 * group - 1) ** 2, 3)
+    index = ref.relative_position_index(group).view(-1)
+    assert torch.equal(relative_position_onehot(group) @ table, table[index])
+
+
+@pytest.mark.parametrize("shape", [(2, 49, 64), (1, 3136, 32), (4, 96)])
+def test_decomposed_layernorm_matches_layer_norm(shape):
+    ln = ExportLayerNorm(shape[-1], decompose=True)
+    with torch.no_grad():
+        ln.weight.normal_()
+        ln.bias.normal_()
+    x = torch.randn(shape) * 3 + 1
+    expected = F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+    torch.testing.assert_close(ln(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("resolution,group,interval", [(28, 7, 4), (56, 4, 4)])
+def test_attention_matches_reference_and_folding_matches_live_bias(resolution, group, interval):
+    torch.manual_seed(0)
+    dim, heads = 32, 2
+    ref_attn = ref.Attention(dim, group, heads)
+    for p in ref_attn.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    mask = padding_mask(resolution, group, interval)
+    ours = FriendlyAttention(dim, group, heads, mask)
+    ours.load_state_dict(ref_attn.state_dict())
+    hp = resolution + ref.padding_for(resolution, group * interval)
+    grid = torch.randn(1, hp, hp, dim)
+    with torch.no_grad():
+        expected = ref.ungroup_tokens(
+            ref_attn(ref.group_tokens(grid, group, interval), ref.build_attn_mask(resolution, group, interval)),
+            1, hp, hp, group, interval)
+        live = lsda_merge(ours(lsda_partition(grid, group, interval)), 1, hp, hp, group, interval)
+        ours.attn_bias = _folded_bias(ours)
+        folded = lsda_merge(ours(lsda_partition(grid, group, interval)), 1, hp, hp, group, interval)
+    # Only unpadded positions are kept by the block.
+    keep = (slice(None), slice(0, resolution), slice(0, resolution))
+    torch.testing.assert_close(live[keep], expected[keep], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(folded[keep], expected[keep], rtol=1e-5, atol=1e-5)
