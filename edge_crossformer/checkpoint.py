@@ -67,11 +67,17 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         except Exception as e:
             raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from e
     else:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        # torch.save writes a zip archive (PK..); very old checkpoints are a bare pickle (protocol byte 0x80).
+        if not (magic.startswith(b"PK") or magic[:1] == b"\x80"):
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint (expected a torch.save zip archive or a "
+                                  "pickle, or a .safetensors file)")
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
             text = str(e)
-            if "Weights only load failed" in text or "weights_only" in text:
+            if "Unsupported global" in text or "weights_only" in text and "GLOBAL" in text:
                 raise CheckpointError(
                     f"{path} holds Python objects beyond tensors, which this tool refuses to unpickle "
                     "(torch.load(weights_only=True)). Re-save just the weights: "

@@ -134,10 +134,13 @@ class FriendlyAttention(nn.Module):
         qkv = self.qkv(x)
         # Static slices, not split(): XNNPACK takes slice_copy but leaves split_with_sizes_copy outside.
         q, k, v = qkv[..., :c], qkv[..., c:2 * c], qkv[..., 2 * c:]
-        q = q.reshape(bg, n, h, d).permute(0, 2, 1, 3).reshape(bg * h, n, d)
-        k = k.reshape(bg, n, h, d).permute(0, 2, 3, 1).reshape(bg * h, d, n)
+        # Scaled before the head split (same values as upstream's q * scale after it): OpenVINO's
+        # DeReshapeMatMul pass fails when an elementwise op sits between the reshapes and the matmul.
+        q = (q * self.scale).reshape(bg, n, h, d).permute(0, 2, 1, 3).reshape(bg * h, n, d)
+        k = k.reshape(bg, n, h, d).permute(0, 2, 1, 3).reshape(bg * h, n, d)
         v = v.reshape(bg, n, h, d).permute(0, 2, 1, 3).reshape(bg * h, n, d)
-        attn = torch.bmm(q * self.scale, k)
+        # k transposed as its own rank-3 op (OpenVINO's DeReshapeMatMul pass breaks on a transposing reshape).
+        attn = torch.bmm(q, k.transpose(1, 2))
         bias = self.attn_bias if self.attn_bias is not None else self.live_bias()
         planes = bias.shape[0] * bias.shape[1]
         attn = (attn.reshape(-1, planes, n, n) + bias.reshape(1, planes, n, n)).softmax(dim=-1)

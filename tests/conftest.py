@@ -34,3 +34,34 @@ def seeded_input():
     def make(size: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
         return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
     return make
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """Upstream-format checkpoints with seeded, perturbed weights, written once per session."""
+    from edge_crossformer import build_model
+
+    root = tmp_path_factory.mktemp("ckpt")
+    made = {}
+
+    def get(name: str, num_classes: int = 10) -> Path:
+        key = (name, num_classes)
+        if key not in made:
+            model = perturb(build_model(name, num_classes=num_classes), seed=5)
+            made[key] = root / f"{name}_{num_classes}.pth"
+            torch.save({"model": model.state_dict()}, made[key])
+        return made[key]
+
+    return get
+
+
+def run_cli(*args: str) -> int:
+    from export.__main__ import main
+
+    return main([str(a) for a in args])
+
+
+def load_manifest(out: Path) -> dict:
+    import json
+
+    return json.loads((out / "manifest.json").read_text())

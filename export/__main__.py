@@ -1,0 +1,61 @@
+"""python -m export --target {coreml,executorch,openvino,onnx,all} [options]"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .request import DEFAULT_MODEL, PRECISIONS, ExportError, ExportRequest, parse_targets, validate
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m export",
+        description="Export a CrossFormer to Core ML, ExecuTorch, OpenVINO and/or ONNX, check every artifact "
+                    "against the PyTorch reference, and write manifest.json.")
+    p.add_argument("--target", required=True, help="coreml, executorch, openvino, onnx or all")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"registered model name (default: {DEFAULT_MODEL})")
+    p.add_argument("--checkpoint", type=Path, help=".pth/.pt/.safetensors weights (upstream layouts accepted)")
+    p.add_argument("--img-size", type=int, help="square input size, a multiple of 32 (default: the model's)")
+    p.add_argument("--num-classes", type=int, help="classes of the checkpoint's head (default: the model's)")
+    p.add_argument("--labels", type=Path, help="text file, one class label per line")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="default per target: coreml fp16, others fp32")
+    p.add_argument("--calib-data", type=Path, help="calibration images for int8 (folder, ImageFolder or IDX)")
+    p.add_argument("--output", type=Path, help="output directory (default: artifacts/<model>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output directory")
+    p.add_argument("--reference-model", action="store_true",
+                   help="export the faithful (upstream-structured) model instead of the rewrite, to compare")
+    p.add_argument("--dynamic-batch", action="store_true", help="ONNX only: dynamic batch dimension")
+    p.add_argument("--reset-head", action="store_true",
+                   help="drop a checkpoint head whose class count differs (fine-tuning starting point)")
+    p.add_argument("--parity-samples", type=int, default=8, help="inputs used for the parity check (default 8)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        req = ExportRequest(
+            targets=parse_targets(args.target), model=args.model, checkpoint=args.checkpoint,
+            img_size=args.img_size, num_classes=args.num_classes,
+            labels_source=str(args.labels) if args.labels else "", precision=args.precision,
+            output=args.output or Path("artifacts") / args.model, overwrite=args.overwrite,
+            reference_model=args.reference_model, dynamic_batch=args.dynamic_batch, calib_data=args.calib_data,
+            reset_head=args.reset_head, parity_samples=max(1, args.parity_samples))
+        validate(req)
+        from .pipeline import run_export
+
+        code, _ = run_export(req)
+        return code
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Core ML: an ML program `.mlpackage` (iOS 17 / macOS 14 minimum), FP16 compute by default, an RGB image input that
+Vision can feed (scaled to [0, 1]; normalization is inside the graph), class labels in the metadata.
+
+Off macOS the Core ML runtime does not exist: the model gets structural checks (rank, ops, precision) and its
+prediction is recorded as skipped with that reason."""
+
+from __future__ import annotations
+
+import collections
+import json
+import sys
+
+import numpy as np
+
+from .base import Artifact, TargetContext, require
+
+GATHER_OPS = ("gather", "gather_nd", "gather_along_axis", "scatter", "scatter_nd", "scatter_along_axis")
+
+
+def mil_structure(mlmodel) -> dict:
+    """Op histogram, highest tensor rank and dtypes of the converted ML program."""
+    ops: collections.Counter = collections.Counter()
+    max_rank, dtypes = 0, collections.Counter()
+    for function in mlmodel._mil_program.functions.values():
+        for op in function.operations:
+            ops[op.op_type] += 1
+            for out in op.outputs:
+                if out.shape is not None:
+                    max_rank = max(max_rank, len(out.shape))
+                if op.op_type not in ("const",):
+                    dtypes[str(getattr(out.dtype, "__name__", out.dtype))] += 1
+    return {"op_histogram": dict(sorted(ops.items())), "max_rank": max_rank,
+            "gather_ops": sum(ops[name] for name in GATHER_OPS), "value_dtypes": dict(sorted(dtypes.items()))}
+
+
+def export(ctx: TargetContext) -> list[Artifact]:
+    ct = require("coremltools", "coreml")
+    req = ctx.request
+    size = req.img_size
+    ctx.step("converting to Core ML")
+    program = ctx.source.exported_program().run_decompositions({})
+    mlmodel = ct.convert(
+        program,
+        inputs=[ct.ImageType(name="image", shape=(1, 3, size, size), scale=1.0 / 255.0,
+                             color_layout=ct.colorlayout.RGB)],
+        outputs=[ct.TensorType(name="logits", dtype=np.float32)],
+        convert_to="mlprogram",
+        minimum_deployment_target=ct.target.iOS17,
+        compute_precision=ct.precision.FLOAT16 if ctx.precision == "fp16" else ct.precision.FLOAT32,
+    )
+    structure = mil_structure(mlmodel)
+    mlmodel.short_description = f"{req.model} image classifier ({req.num_classes} classes), exported by edge-crossformer"
+    mlmodel.author = "edge-crossformer"
+    mlmodel.input_description["image"] = (f"RGB image {size}x{size}; scaled to [0, 1], normalized inside the model")
+    mlmodel.output_description["logits"] = "class logits (apply softmax for probabilities), one per label"
+    mlmodel.user_defined_metadata["labels"] = json.dumps(req.labels)
+    mlmodel.user_defined_metadata["model"] = req.model
+    mlmodel.user_defined_metadata["img_size"] = str(size)
+    path = ctx.file_name("coreml", None, "mlpackage")
+    mlmodel.save(str(path))
+
+    runner, reason = None, None
+    if sys.platform == "darwin":
+        loaded = ct.models.MLModel(str(path))
+
+        def runner(x: np.ndarray) -> np.ndarray:
+            from PIL import Image
+
+            pixels = (np.clip(x[0].transpose(1, 2, 0), 0, 1) * 255.0 + 0.5).astype(np.uint8)
+            return loaded.predict({"image": Image.fromarray(pixels)})["logits"]
+    else:
+        reason = f"Core ML prediction needs macOS (the Core ML runtime); this is {sys.platform}"
+    return [Artifact("coreml", None, ctx.precision, path, runner, skip_reason=reason, info={
+        **structure, "compute_precision": ctx.precision, "minimum_deployment_target": "iOS17/macOS14",
+        "input_type": "image (RGB, scale 1/255)"})]

@@ -1,0 +1,46 @@
+"""ONNX: `.onnx`, opset 18, checked with `onnx.checker`, batch 1 unless --dynamic-batch; parity on ONNX Runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import Artifact, TargetContext, require
+
+OPSET = 18
+
+
+def export(ctx: TargetContext) -> list[Artifact]:
+    onnx = require("onnx", "onnx")
+    require("onnxscript", "onnx")
+    ort = require("onnxruntime", "onnx")
+    path = ctx.file_name("onnx", None, "onnx")
+    module = ctx.source.deployable()
+    ctx.step("exporting to ONNX")
+    dynamic = None
+    example = ctx.source.example()
+    if ctx.request.dynamic_batch:
+        # Traced with batch 2: an example of batch 1 would specialise the dimension to 1.
+        example = ctx.source.example(batch=2)
+        dynamic = ({0: torch.export.Dim("batch", min=1, max=64)},)
+    with torch.no_grad():
+        program = torch.onnx.export(module, (example,), dynamo=True, opset_version=OPSET, input_names=["image"],
+                                    output_names=["logits"], dynamic_shapes=dynamic, verbose=False,
+                                    optimize=True)
+    program.save(str(path))
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    ops: dict[str, int] = {}
+    for node in model.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return session.run(["logits"], {"image": x})[0]
+
+    return [Artifact("onnx", None, ctx.precision, path, run, info={
+        "opset": OPSET, "dynamic_batch": ctx.request.dynamic_batch, "op_histogram": dict(sorted(ops.items())),
+        "gather_ops": sum(v for k, v in ops.items() if k.startswith("Gather")),
+    })]

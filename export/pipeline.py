@@ -1,0 +1,181 @@
+"""Export orchestration: build once, export per target, prove parity, write everything atomically."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import shutil
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from edge_crossformer.util import progress_bar
+
+from . import parity
+from .base import Artifact, TargetContext
+from .manifest import build_manifest, resize_spec, sha256_of
+from .prepare import SAMPLES, ModelSource
+from .request import ExportError, ExportRequest
+
+TARGET_MODULES = {"coreml": "export.coreml_target", "executorch": "export.executorch_target",
+                  "openvino": "export.openvino_target", "onnx": "export.onnx_target"}
+BACKENDS = {"coreml": ("coremltools",), "executorch": ("executorch", "coremltools"),
+            "openvino": ("openvino",), "onnx": ("onnx", "onnxruntime", "onnxscript")}
+
+
+def check_backends(targets: tuple[str, ...]) -> None:
+    """Fail before any work when a target's package is missing, naming the install command."""
+    from .base import INSTALL_HINT
+
+    for target in targets:
+        for package in BACKENDS[target]:
+            if importlib.util.find_spec(package) is None:
+                raise ExportError(f"target {target} needs the '{package}' package, which is not installed: "
+                                  f"{INSTALL_HINT.get(package, f'pip install {package}')}")
+
+
+def structural_checks(art: Artifact, rewrite: bool) -> list[dict]:
+    """Facts the rewrite guarantees, checked on the artifact itself (not on the torch graph)."""
+    checks = []
+    if "ops_outside_delegate" in art.info and art.delegate == "xnnpack":
+        n = art.info["ops_outside_delegate"]
+        checks.append({"check": "no compute op outside the XNNPACK delegate", "value": n, "ok": n == 0})
+    if "max_rank" in art.info:
+        checks.append({"check": "tensor rank <= 4", "value": art.info["max_rank"], "ok": art.info["max_rank"] <= 4})
+    if "gather_ops" in art.info:
+        checks.append({"check": "no gather ops", "value": art.info["gather_ops"], "ok": art.info["gather_ops"] == 0})
+    return checks
+
+
+def run_export(req: ExportRequest, console: Console | None = None) -> tuple[int, dict]:
+    """Export every requested target into req.output; returns (exit code, manifest)."""
+    console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 150)
+    check_backends(req.targets)
+    output = Path(req.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.staging-", dir=output.parent))
+    started = time.time()
+    try:
+        manifest = _export_into(req, staging, console)
+        _publish(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _summary(console, manifest, output, time.time() - started)
+    return (0 if manifest["status"] == "pass" else 1), manifest
+
+
+def _export_into(req: ExportRequest, staging: Path, console: Console) -> dict:
+    source = ModelSource(req)
+    artifacts: list[Artifact] = []
+    failures: list[dict] = []
+    with progress_bar(console=console, transient=False) as bar:
+        task = bar.add_task("loading model", total=len(req.targets) + 2)
+        reference = source.reference  # loads the checkpoint: bad checkpoints fail here, before any export
+        inputs = parity.parity_inputs(req.img_size, resize_spec(req), req.parity_samples, SAMPLES)
+        # What an image input (Core ML, apps) can represent: 8-bit pixels.
+        inputs = np.round(inputs * 255.0) / 255.0
+        inputs = inputs.astype(np.float32)
+        expected, device = parity.reference_logits(reference, inputs)
+        bar.advance(task)
+        for target in req.targets:
+            precision = req.precision_for(target)
+            step = lambda message, t=target: bar.update(task, description=f"{t}: {message}")  # noqa: E731
+            ctx = TargetContext(req, source, staging, precision, step)
+            try:
+                module = importlib.import_module(TARGET_MODULES[target])
+                artifacts.extend(module.export(ctx))
+            except ExportError:
+                raise
+            except Exception as e:  # a converter failing on this model: recorded, the other targets go on
+                first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+                failures.append({"target": target, "precision": precision,
+                                 "error": f"{type(e).__name__}: {first}"})
+                if os.environ.get("EDGE_CROSSFORMER_DEBUG"):
+                    traceback.print_exc()
+            bar.advance(task)
+        bar.update(task, description="parity")
+        entries = [_parity_entry(art, inputs, expected, device, not req.reference_model) for art in artifacts]
+        bar.advance(task)
+        bar.update(task, description="done")
+    with open(staging / "labels.txt", "w", encoding="utf-8") as f:
+        f.write("\n".join(req.labels) + "\n")
+    ckpt = req.checkpoint
+    source_info = {"checkpoint": str(ckpt) if ckpt else f"bundled ({req.model})",
+                   "checkpoint_sha256": sha256_of(Path(ckpt))[0] if ckpt else None,
+                   "exported_model": "reference" if req.reference_model else "export_friendly",
+                   "parity_reference": "faithful reference model (edge_crossformer.reference), float32"}
+    manifest = build_manifest(req, entries, failures, source_info)
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def _parity_entry(art: Artifact, inputs: np.ndarray, expected: np.ndarray, device: str, rewrite: bool) -> dict:
+    digest, size = sha256_of(art.path)
+    entry = {"target": art.target, "delegate": art.delegate, "precision": art.precision, "file": art.path.name,
+             "sha256": digest, "bytes": size}
+    if art.extra_files:
+        entry["extra_files"] = [{"file": p.name, "sha256": sha256_of(p)[0], "bytes": sha256_of(p)[1]}
+                                for p in art.extra_files]
+        entry["bytes"] += sum(f["bytes"] for f in entry["extra_files"])
+    checks = structural_checks(art, rewrite)
+    structure_ok = all(c["ok"] for c in checks)
+    if art.runner is None:
+        result = {"reference_device": device, "status": "skipped" if structure_ok else "fail",
+                  "reason": art.skip_reason}
+    else:
+        got = parity.run_batched(art.runner, inputs)
+        measured = parity.compare(got, expected)
+        status, rule = parity.gate(art.target, art.precision, measured)
+        result = {"reference_device": device, **measured.as_dict(), "gate": rule,
+                  "status": status if structure_ok else "fail"}
+    entry["parity"] = result
+    entry["checks"] = checks
+    entry["info"] = art.info
+    return entry
+
+
+def _publish(staging: Path, output: Path) -> None:
+    """Swap the finished staging directory into place; the old output disappears only after that."""
+    if output.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
+        os.replace(output, trash / output.name)
+        os.replace(staging, output)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(staging, output)
+    os.chmod(output, 0o755)
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _summary(console: Console, manifest: dict, output: Path, seconds: float) -> None:
+    table = Table(title=f"{manifest['model']} @ {manifest['img_size']}px -> {output}  ({seconds:.0f} s)")
+    for col in ("artifact", "MB", "max |err| / max|ref|", "cosine", "PSNR dB", "top-1 agree", "outside delegate",
+                "status"):
+        table.add_column(col, justify="left" if col == "artifact" else "right")
+    for a in manifest["artifacts"]:
+        p = a["parity"]
+        outside = a["info"].get("ops_outside_delegate")
+        status = p["status"] + (" *" if p.get("reason") else "")
+        style = {"pass": "green", "fail": "red"}.get(p["status"], "yellow")
+        table.add_row(a["file"], f"{a['bytes'] / 1e6:.1f}", _fmt(p.get("rel_max"), ".2e"), _fmt(p.get("cosine"), ".6f"),
+                      _fmt(p.get("psnr_db"), ".1f"), _fmt(p.get("top1_agreement"), ".0%"),
+                      "-" if outside is None else str(outside), f"[{style}]{status}[/{style}]")
+    for f in manifest["failures"]:
+        table.add_row(f"{f['target']} ({f['precision']})", "-", "-", "-", "-", "-", "-", f"[red]failed: {f['error']}[/red]")
+    console.print(table)
+    reasons = sorted({a["parity"]["reason"] for a in manifest["artifacts"] if a["parity"].get("reason")})
+    for reason in reasons:
+        console.print(f"* prediction skipped: {reason}; structural checks recorded in the manifest")
+    console.print(f"manifest: {output / 'manifest.json'}   overall: {manifest['status']}")

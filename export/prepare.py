@@ -1,0 +1,55 @@
+"""The torch modules each target exports, built once per variant and cached for the run."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edge_crossformer import Normalized, create_model, strip_position_mlp
+from edge_crossformer.checkpoint import CheckpointError
+
+from .request import ExportError, ExportRequest
+
+SAMPLES = Path(__file__).parent / "samples"
+
+
+@dataclass
+class ModelSource:
+    """Builds the faithful reference and the deployable rewrite from one request, each once."""
+
+    request: ExportRequest
+    _deployables: dict = field(default_factory=dict, repr=False)
+
+    def _create(self, **kw) -> nn.Module:
+        req = self.request
+        try:
+            return create_model(req.model, checkpoint=req.checkpoint, img_size=req.img_size,
+                                num_classes=req.num_classes, reset_head=req.reset_head, **kw)
+        except (CheckpointError, ValueError) as e:
+            raise ExportError(str(e)) from e
+
+    @functools.cached_property
+    def reference(self) -> nn.Module:
+        """The faithful model with normalization in front: the oracle for parity."""
+        return Normalized(self._create()).eval()
+
+    def deployable(self, decompose_layernorm: bool = False) -> nn.Module:
+        """What gets exported: the rewrite (or, on request, the faithful model), normalization inside."""
+        if self.request.reference_model:
+            return self.reference
+        if decompose_layernorm not in self._deployables:
+            model = self._create(export_friendly=True, decompose_layernorm=decompose_layernorm)
+            self._deployables[decompose_layernorm] = Normalized(strip_position_mlp(model)).eval()
+        return self._deployables[decompose_layernorm]
+
+    def example(self, batch: int = 1) -> torch.Tensor:
+        size = self.request.img_size
+        return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+    def exported_program(self, decompose_layernorm: bool = False) -> torch.export.ExportedProgram:
+        with torch.no_grad():
+            return torch.export.export(self.deployable(decompose_layernorm), (self.example(),))

@@ -1,0 +1,135 @@
+"""What the user asked for, validated before any work starts (so bad input writes nothing)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_crossformer import get_config
+from edge_crossformer.registry import ASSETS, check_img_size, check_num_classes
+
+TARGETS = ("coreml", "executorch", "openvino", "onnx")
+PRECISIONS = ("fp32", "fp16", "int8")
+DEFAULT_MODEL = "crossformer-fmnist"
+
+# Which precisions each target can produce, and its default when --precision is not given.
+SUPPORTED = {
+    "coreml": ("fp16", "fp32"),
+    "executorch": ("fp32",),
+    "openvino": ("fp32", "fp16"),
+    "onnx": ("fp32",),
+}
+DEFAULT_PRECISION = {"coreml": "fp16", "executorch": "fp32", "openvino": "fp32", "onnx": "fp32"}
+
+
+class ExportError(Exception):
+    """A user-facing failure: printed as one clear message, exit code 2, nothing written."""
+
+
+@dataclass
+class ExportRequest:
+    targets: tuple[str, ...]
+    model: str = DEFAULT_MODEL
+    checkpoint: Path | None = None
+    img_size: int | None = None
+    num_classes: int | None = None
+    labels: list[str] = field(default_factory=list)
+    labels_source: str = ""
+    precision: str | None = None
+    output: Path = Path("artifacts")
+    overwrite: bool = False
+    reference_model: bool = False
+    dynamic_batch: bool = False
+    calib_data: Path | None = None
+    calib_size: int = 300
+    smooth_quant_alpha: float | None = None
+    keep_float: tuple[str, ...] = ()
+    reset_head: bool = False
+    parity_samples: int = 8
+    qat_checkpoint: Path | None = None
+
+    def precision_for(self, target: str) -> str:
+        return self.precision or DEFAULT_PRECISION[target]
+
+
+def parse_targets(target: str) -> tuple[str, ...]:
+    if target == "all":
+        return TARGETS
+    if target not in TARGETS:
+        raise ExportError(f"unknown target '{target}'; choose one of: {', '.join(TARGETS)}, all")
+    return (target,)
+
+
+def read_labels(path: Path, num_classes: int) -> list[str]:
+    if not path.exists():
+        raise ExportError(f"labels file not found: {path}")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    if len(lines) != num_classes:
+        raise ExportError(
+            f"labels file {path} has {len(lines)} lines but the model has {num_classes} classes; "
+            "give one label per line, in class-index order"
+        )
+    return lines
+
+
+def check_output(output: Path, overwrite: bool) -> None:
+    if output.exists() and not output.is_dir():
+        raise ExportError(f"output path {output} is a file; pass a directory (--output DIR)")
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise ExportError(f"output directory {output} is not empty; pass --overwrite to replace its contents")
+    parent = output.parent if not output.exists() else output
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ExportError(f"cannot create {output}: {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK):
+        raise ExportError(f"cannot write to {probe}; choose another --output directory")
+
+
+def validate(req: ExportRequest) -> ExportRequest:
+    """Fill per-model defaults and reject anything that cannot work, before doing any work."""
+    try:
+        cfg = get_config(req.model)
+        if req.img_size is None:
+            req.img_size = cfg.default_img_size
+        if req.num_classes is None:
+            req.num_classes = cfg.default_num_classes
+        check_img_size(req.img_size)
+        check_num_classes(req.num_classes)
+    except ValueError as e:
+        raise ExportError(str(e)) from e
+    if req.checkpoint is None and cfg.bundled_checkpoint is None:
+        raise ExportError(
+            f"{req.model} has no bundled weights; pass --checkpoint PATH (an upstream .pth or .safetensors file). "
+            "Upstream checkpoints must be downloaded by hand; nothing is fetched at run time"
+        )
+    if req.checkpoint is not None and not Path(req.checkpoint).exists():
+        raise ExportError(f"checkpoint not found: {req.checkpoint}")
+    if req.checkpoint is None and req.num_classes != cfg.default_num_classes:
+        raise ExportError(f"the bundled {req.model} weights have {cfg.default_num_classes} classes; "
+                          "pass --checkpoint to export another head")
+    for target in req.targets:
+        precision = req.precision_for(target)
+        if precision not in SUPPORTED[target]:
+            able = [t for t in TARGETS if precision in SUPPORTED[t]]
+            raise ExportError(
+                f"--precision {precision} is not supported for target {target} "
+                f"(it supports {', '.join(SUPPORTED[target])}); {precision} is available for: {', '.join(able)}"
+            )
+    if req.labels_source:
+        req.labels = read_labels(Path(req.labels_source), req.num_classes)
+    elif cfg.labels_file and req.checkpoint is None:
+        req.labels = read_labels(ASSETS / cfg.labels_file, req.num_classes)
+        req.labels_source = str(ASSETS / cfg.labels_file)
+    else:
+        req.labels = [f"class_{i}" for i in range(req.num_classes)]
+    if any(req.precision_for(t) == "int8" for t in req.targets):
+        from .int8 import check_calibration_request
+
+        check_calibration_request(req, cfg)
+    check_output(Path(req.output), req.overwrite)
+    return req
