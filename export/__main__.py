@@ -23,6 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS,
                    help="default per target: coreml fp16, others fp32")
     p.add_argument("--calib-data", type=Path, help="calibration images for int8 (folder, ImageFolder or IDX)")
+    p.add_argument("--calib-size", type=int, default=300, help="int8: calibration images used (default 300)")
+    p.add_argument("--smooth-quant-alpha", type=float,
+                   help="int8: SmoothQuant alpha for MatMul/Linear (negative disables; default: NNCF's)")
+    p.add_argument("--keep-float", action="append", default=[], metavar="REGEX",
+                   help="int8: node-name pattern kept in float (repeatable)")
     p.add_argument("--output", type=Path, help="output directory (default: artifacts/<model>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output directory")
     p.add_argument("--reference-model", action="store_true",
@@ -43,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
             labels_source=str(args.labels) if args.labels else "", precision=args.precision,
             output=args.output or Path("artifacts") / args.model, overwrite=args.overwrite,
             reference_model=args.reference_model, dynamic_batch=args.dynamic_batch, calib_data=args.calib_data,
-            reset_head=args.reset_head, parity_samples=max(1, args.parity_samples))
+            reset_head=args.reset_head, parity_samples=max(1, args.parity_samples),
+            calib_size=max(1, args.calib_size), smooth_quant_alpha=args.smooth_quant_alpha,
+            keep_float=tuple(args.keep_float))
         validate(req)
         from .pipeline import run_export
 

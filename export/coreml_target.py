@@ -38,7 +38,22 @@ def export(ctx: TargetContext) -> list[Artifact]:
     req = ctx.request
     size = req.img_size
     ctx.step("converting to Core ML")
-    program = ctx.source.exported_program().run_decompositions({})
+    if ctx.precision == "int8":
+        # W8A8: NNCF calibrates a PT2E quantize/dequantize graph, coremltools turns it into INT8 weights and
+        # activations (iOS 17 / A17 and later run INT8 activations on the Neural Engine). coremltools' own
+        # activation calibration would need the Core ML runtime (macOS); its CoreMLQuantizer fails to import with
+        # torch 2.13 (DESIGN.md).
+        import torch
+
+        from quantize import quantize_pt2e
+
+        ctx.step("quantizing for Core ML W8A8 (NNCF quantize_pt2e)")
+        example = ctx.source.example()
+        graph = quantize_pt2e(ctx.source.deployable(), example, ctx.source.calibration(), ctx.source.quant_options())
+        with torch.no_grad():
+            program = torch.export.export(graph, (example,)).run_decompositions({})
+    else:
+        program = ctx.source.exported_program().run_decompositions({})
     mlmodel = ct.convert(
         program,
         inputs=[ct.ImageType(name="image", shape=(1, 3, size, size), scale=1.0 / 255.0,
@@ -46,7 +61,7 @@ def export(ctx: TargetContext) -> list[Artifact]:
         outputs=[ct.TensorType(name="logits", dtype=np.float32)],
         convert_to="mlprogram",
         minimum_deployment_target=ct.target.iOS17,
-        compute_precision=ct.precision.FLOAT16 if ctx.precision == "fp16" else ct.precision.FLOAT32,
+        compute_precision=ct.precision.FLOAT32 if ctx.precision == "fp32" else ct.precision.FLOAT16,
     )
     structure = mil_structure(mlmodel)
     mlmodel.short_description = f"{req.model} image classifier ({req.num_classes} classes), exported by edge-crossformer"

@@ -31,7 +31,7 @@ def delegate_count(edge_program) -> int:
     return sum(1 for n in edge_program.graph.nodes if "executorch_call_delegate" in str(n.target))
 
 
-def lower_xnnpack(exported_program, quantized: bool = False):
+def lower_xnnpack(exported_program):
     """One call: ATen program -> edge program with every XNNPACK-able op in the delegate."""
     exir = require("executorch.exir", "executorch")
     partition = require("executorch.backends.xnnpack.partition.xnnpack_partitioner", "executorch")
@@ -68,8 +68,19 @@ def runtime_runner(path):
 def export(ctx: TargetContext) -> list[Artifact]:
     require("executorch.exir", "executorch")
     artifacts = []
+    if ctx.precision == "int8":
+        from quantize import quantize_pt2e
+
+        ctx.step("quantizing for XNNPACK (NNCF quantize_pt2e)")
+        example = ctx.source.example()
+        graph = quantize_pt2e(ctx.source.deployable(decompose_layernorm=True), example, ctx.source.calibration(),
+                              ctx.source.quant_options())
+        with torch.no_grad():
+            program = torch.export.export(graph, (example,))
+    else:
+        program = ctx.source.exported_program(decompose_layernorm=True)
     ctx.step("lowering to ExecuTorch XNNPACK")
-    edge = lower_xnnpack(ctx.source.exported_program(decompose_layernorm=True))
+    edge = lower_xnnpack(program)
     outside = outside_delegate(edge.exported_program())
     path = ctx.file_name("executorch", "xnnpack", "pte")
     save_program(edge, path)
@@ -77,6 +88,9 @@ def export(ctx: TargetContext) -> list[Artifact]:
         "delegates": delegate_count(edge.exported_program()), "ops_outside_delegate": sum(outside.values()),
         "ops_outside_delegate_by_op": outside}))
 
+    if ctx.precision == "int8":
+        # INT8 on iOS goes through the Core ML target's W8A8 ML program; the delegate .pte here is FP16 only.
+        return artifacts
     ctx.step("lowering to ExecuTorch Core ML delegate")
     # The Core ML delegate computes in FP16 (what the Neural Engine runs), whatever the XNNPACK precision.
     coreml_precision = "fp16"

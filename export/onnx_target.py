@@ -29,6 +29,12 @@ def export(ctx: TargetContext) -> list[Artifact]:
                                     optimize=True)
     program.save(str(path))
     model = onnx.load(str(path))
+    if ctx.precision == "int8":
+        from quantize import quantize_onnx
+
+        ctx.step("quantizing ONNX (NNCF, QDQ)")
+        model = quantize_onnx(model, ctx.source.calibration(), ctx.source.quant_options())
+        onnx.save(model, str(path))
     onnx.checker.check_model(model, full_check=True)
     ops: dict[str, int] = {}
     for node in model.graph.node:
@@ -43,4 +49,5 @@ def export(ctx: TargetContext) -> list[Artifact]:
     return [Artifact("onnx", None, ctx.precision, path, run, info={
         "opset": OPSET, "dynamic_batch": ctx.request.dynamic_batch, "op_histogram": dict(sorted(ops.items())),
         "gather_ops": sum(v for k, v in ops.items() if k.startswith("Gather")),
+        "quantize_linear_ops": ops.get("QuantizeLinear", 0),
     })]

@@ -32,6 +32,11 @@ def export(ctx: TargetContext) -> list[Artifact]:
         # on single-token groups (OpenVINO 2026.4, crossformer-fmnist stage 4).
         model = ov.convert_model(ctx.source.deployable(), example_input=ctx.source.example())
     model.inputs[0].get_tensor().set_names({"image"})
+    if ctx.precision == "int8":
+        from quantize import quantize_openvino
+
+        ctx.step("quantizing OpenVINO (NNCF, transformer preset)")
+        model = quantize_openvino(model, ctx.source.calibration(), ctx.source.quant_options())
     _stable_names(model, ctx.request.model)
     model.outputs[0].get_tensor().set_names({"logits"})
     ov.save_model(model, str(path), compress_to_fp16=ctx.precision == "fp16")
@@ -48,4 +53,5 @@ def export(ctx: TargetContext) -> list[Artifact]:
 
     return [Artifact("openvino", None, ctx.precision, path, run, extra_files=[path.with_suffix(".bin")], info={
         "runtime_precision_hint": "f32", "op_histogram": dict(sorted(ops.items())),
+        "fake_quantize_ops": ops.get("FakeQuantize", 0),
     })]

@@ -22,6 +22,7 @@ FP32_GATES = {"onnx": 1e-4, "openvino": 1e-3, "executorch": 1e-3, "coreml": 1e-3
 FP16_PSNR_DB = 60.0
 FP16_TOP1 = 0.99
 INT8_TOP1 = 0.98
+INT8_DROP_PP = 0.5
 
 
 def parity_inputs(img_size: int, resize: dict, count: int, samples_dir: Path) -> np.ndarray:

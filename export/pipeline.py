@@ -42,7 +42,7 @@ def check_backends(targets: tuple[str, ...]) -> None:
                                   f"{INSTALL_HINT.get(package, f'pip install {package}')}")
 
 
-def structural_checks(art: Artifact, rewrite: bool) -> list[dict]:
+def structural_checks(art: Artifact) -> list[dict]:
     """Facts the rewrite guarantees, checked on the artifact itself (not on the torch graph)."""
     checks = []
     if "ops_outside_delegate" in art.info and art.delegate == "xnnpack":
@@ -103,7 +103,12 @@ def _export_into(req: ExportRequest, staging: Path, console: Console) -> dict:
                     traceback.print_exc()
             bar.advance(task)
         bar.update(task, description="parity")
-        entries = [_parity_entry(art, inputs, expected, device, not req.reference_model) for art in artifacts]
+        int8_set = None
+        if any(a.precision == "int8" for a in artifacts):
+            data = source.int8_data
+            held = (np.round(data.parity.numpy() * 255.0) / 255.0).astype(np.float32)
+            int8_set = (held, parity.reference_logits(reference, held)[0], data.parity_labels.numpy(), data.source)
+        entries = [_parity_entry(art, inputs, expected, device, int8_set) for art in artifacts]
         bar.advance(task)
         bar.update(task, description="done")
     with open(staging / "labels.txt", "w", encoding="utf-8") as f:
@@ -118,7 +123,7 @@ def _export_into(req: ExportRequest, staging: Path, console: Console) -> dict:
     return manifest
 
 
-def _parity_entry(art: Artifact, inputs: np.ndarray, expected: np.ndarray, device: str, rewrite: bool) -> dict:
+def _parity_entry(art: Artifact, inputs: np.ndarray, expected: np.ndarray, device: str, int8_set) -> dict:
     digest, size = sha256_of(art.path)
     entry = {"target": art.target, "delegate": art.delegate, "precision": art.precision, "file": art.path.name,
              "sha256": digest, "bytes": size}
@@ -126,16 +131,28 @@ def _parity_entry(art: Artifact, inputs: np.ndarray, expected: np.ndarray, devic
         entry["extra_files"] = [{"file": p.name, "sha256": sha256_of(p)[0], "bytes": sha256_of(p)[1]}
                                 for p in art.extra_files]
         entry["bytes"] += sum(f["bytes"] for f in entry["extra_files"])
-    checks = structural_checks(art, rewrite)
+    checks = structural_checks(art)
     structure_ok = all(c["ok"] for c in checks)
     if art.runner is None:
         result = {"reference_device": device, "status": "skipped" if structure_ok else "fail",
                   "reason": art.skip_reason}
     else:
+        extra = {}
+        if art.precision == "int8" and int8_set is not None:
+            # INT8 is judged on real held-out images against the float model, not on the synthetic inputs.
+            inputs, expected, labels, where = int8_set
+            extra["images"] = where
         got = parity.run_batched(art.runner, inputs)
         measured = parity.compare(got, expected)
         status, rule = parity.gate(art.target, art.precision, measured)
-        result = {"reference_device": device, **measured.as_dict(), "gate": rule,
+        if art.precision == "int8" and int8_set is not None and (labels >= 0).all():
+            fp32_acc = float((expected.argmax(1) == labels).mean() * 100)
+            int8_acc = float((got.argmax(1) == labels).mean() * 100)
+            extra.update({"top1_fp32": fp32_acc, "top1_int8": int8_acc, "top1_drop_pp": fp32_acc - int8_acc})
+            if fp32_acc - int8_acc > parity.INT8_DROP_PP:
+                status = "fail"
+            rule += f" and top-1 drop <= {parity.INT8_DROP_PP} pp on labelled images"
+        result = {"reference_device": device, **measured.as_dict(), **extra, "gate": rule,
                   "status": status if structure_ok else "fail"}
     entry["parity"] = result
     entry["checks"] = checks

@@ -46,6 +46,26 @@ class ModelSource:
             self._deployables[decompose_layernorm] = Normalized(strip_position_mlp(model)).eval()
         return self._deployables[decompose_layernorm]
 
+    @functools.cached_property
+    def int8_data(self):
+        """Calibration and held-out parity images for INT8 (loaded once)."""
+        from .int8 import load_int8_data
+        from .manifest import resize_spec
+
+        return load_int8_data(self.request, resize_spec(self.request))
+
+    def quant_options(self):
+        from quantize import QuantOptions
+
+        req = self.request
+        return QuantOptions(subset_size=req.calib_size, smooth_quant_alpha=req.smooth_quant_alpha,
+                            keep_float=tuple(req.keep_float))
+
+    def calibration(self):
+        from quantize import calibration_list
+
+        return calibration_list(self.int8_data.calibration)
+
     def example(self, batch: int = 1) -> torch.Tensor:
         size = self.request.img_size
         return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))

@@ -15,10 +15,10 @@ DEFAULT_MODEL = "crossformer-fmnist"
 
 # Which precisions each target can produce, and its default when --precision is not given.
 SUPPORTED = {
-    "coreml": ("fp16", "fp32"),
-    "executorch": ("fp32",),
-    "openvino": ("fp32", "fp16"),
-    "onnx": ("fp32",),
+    "coreml": ("fp16", "fp32", "int8"),
+    "executorch": ("fp32", "int8"),
+    "openvino": ("fp32", "fp16", "int8"),
+    "onnx": ("fp32", "int8"),
 }
 DEFAULT_PRECISION = {"coreml": "fp16", "executorch": "fp32", "openvino": "fp32", "onnx": "fp32"}
 

@@ -1,0 +1,66 @@
+"""INT8 plumbing for the exporters: where calibration and parity images come from.
+
+Calibration: `--calib-data` (ImageFolder tree, flat folder of images, or a folder of Fashion-MNIST IDX files); the
+bundled `crossformer-fmnist` falls back to the Fashion-MNIST training split of Debian's `dataset-fashion-mnist`.
+INT8 parity is gated on real images the calibration did not see: the Fashion-MNIST test split for the bundled model,
+otherwise the images of the calibration folder beyond the calibration subset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from edge_crossformer.config import CrossFormerConfig
+from edge_crossformer.data import DataError, find_fashion_mnist, load_dataset
+
+from .request import ExportError, ExportRequest
+
+PARITY_IMAGES = 500
+
+
+def _bundled_fallback(cfg: CrossFormerConfig) -> bool:
+    return cfg.bundled_checkpoint is not None and cfg.labels_file is not None and find_fashion_mnist() is not None
+
+
+def check_calibration_request(req: ExportRequest, cfg: CrossFormerConfig) -> None:
+    if req.calib_data is None:
+        if req.checkpoint is None and _bundled_fallback(cfg):
+            return
+        raise ExportError(
+            f"--precision int8 needs calibration images: pass --calib-data PATH (a folder of images, an ImageFolder "
+            f"tree or Fashion-MNIST IDX files); {req.model} has no bundled calibration set")
+    path = Path(req.calib_data)
+    if not path.exists():
+        raise ExportError(f"calibration data not found: {path}")
+    if not path.is_dir():
+        raise ExportError(f"--calib-data must be a folder (of images, of class sub-folders, or of IDX files): {path}")
+
+
+@dataclass
+class Int8Data:
+    calibration: torch.Tensor        # [N, 3, S, S] in [0, 1]
+    parity: torch.Tensor             # real images not used for calibration
+    parity_labels: torch.Tensor      # -1 where unlabelled
+    source: str
+
+
+def load_int8_data(req: ExportRequest, resize: dict) -> Int8Data:
+    try:
+        if req.calib_data is None:
+            calib = load_dataset(None, resize, split="train", limit=req.calib_size)
+            held = load_dataset(None, resize, split="test", limit=PARITY_IMAGES)
+            return Int8Data(calib.images, held.images, held.labels, "fashion-mnist train (calibration), test (parity)")
+        everything = load_dataset(req.calib_data, resize, split="train", limit=req.calib_size + PARITY_IMAGES)
+    except DataError as e:
+        raise ExportError(str(e)) from e
+    n = len(everything)
+    if n < 2:
+        raise ExportError(f"calibration set {req.calib_data} has {n} readable image(s); give at least a few dozen")
+    # Interleave so both halves cover every class of a sorted ImageFolder listing.
+    calib_idx = [i for i in range(n) if i % 4 != 3][:req.calib_size]
+    parity_idx = [i for i in range(n) if i not in set(calib_idx)] or calib_idx
+    return Int8Data(everything.images[calib_idx], everything.images[parity_idx], everything.labels[parity_idx],
+                    f"{req.calib_data} ({len(calib_idx)} calibration, {len(parity_idx)} held-out parity images)")

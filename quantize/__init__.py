@@ -1,0 +1,8 @@
+"""INT8 through NNCF: post-training quantization per model representation, and quantization-aware fine-tuning.
+
+Sits below `export` (export imports quantize, never the reverse) and knows nothing of file formats.
+"""
+
+from .ptq import QuantOptions, calibration_list, quantize_onnx, quantize_openvino, quantize_pt2e
+
+__all__ = ["QuantOptions", "calibration_list", "quantize_onnx", "quantize_openvino", "quantize_pt2e"]
