@@ -162,7 +162,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise DataError(f"{path} is not an unsigned-byte IDX file")
     ndim = data[3]
     dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    body = np.frombuffer(bytearray(data), dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
         raise DataError(f"{path} is truncated: header says {dims}, found {body.size} values")
     return body.reshape(dims)

@@ -55,7 +55,7 @@ def save_program(edge, path) -> None:
     path.write_bytes(program.buffer)
 
 
-def runtime_runner(path):
+def load_runner(path):
     runtime = require("executorch.runtime", "executorch")
     method = runtime.Runtime.get().load_program(str(path)).load_method("forward")
 
@@ -84,7 +84,7 @@ def export(ctx: TargetContext) -> list[Artifact]:
     outside = outside_delegate(edge.exported_program())
     path = ctx.file_name("executorch", "xnnpack", "pte")
     save_program(edge, path)
-    artifacts.append(Artifact("executorch", "xnnpack", ctx.precision, path, runtime_runner(path), info={
+    artifacts.append(Artifact("executorch", "xnnpack", ctx.precision, path, load_runner(path), info={
         "delegates": delegate_count(edge.exported_program()), "ops_outside_delegate": sum(outside.values()),
         "ops_outside_delegate_by_op": outside}))
 

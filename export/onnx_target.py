@@ -10,10 +10,19 @@ from .base import Artifact, TargetContext, require
 OPSET = 18
 
 
+def load_runner(path, threads: int | None = None):
+    """ONNX Runtime (CPU) session for an exported .onnx: [1, 3, S, S] float32 -> logits."""
+    ort = require("onnxruntime", "onnx")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(["logits"], {"image": x})[0]
+
+
 def export(ctx: TargetContext) -> list[Artifact]:
     onnx = require("onnx", "onnx")
     require("onnxscript", "onnx")
-    ort = require("onnxruntime", "onnx")
+    require("onnxruntime", "onnx")
     path = ctx.file_name("onnx", None, "onnx")
     module = ctx.source.deployable()
     ctx.step("exporting to ONNX")
@@ -39,14 +48,7 @@ def export(ctx: TargetContext) -> list[Artifact]:
     ops: dict[str, int] = {}
     for node in model.graph.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def run(x: np.ndarray) -> np.ndarray:
-        return session.run(["logits"], {"image": x})[0]
-
-    return [Artifact("onnx", None, ctx.precision, path, run, info={
+    return [Artifact("onnx", None, ctx.precision, path, load_runner(path), info={
         "opset": OPSET, "dynamic_batch": ctx.request.dynamic_batch, "op_histogram": dict(sorted(ops.items())),
         "gather_ops": sum(v for k, v in ops.items() if k.startswith("Gather")),
         "quantize_linear_ops": ops.get("QuantizeLinear", 0),

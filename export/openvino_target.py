@@ -23,6 +23,16 @@ def _stable_names(model, name: str) -> None:
             op.set_friendly_name(f"{op.get_type_name()}_{index}")
 
 
+def load_runner(path, threads: int | None = None, precision_hint: str = "f32"):
+    """OpenVINO CPU plugin for an IR: [1, 3, S, S] float32 -> logits. f32 hint by default: this CPU would
+    otherwise run bf16 (INT8 layers stay INT8 either way)."""
+    ov = require("openvino", "openvino")
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": precision_hint,
+                                                          "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()})
+    request = compiled.create_infer_request()
+    return lambda x: request.infer({0: x})[compiled.output(0)]
+
+
 def export(ctx: TargetContext) -> list[Artifact]:
     ov = require("openvino", "openvino")
     path = ctx.file_name("openvino", None, "xml")
@@ -43,15 +53,7 @@ def export(ctx: TargetContext) -> list[Artifact]:
     ops: dict[str, int] = {}
     for op in model.get_ordered_ops():
         ops[op.get_type_name()] = ops.get(op.get_type_name(), 0) + 1
-    core = ov.Core()
-    compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                                                     "INFERENCE_NUM_THREADS": torch.get_num_threads()})
-    request = compiled.create_infer_request()
-
-    def run(x: np.ndarray) -> np.ndarray:
-        return request.infer({0: x})[compiled.output(0)]
-
-    return [Artifact("openvino", None, ctx.precision, path, run, extra_files=[path.with_suffix(".bin")], info={
+    return [Artifact("openvino", None, ctx.precision, path, load_runner(path), extra_files=[path.with_suffix(".bin")], info={
         "runtime_precision_hint": "f32", "op_histogram": dict(sorted(ops.items())),
         "fake_quantize_ops": ops.get("FakeQuantize", 0),
     })]

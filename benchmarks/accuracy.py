@@ -1,0 +1,177 @@
+"""`python -m benchmarks accuracy`: how much top-1 does INT8 cost, per runtime, on real labelled images?
+
+Exports FP32 and INT8 (post-training; and QAT when `--qat-checkpoint` is given) artifacts with `export`, runs each on
+its own runtime over the labelled set, and reports top-1, top-5 and agreement with that runtime's FP32 artifact as a
+table, `accuracy.json` and `accuracy.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from edge_crossformer.util import atomic_path, progress_bar
+
+RUNTIMES = {"onnx": ("onnx", None, "ONNX Runtime"), "openvino": ("openvino", None, "OpenVINO CPU"),
+            "executorch": ("executorch", "xnnpack", "ExecuTorch XNNPACK")}
+
+
+def _runner(target: str, path: Path):
+    import importlib
+
+    return importlib.import_module(f"export.{target}_target").load_runner(path)
+
+
+def evaluate_artifact(run, images: np.ndarray, labels: np.ndarray, progress=None) -> np.ndarray:
+    logits = []
+    for i in range(len(images)):
+        logits.append(np.asarray(run(images[i:i + 1]), dtype=np.float32).reshape(-1))
+        if progress is not None:
+            progress()
+    return np.stack(logits)
+
+
+def scores(logits: np.ndarray, labels: np.ndarray, fp32: np.ndarray | None) -> dict:
+    top5 = np.argsort(-logits, axis=1)[:, :5]
+    out = {"top1": float((top5[:, 0] == labels).mean() * 100), "top5": float((top5 == labels[:, None]).any(1).mean() * 100)}
+    if fp32 is not None:
+        out["agreement_with_fp32"] = float((logits.argmax(1) == fp32.argmax(1)).mean() * 100)
+    return out
+
+
+def run(argv: list[str] | None = None) -> int:
+    from edge_crossformer.data import DataError, load_dataset
+    from export import ExportError, ExportRequest, run_export, validate
+    from export.manifest import resize_spec
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks accuracy", description=__doc__)
+    p.add_argument("--model", default="crossformer-fmnist")
+    p.add_argument("--checkpoint", type=Path)
+    p.add_argument("--qat-checkpoint", type=Path, help="QAT fine-tuned weights (python -m quantize qat) to add")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--img-size", type=int)
+    p.add_argument("--data", type=Path, help="labelled images (ImageFolder or Fashion-MNIST IDX folder; "
+                                             "default: Fashion-MNIST test split)")
+    p.add_argument("--calib-data", type=Path, help="calibration images (default: Fashion-MNIST train split)")
+    p.add_argument("--calib-size", type=int, default=300)
+    p.add_argument("--limit", type=int, help="score only this many labelled images (default: all)")
+    p.add_argument("--runtimes", default="onnx,openvino,executorch")
+    p.add_argument("--smooth-quant-alpha", type=float)
+    p.add_argument("--output", type=Path, default=Path("benchmark_results/accuracy"))
+    args = p.parse_args(argv)
+    console = Console(stderr=True)
+    targets = tuple(t for t in args.runtimes.split(",") if t)
+    bad = [t for t in targets if t not in RUNTIMES]
+    if bad:
+        print(f"error: unknown runtime(s) {bad}; choose from {', '.join(RUNTIMES)}", file=sys.stderr)
+        return 2
+    variants = [("fp32", args.checkpoint, "FP32"), ("int8", args.checkpoint, "INT8 PTQ")]
+    if args.qat_checkpoint:
+        variants.append(("int8", args.qat_checkpoint, "INT8 QAT"))
+    started = time.time()
+    results: dict = {}
+    with tempfile.TemporaryDirectory(prefix="accuracy-") as tmp:
+        try:
+            base = ExportRequest(targets=targets, model=args.model, checkpoint=args.checkpoint,
+                                 img_size=args.img_size, num_classes=args.num_classes, output=Path(tmp) / "probe")
+            validate(base)
+            data = load_dataset(args.data, resize_spec(base), split="test", limit=args.limit, labelled=True)
+        except (ExportError, DataError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if len(data.classes) and len(data.classes) != base.num_classes:
+            print(f"error: {data.source} has {len(data.classes)} classes but {args.model} has {base.num_classes}; "
+                  "give a labelled set with the model's classes", file=sys.stderr)
+            return 2
+        images = (np.round(data.images.numpy() * 255.0) / 255.0).astype(np.float32)
+        labels = data.labels.numpy()
+        for precision, ckpt, name in variants:
+            out = Path(tmp) / name.replace(" ", "_")
+            req = ExportRequest(targets=targets, model=args.model, checkpoint=ckpt, img_size=args.img_size,
+                                num_classes=args.num_classes, precision=precision, output=out,
+                                calib_data=args.calib_data, calib_size=args.calib_size,
+                                smooth_quant_alpha=args.smooth_quant_alpha, parity_samples=4)
+            try:
+                validate(req)
+                _, manifest = run_export(req, console)
+            except ExportError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            for art in manifest["artifacts"]:
+                key = art["target"]
+                if art["target"] == "executorch" and art["delegate"] != "xnnpack":
+                    continue
+                with progress_bar(console=console) as bar:
+                    task = bar.add_task(f"{name} on {RUNTIMES[key][2]}", total=len(images))
+                    logits = evaluate_artifact(_runner(key, out / art["file"]), images, labels,
+                                               lambda: bar.advance(task))
+                fp32 = results.get(key, {}).get("FP32", {}).get("_logits")
+                entry = scores(logits, labels, fp32)
+                entry.update({"file": art["file"], "bytes": art["bytes"], "parity_status": art["parity"]["status"],
+                              "_logits": logits})
+                results.setdefault(key, {})[name] = entry
+    report = {"model": args.model, "checkpoint": str(args.checkpoint) if args.checkpoint else "bundled",
+              "data": data.source, "images": int(len(labels)), "calibration": str(args.calib_data or "default"),
+              "calib_size": args.calib_size, "seconds": round(time.time() - started, 1),
+              "results": {rt: {v: {k: x for k, x in e.items() if not k.startswith("_")} for v, e in per.items()}
+                          for rt, per in results.items()}}
+    for rt, per in report["results"].items():
+        for v, e in per.items():
+            if v != "FP32":
+                e["drop_pp"] = per["FP32"]["top1"] - e["top1"]
+    args.output.mkdir(parents=True, exist_ok=True)
+    with atomic_path(args.output / "accuracy.json") as tmp_json:
+        tmp_json.write_text(json.dumps(report, indent=2) + "\n")
+    _plot(report, args.output / "accuracy.png")
+    _table(console, report)
+    console.print(f"wrote {args.output / 'accuracy.json'} and {args.output / 'accuracy.png'}")
+    return 0
+
+
+def _table(console: Console, report: dict) -> None:
+    table = Table(title=f"{report['model']}: top-1 on {report['images']} labelled images ({report['data']})")
+    for col in ("runtime", "variant", "top-1 %", "top-5 %", "drop pp", "agree w/ FP32 %", "parity"):
+        table.add_column(col, justify="left" if col in ("runtime", "variant") else "right")
+    for rt, per in report["results"].items():
+        for v, e in per.items():
+            table.add_row(RUNTIMES[rt][2], v, f"{e['top1']:.2f}", f"{e['top5']:.2f}",
+                          "-" if "drop_pp" not in e else f"{e['drop_pp']:+.2f}",
+                          "-" if "agreement_with_fp32" not in e else f"{e['agreement_with_fp32']:.2f}",
+                          e["parity_status"])
+    console.print(table)
+
+
+def _plot(report: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    runtimes = list(report["results"])
+    variants = sorted({v for per in report["results"].values() for v in per}, key=["FP32", "INT8 PTQ", "INT8 QAT"].index)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(variants)
+    for i, v in enumerate(variants):
+        vals = [report["results"][rt].get(v, {}).get("top1", np.nan) for rt in runtimes]
+        bars = ax.bar(np.arange(len(runtimes)) + i * width, vals, width, label=v)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(np.arange(len(runtimes)) + width * (len(variants) - 1) / 2, [RUNTIMES[r][2] for r in runtimes])
+    low = min(e["top1"] for per in report["results"].values() for e in per.values())
+    ax.set_ylim(max(0, low - 3), 100)
+    ax.set_ylabel("top-1 %")
+    ax.set_title(f"{report['model']}: FP32 vs INT8, {report['images']} images")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)

@@ -1,0 +1,54 @@
+"""INT8 post-training quantization for every target, on the bundled trained model and real Fashion-MNIST images."""
+
+import pytest
+
+from edge_crossformer.data import find_fashion_mnist
+
+from conftest import load_manifest, run_cli
+
+needs_fmnist = pytest.mark.skipif(find_fashion_mnist() is None,
+                                  reason="Debian package dataset-fashion-mnist is not installed (.ci/run installs it)")
+
+
+@needs_fmnist
+@pytest.mark.parametrize("target", ["onnx", "openvino", "executorch", "coreml"])
+def test_ptq_every_target(target, tmp_path):
+    out = tmp_path / target
+    code = run_cli("--target", target, "--precision", "int8", "--calib-size", "128", "--output", out)
+    m = load_manifest(out)
+    arts = [a for a in m["artifacts"] if a["precision"] == "int8"]
+    assert arts and not m["failures"]
+    for art in arts:
+        assert art["file"].endswith(f"_int8.{art['file'].rsplit('.', 1)[1]}")
+        p = art["parity"]
+        if p["status"] == "skipped":  # Core ML off macOS: structure only
+            assert target == "coreml" and all(c["ok"] for c in art["checks"])
+            continue
+        assert p["images"].startswith("fashion-mnist")
+        assert p["top1_agreement"] >= 0.98, p
+        assert p["top1_drop_pp"] <= 0.5, p
+    info = arts[0]["info"]
+    if target == "executorch":
+        assert info["ops_outside_delegate"] == 0
+    if target == "onnx":
+        assert info["quantize_linear_ops"] > 0
+    if target == "openvino":
+        assert info["fake_quantize_ops"] > 0
+    if target == "coreml":
+        ops = info["op_histogram"]
+        assert any("quantize" in k or "constexpr" in k for k in ops), ops
+    assert code == 0
+
+
+def test_int8_needs_calibration_data(tmp_path, capsys, checkpoints):
+    assert run_cli("--target", "onnx", "--model", "crossformer-t", "--checkpoint", checkpoints("crossformer-t"),
+                   "--num-classes", "10", "--precision", "int8", "--output", tmp_path / "o") == 2
+    assert "needs calibration images: pass --calib-data" in capsys.readouterr().err
+    assert run_cli("--target", "onnx", "--precision", "int8", "--calib-data", tmp_path / "none",
+                   "--output", tmp_path / "o") == 2
+    assert "calibration data not found" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_cli("--target", "onnx", "--precision", "int8", "--calib-data", empty, "--output", tmp_path / "o") == 2
+    assert "no images found" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
