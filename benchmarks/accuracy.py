@@ -64,7 +64,7 @@ def run(argv: list[str] | None = None) -> int:
     p.add_argument("--calib-size", type=int, default=300)
     p.add_argument("--limit", type=int, help="score only this many labelled images (default: all)")
     p.add_argument("--runtimes", default="onnx,openvino,executorch")
-    p.add_argument("--smooth-quant-alpha", type=float)
+    p.add_argument("--smooth-quant-alpha", type=float, default=-1.0)
     p.add_argument("--output", type=Path, default=Path("benchmark_results/accuracy"))
     args = p.parse_args(argv)
     console = Console(stderr=True)

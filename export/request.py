@@ -43,7 +43,9 @@ class ExportRequest:
     dynamic_batch: bool = False
     calib_data: Path | None = None
     calib_size: int = 300
-    smooth_quant_alpha: float | None = None
+    # Off by default: measured on crossformer-fmnist (500 held-out images), NNCF's default SmoothQuant (0.95)
+    # lowered OpenVINO INT8 top-1 agreement from 99.0% to 96.8% and 0.5 to 95.6%; ONNX 98.8% either way.
+    smooth_quant_alpha: float | None = -1.0
     keep_float: tuple[str, ...] = ()
     reset_head: bool = False
     parity_samples: int = 8
@@ -54,11 +56,15 @@ class ExportRequest:
 
 
 def parse_targets(target: str) -> tuple[str, ...]:
+    """'all', one target, or a comma-separated list (e.g. 'onnx,openvino')."""
     if target == "all":
         return TARGETS
-    if target not in TARGETS:
-        raise ExportError(f"unknown target '{target}'; choose one of: {', '.join(TARGETS)}, all")
-    return (target,)
+    names = tuple(dict.fromkeys(t.strip() for t in target.split(",") if t.strip()))
+    for name in names or (target,):
+        if name not in TARGETS:
+            raise ExportError(f"unknown target '{name}'; choose one of: {', '.join(TARGETS)}, all "
+                              "(or a comma-separated list)")
+    return names
 
 
 def read_labels(path: Path, num_classes: int) -> list[str]:
