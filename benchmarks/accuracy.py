@@ -170,7 +170,7 @@ def _plot(report: dict, path: Path) -> None:
     ax.set_ylim(max(0, low - 3), 100)
     ax.set_ylabel("top-1 %")
     ax.set_title(f"{report['model']}: FP32 vs INT8, {report['images']} images")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper right")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
