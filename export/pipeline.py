@@ -132,8 +132,8 @@ def _parity_entry(art: Artifact, inputs: np.ndarray, expected: np.ndarray, devic
     entry = {"target": art.target, "delegate": art.delegate, "precision": art.precision, "file": art.path.name,
              "sha256": digest, "bytes": size}
     if art.extra_files:
-        entry["extra_files"] = [{"file": p.name, "sha256": sha256_of(p)[0], "bytes": sha256_of(p)[1]}
-                                for p in art.extra_files]
+        entry["extra_files"] = [{"file": p.name, "sha256": digest_, "bytes": size_}
+                                for p in art.extra_files for digest_, size_ in [sha256_of(p)]]
         entry["bytes"] += sum(f["bytes"] for f in entry["extra_files"])
     checks = structural_checks(art)
     structure_ok = all(c["ok"] for c in checks)
