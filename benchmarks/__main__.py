@@ -1,19 +1,24 @@
-"""python -m benchmarks accuracy ..."""
+"""python -m benchmarks [latency options] | accuracy ... | merge FILES... | golden ... | android ..."""
 
 from __future__ import annotations
 
+import importlib
 import sys
+
+# subcommand -> module with run(argv) -> exit code; no subcommand means the latency benchmark.
+SUBCOMMANDS = {
+    "accuracy": "benchmarks.accuracy",
+    "merge": "benchmarks.merge",
+    "golden": "benchmarks.golden",
+    "android": "benchmarks.android",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "accuracy":
-        from .accuracy import run
-
-        return run(argv[1:])
-    print("usage: python -m benchmarks accuracy [--model NAME] [--checkpoint PATH] [--data DIR] ...\n"
-          "(latency benchmarks are not implemented yet)", file=sys.stderr)
-    return 2
+    if argv and argv[0] in SUBCOMMANDS:
+        return importlib.import_module(SUBCOMMANDS[argv[0]]).run(argv[1:])
+    return importlib.import_module("benchmarks.latency").run(argv)
 
 
 if __name__ == "__main__":
