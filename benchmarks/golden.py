@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import re
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .stats import latency_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = ROOT / "apps" / "golden" / "golden.json"
@@ -107,19 +108,6 @@ def input_record(x: torch.Tensor) -> dict:
         "min": r6(flat.min(1).values), "max": r6(flat.max(1).values),
         "pixels": [r6(x[:, py, px]) for py, px in probes(x.shape[-1])],
     }
-
-
-def latency_stats(samples_ms, trim: float) -> dict:
-    """docs/results_schema.md's latency statistics (the definition in STATISTICS)."""
-    s = sorted(float(v) for v in samples_ms)
-    n = len(s)
-    if n == 0:
-        raise ValueError("no timed runs to summarise")
-    median = s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
-    k = int(math.floor(trim * n))
-    kept = s[k:n - k] if n - 2 * k > 0 else s
-    return {"median": median, "p90": s[max(0, math.ceil(0.9 * n) - 1)], "trimmed_mean": sum(kept) / len(kept),
-            "min": s[0], "max": s[-1], "n": n}
 
 
 def top5(logits: torch.Tensor, labels: list[str]) -> list[dict]:

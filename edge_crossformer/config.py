@@ -39,6 +39,14 @@ class CrossFormerConfig:
     def with_(self, **changes) -> "CrossFormerConfig":
         return replace(self, **changes)
 
+    def resize_for(self, img_size: int | None = None) -> dict:
+        """How a photo is resized before it enters the model at `img_size` (the crop ratio is kept)."""
+        spec = dict(self.resize)
+        if img_size is not None and spec["crop"] != img_size:
+            ratio = spec["crop"] / spec["size"]
+            spec = {**spec, "size": int(round(img_size / ratio)), "crop": img_size}
+        return spec
+
 
 _CF = dict(group_size=(7, 7, 7, 7), family="crossformer")
 _CFPP = dict(group_size=(4, 4, 14, 7), interval=(4, 2, 1, 1), use_acl=True, family="crossformer++")

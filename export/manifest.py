@@ -42,12 +42,7 @@ def tool_versions() -> dict:
 
 def resize_spec(req: ExportRequest) -> dict:
     """How apps must resize a photo before it enters the model (upstream eval: bicubic, crop ratio 0.875)."""
-    cfg = get_config(req.model)
-    spec = dict(cfg.resize)
-    if spec["crop"] != req.img_size:
-        ratio = spec["crop"] / spec["size"]
-        spec = {**spec, "size": int(round(req.img_size / ratio)), "crop": req.img_size}
-    return spec
+    return get_config(req.model).resize_for(req.img_size)
 
 
 def build_manifest(req: ExportRequest, artifacts: list[dict], failures: list[dict], source: dict) -> dict:

@@ -72,7 +72,7 @@ class BenchmarkActivity : ComponentActivity() {
         /** Runs the benchmark off the main thread and writes the report; also used by the app's own button. */
         suspend fun runAndWrite(context: Context, settings: BenchmarkSettings, onProgress: (Int) -> Unit): File {
             val outcome = withContext(Dispatchers.Default) {
-                Benchmark.run({ Classifier.fromAssets(context, settings.threads) }, settings) { done ->
+                Benchmark.run({ Classifier.load(context, settings.threads) }, settings) { done ->
                     if (done % 10 == 0) Log.i(TAG, "run $done / ${settings.runs}")
                 }
             }

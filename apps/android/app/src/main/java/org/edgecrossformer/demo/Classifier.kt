@@ -36,6 +36,28 @@ class Classifier private constructor(
     override fun close() = module.destroy()
 
     companion object {
+        /** Where `python -m benchmarks android` pushes an export (app-specific external storage: adb can write
+         *  it, the app reads it without any permission). */
+        fun pushedDir(context: Context): File? = context.getExternalFilesDir("models")
+
+        /** The pushed export when there is one (manifest.json + .pte in [pushedDir]), else the bundled assets. */
+        fun load(context: Context, threads: Int = 0): Classifier {
+            val dir = pushedDir(context)
+            return if (dir != null && File(dir, ModelManifest.FILE).isFile) fromDirectory(dir, threads)
+            else fromAssets(context, threads)
+        }
+
+        fun fromDirectory(dir: File, threads: Int = 0): Classifier {
+            val manifest = ModelManifest.parse(File(dir, ModelManifest.FILE).readText())
+            val pte = File(dir, manifest.pteFile)
+            check(pte.isFile) { "manifest.json in $dir names ${manifest.pteFile}, which is not there; push it too" }
+            val t0 = SystemClock.elapsedRealtimeNanos()
+            val module = Module.load(pte.absolutePath, Module.LOAD_MODE_MMAP, threads)
+            module.loadMethod("forward")
+            val loadMs = (SystemClock.elapsedRealtimeNanos() - t0) / 1e6
+            return Classifier(module, manifest, loadMs, threads)
+        }
+
         /** Loads manifest.json and the XNNPACK .pte from the APK's assets (apps/copy_artifacts.sh puts them
          *  there). [threads] = 0 lets ExecuTorch pick. */
         fun fromAssets(context: Context, threads: Int = 0): Classifier {

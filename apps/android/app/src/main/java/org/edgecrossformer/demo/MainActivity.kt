@@ -35,7 +35,7 @@ import kotlinx.coroutines.withContext
 
 /** Pick a photo, see the top-5 and the inference time; or run the benchmark (same as the BENCHMARK intent). */
 class MainActivity : ComponentActivity() {
-    private val classifier by lazy { Classifier.fromAssets(applicationContext) }
+    private val classifier by lazy { Classifier.load(applicationContext) }
 
     override fun onCreate(savedInstanceState: Bundle?) {
         super.onCreate(savedInstanceState)

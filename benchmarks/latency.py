@@ -1,0 +1,421 @@
+"""`python -m benchmarks`: latency, load time, peak memory and size per runtime and precision, against upstream's
+architecture exported the straightforward way, in the same run, on this host.
+
+1. Export (cached in OUTPUT/artifacts): this project's artifacts (export-friendly model; FP32 and INT8 with the
+   project's recipe) and the baseline (the faithful reference model exported as is; INT8 with NNCF's default
+   transformer recipe, SmoothQuant included) for ONNX Runtime, OpenVINO and ExecuTorch XNNPACK; a target that
+   cannot take the baseline is reported with its error.
+2. Measure this host's dense GEMM peak per precision (benchmarks/peaks.py).
+3. Load every case pinned to the same thread count, warm it up, then time it in rounds that interleave all cases
+   in a shuffled order, so machine noise lands on all of them alike.
+4. Peak memory: each case once more in a fresh subprocess (RSS growth over the imported runtime).
+5. Write results.json (docs/results_schema.md), results.md and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from edge_crossformer.util import atomic_path, progress_bar
+
+from . import peaks as peaks_mod
+from . import system
+from .runners import Case, load
+from .stats import latency_stats
+
+RUNTIMES = ("pytorch", "onnxruntime", "openvino", "executorch")
+TARGET_OF = {"onnxruntime": "onnx", "openvino": "openvino", "executorch": "executorch"}
+TRIM = 0.1
+# (numerator, denominator, goal) on CrossFormer-T 224, batch 1 (issue #5); evaluated whenever both cases ran.
+GOALS = [
+    ("openvino/int8/project", "openvino/fp32/baseline", 0.5),
+    ("openvino/int8/project", "openvino/int8/baseline", 0.8),
+    ("executorch/int8/project", "executorch/fp32/project", 0.67),
+    ("onnxruntime/int8/project", "onnxruntime/fp32/baseline", 0.6),
+    ("openvino/fp32/project", "openvino/fp32/baseline", None),
+    ("onnxruntime/fp32/project", "onnxruntime/fp32/baseline", None),
+    ("onnxruntime/int8/project", "onnxruntime/int8/baseline", None),
+    ("pytorch/fp32/project", "pytorch/fp32/baseline", None),
+]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="other commands: python -m benchmarks {accuracy,merge,golden,android} --help")
+    p.add_argument("--model", default="crossformer-t")
+    p.add_argument("--checkpoint", type=Path, help="weights (latency does not depend on them; default: random "
+                                                   "init, or the bundled ones)")
+    p.add_argument("--img-size", type=int, help="default: the model's (224 for upstream variants); --quick: 64")
+    p.add_argument("--quick", action="store_true", help="small input, few runs (a smoke test of the whole tool)")
+    p.add_argument("--threads", type=int, default=None, help="threads per runtime (default: all cores)")
+    p.add_argument("--warmup", type=int, help="untimed runs per case (default 10; --quick 2)")
+    p.add_argument("--runs", type=int, help="timed runs per case (default 60; --quick 6)")
+    p.add_argument("--rounds", type=int, help="interleaving rounds (default 6; --quick 2)")
+    p.add_argument("--runtimes", default=",".join(RUNTIMES), help="comma list of " + ", ".join(RUNTIMES))
+    p.add_argument("--no-baseline", action="store_true", help="skip upstream-as-exported")
+    p.add_argument("--no-memory", action="store_true", help="skip the per-case peak-memory subprocesses")
+    p.add_argument("--calib-data", type=Path, help="INT8 calibration images (default: the bundled set, else 64 "
+                                                   "Fashion-MNIST test images, else seeded synthetic images)")
+    p.add_argument("--accuracy", type=Path, help="accuracy.json from python -m benchmarks accuracy, for the "
+                                                 "accuracy-vs-latency plot (default: looked up in OUTPUT and docs/)")
+    p.add_argument("--output", type=Path, help="default: benchmark_results/<model>_<size>")
+    p.add_argument("--reexport", action="store_true", help="export again even if OUTPUT/artifacts has the set")
+    return p
+
+
+# ----------------------------------------------------------------------------------------------------- exports
+
+def _calibration_folder(args, model: str, root: Path) -> Path | None:
+    from edge_crossformer.data import find_fashion_mnist, load_fashion_mnist
+    from edge_crossformer.registry import get_config
+
+    if args.calib_data:
+        return args.calib_data
+    if get_config(model).bundled_checkpoint:
+        return None  # the bundled model has its own calibration set
+    folder = root / "calibration"
+    if folder.exists() and len(list(folder.glob("*.png"))) >= 64:
+        return folder
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if find_fashion_mnist(None, "test") is not None:
+        images, _ = load_fashion_mnist(None, "test")
+        pictures = [images[i * 97] for i in range(64)]
+    else:  # seeded smooth synthetic pictures: latency does not depend on what the pixels show
+        rng = np.random.default_rng(0)
+        pictures = [np.kron(rng.integers(0, 255, (7, 7, 3)), np.ones((32, 32, 1))).astype(np.uint8)
+                    for _ in range(64)]
+    for i, pic in enumerate(pictures):
+        Image.fromarray(np.asarray(pic, dtype=np.uint8)).save(folder / f"calib_{i:03d}.png")
+    return folder
+
+
+def _export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], root: Path, console: Console
+                 ) -> dict[tuple[str, str], dict]:
+    """(variant, precision) -> manifest, exporting what OUTPUT/artifacts does not have yet."""
+    from export import ExportRequest, run_export, validate
+
+    targets = tuple(TARGET_OF[r] for r in runtimes if r in TARGET_OF)
+    if not targets:
+        return {}
+    calib = _calibration_folder(args, model, root)
+    plan = [("project", "fp32"), ("project", "int8")]
+    if not args.no_baseline:
+        plan += [("baseline", "fp32"), ("baseline", "int8")]
+    manifests = {}
+    for variant, precision in plan:
+        out = root / f"{variant}-{precision}"
+        want = targets
+        if variant == "project" and precision == "fp32":
+            want = tuple(dict.fromkeys(targets + ("coreml",)))  # Core ML structure: op histogram, placement
+        if variant == "baseline" and precision == "int8":
+            want = tuple(t for t in targets if t != "executorch")  # its FP32 already cannot be lowered
+            if not want:
+                continue
+        settings = {"model": model, "img_size": img_size, "checkpoint": str(args.checkpoint), "targets": want,
+                    "calib": str(calib)}
+        stamp = out / ".benchmark-settings.json"
+        if not args.reexport and stamp.exists() and json.loads(stamp.read_text()) == json.loads(
+                json.dumps(settings)):
+            manifests[(variant, precision)] = json.loads((out / "manifest.json").read_text())
+            continue
+        req = ExportRequest(
+            targets=want, model=model, checkpoint=args.checkpoint, img_size=img_size,
+            precision=precision if not (variant == "project" and precision == "fp32") else None,
+            output=out, overwrite=True, reference_model=variant == "baseline", calib_data=calib,
+            calib_size=48 if calib is not None else 300, parity_samples=2,
+            # The baseline gets NNCF's default transformer recipe (SmoothQuant on); the project its measured one.
+            smooth_quant_alpha=None if variant == "baseline" else -1.0)
+        console.print(f"[bold]exporting {variant} {precision}[/] ({', '.join(want)}) -> {out}")
+        validate(req)
+        _, manifest = run_export(req, console)
+        stamp.write_text(json.dumps(settings) + "\n")
+        manifests[(variant, precision)] = manifest
+    return manifests
+
+
+def _cases(manifests: dict, runtimes: tuple[str, ...], root: Path, bf16: bool, baseline: bool) -> tuple[
+        list[Case], list[dict]]:
+    """Cases to time, and entries for those that cannot run (status failed / unsupported, with why)."""
+    cases, missing = [], []
+    if "pytorch" in runtimes:
+        cases.append(Case("pytorch", "fp32", "project", "eager", label="PyTorch eager (export-friendly)"))
+        if baseline:
+            cases.append(Case("pytorch", "fp32", "baseline", "eager", label="PyTorch eager (reference)"))
+    for (variant, precision), manifest in manifests.items():
+        folder = root / f"{variant}-{precision}"
+        for runtime in runtimes:
+            if runtime not in TARGET_OF or (variant, precision, runtime) == ("baseline", "int8", "executorch"):
+                continue
+            target = TARGET_OF[runtime]
+            arts = [a for a in manifest["artifacts"] if a["target"] == target and a["precision"] == precision
+                    and a["delegate"] in (None, "xnnpack")]
+            if not arts:
+                fail = [f for f in manifest.get("failures", []) if f["target"] == target]
+                why = fail[0]["error"] if fail else "no artifact in the export"
+                missing.append({"id": f"{runtime}/{precision}/{variant}", "runtime": runtime,
+                                "precision": precision, "variant": variant, "status": "failed", "error": why})
+                continue
+            art = arts[0]
+            backend = "xnnpack" if runtime == "executorch" else "CPU"
+            cases.append(Case(runtime, precision, variant, backend, folder / art["file"],
+                              hint="f32" if runtime == "openvino" else None))
+            if runtime == "openvino" and precision == "fp32" and bf16:
+                cases.append(Case(runtime, "bf16", variant, backend, folder / art["file"], hint="bf16"))
+    if baseline and "executorch" in runtimes and not any(m["id"] == "executorch/int8/baseline" for m in missing):
+        if any(m["id"] == "executorch/fp32/baseline" for m in missing):
+            missing.append({"id": "executorch/int8/baseline", "runtime": "executorch", "precision": "int8",
+                            "variant": "baseline", "status": "unsupported",
+                            "error": "not attempted: upstream's FP32 graph already fails to lower (see fp32)"})
+    return cases, missing
+
+
+# ----------------------------------------------------------------------------------------------------- measuring
+
+def _time_cases(loaded: list[tuple[Case, object]], x: np.ndarray, warmup: int, runs: int, rounds: int,
+                console: Console) -> dict[str, list[float]]:
+    samples: dict[str, list[float]] = {c.id: [] for c, _ in loaded}
+    per_round = [runs // rounds + (1 if r < runs % rounds else 0) for r in range(rounds)]
+    order = random.Random(0)
+    with progress_bar(console=console) as bar:
+        task = bar.add_task("warm-up", total=len(loaded) * (warmup + runs))
+        for _, run in loaded:
+            for _ in range(warmup):
+                run(x)
+                bar.advance(task)
+        for r, n in enumerate(per_round):
+            bar.update(task, description=f"timing round {r + 1}/{rounds}")
+            shuffled = list(loaded)
+            order.shuffle(shuffled)
+            for case, run in shuffled:
+                key = case.id
+                for _ in range(n):
+                    t = time.perf_counter()
+                    run(x)
+                    samples[key].append((time.perf_counter() - t) * 1e3)
+                    bar.advance(task)
+    return samples
+
+
+def _memory_probe(case: Case, threads: int, model: str, img_size: int) -> dict:
+    """Peak RSS growth of loading and running `case`, in a fresh process (so cases do not share the high-water
+    mark)."""
+    spec = json.dumps({"case": {**case.__dict__, "artifact": str(case.artifact) if case.artifact else None},
+                       "threads": threads, "model": model, "img_size": img_size})
+    try:
+        out = subprocess.run([sys.executable, "-m", "benchmarks.memprobe", spec], capture_output=True, text=True,
+                             timeout=600, cwd=Path(__file__).resolve().parents[1])
+        line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+        return json.loads(line[-1]) if line else {"error": (out.stderr.strip().splitlines() or ["no output"])[-1]}
+    except subprocess.TimeoutExpired:
+        return {"error": "memory probe timed out"}
+
+
+# ----------------------------------------------------------------------------------------------------- main
+
+def run(argv: list[str] | None = None) -> int:
+    from edge_crossformer.registry import ModelConfigError, build_model, check_img_size, get_config
+    from edge_crossformer.reference import model_macs
+    from export import ExportError
+
+    args = _parser().parse_args(argv)
+    console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+    try:
+        cfg = get_config(args.model)
+        img_size = args.img_size or (min(64, cfg.default_img_size) if args.quick else cfg.default_img_size)
+        check_img_size(img_size)
+    except ModelConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    runtimes = tuple(r for r in args.runtimes.split(",") if r)
+    bad = [r for r in runtimes if r not in RUNTIMES]
+    if bad or not runtimes:
+        print(f"error: unknown runtime(s) {bad}; choose from {', '.join(RUNTIMES)}", file=sys.stderr)
+        return 2
+    threads = args.threads or system.machine()["cores"]
+    warmup = args.warmup if args.warmup is not None else (2 if args.quick else 10)
+    runs = args.runs or (6 if args.quick else 60)
+    rounds = max(1, min(args.rounds or (2 if args.quick else 6), runs))
+    output = args.output or Path("benchmark_results") / f"{args.model}_{img_size}"
+    root = output / "artifacts"
+    root.mkdir(parents=True, exist_ok=True)
+    baseline = not args.no_baseline
+    started = time.time()
+
+    try:
+        manifests = _export_sets(args, args.model, img_size, runtimes, root, console)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    bf16 = peaks_mod.host_has_bf16()
+    console.print(f"measuring this host's GEMM peaks ({threads} threads)")
+    peaks = peaks_mod.measure_all(threads, quick=args.quick)
+    cases, missing = _cases(manifests, runtimes, root, bf16, baseline)
+
+    x = np.random.default_rng(0).random((1, 3, img_size, img_size), dtype=np.float32)
+    loaded, entries = [], {}
+    for case in cases:
+        key = case.id
+        entry = {"id": key, "runtime": case.runtime, "backend": case.backend, "precision": case.precision,
+                 "variant": case.variant, "artifact": case.artifact.name if case.artifact else None,
+                 "artifact_bytes": _artifact_bytes(case), "status": "ok", "error": None}
+        try:
+            run_fn, load_ms = load(case, threads, args.model, img_size)
+            t = time.perf_counter()
+            y = np.asarray(run_fn(x))
+            entry["first_inference_ms"] = round((time.perf_counter() - t) * 1e3, 3)
+            if not np.isfinite(y).all():
+                raise RuntimeError("non-finite logits")
+            entry["load_ms"] = round(load_ms, 2)
+            loaded.append((case, run_fn))
+        except Exception as e:  # noqa: BLE001 - a runtime refusing an artifact is a result, not a crash
+            entry.update(status="failed", error=f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
+                         if str(e).strip() else type(e).__name__)
+        entries[key] = entry
+    samples = _time_cases(loaded, x, warmup, runs, rounds, console)
+    del loaded
+
+    macs = model_macs(build_model(args.model, img_size=img_size))
+    params = sum(p.numel() for p in build_model(args.model, img_size=img_size).parameters())
+    for key, s in samples.items():
+        stats = latency_stats(s, TRIM)
+        entry = entries[key]
+        entry["latency_ms"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in stats.items()}
+        entry["samples_ms"] = [round(v, 4) for v in s]
+        peak = peaks.get(entry["precision"])
+        if peak:
+            entry["roofline_fraction"] = round(macs / (stats["median"] / 1e3) / (peak["gmacs_per_s"] * 1e9), 4)
+    if not args.no_memory:
+        with progress_bar(console=console) as bar:
+            task = bar.add_task("peak memory (one process per case)", total=len(cases))
+            for case in cases:
+                key = case.id
+                if entries[key]["status"] == "ok":
+                    probe = _memory_probe(case, threads, args.model, img_size)
+                    if "peak_rss_mib" in probe:
+                        entries[key]["peak_rss_mib"] = probe["peak_rss_mib"]
+                    else:
+                        entries[key].setdefault("notes", []).append(f"memory probe: {probe.get('error')}")
+                bar.advance(task)
+    results = list(entries.values()) + missing
+    report = {
+        "schema": "edge-crossformer/results", "schema_version": 1,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "source": "host",
+        "machine": system.machine(), "versions": system.versions(), "commit": system.commit(),
+        "settings": {"model": args.model, "img_size": img_size, "batch": 1, "threads": threads, "warmup": warmup,
+                     "runs": runs, "rounds": rounds, "trim": TRIM, "quick": args.quick,
+                     "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+                     "openvino_bf16": bf16, "seconds": None},
+        "model": {"name": args.model, "img_size": img_size, "macs": int(macs), "params": int(params)},
+        "peaks": peaks,
+        "results": results,
+        "ratios": _ratios(results),
+        "delegation": _delegation(manifests),
+        "accuracy": _accuracy(args, output),
+    }
+    report["settings"]["seconds"] = round(time.time() - started, 1)
+    from .report import write_report
+
+    write_report(report, output)
+    _print_table(console, report)
+    console.print(f"wrote {output / 'results.json'}, results.md and plots ({report['settings']['seconds']:.0f} s)")
+    return 0
+
+
+def _artifact_bytes(case: Case) -> int | None:
+    if case.artifact is None:
+        return None
+    p = Path(case.artifact)
+    extra = p.with_suffix(".bin") if p.suffix == ".xml" else None
+    return p.stat().st_size + (extra.stat().st_size if extra and extra.exists() else 0)
+
+
+def _ratios(results: list[dict]) -> list[dict]:
+    by_id = {r["id"]: r for r in results if r.get("status") == "ok"}
+    out = []
+    for num, den, goal in GOALS:
+        a, b = by_id.get(num), by_id.get(den)
+        entry = {"name": f"{num} / {den}", "numerator": num, "denominator": den, "goal": goal}
+        if a is None or b is None:
+            entry.update(value=None, met=None, note="not measured: " + ", ".join(
+                i for i, r in ((num, a), (den, b)) if r is None))
+        else:
+            value = a["latency_ms"]["median"] / b["latency_ms"]["median"]
+            entry.update(value=round(value, 4), met=None if goal is None else bool(value <= goal))
+        out.append(entry)
+    return out
+
+
+def _delegation(manifests: dict) -> dict:
+    out = {}
+    for manifest in manifests.values():
+        for art in manifest["artifacts"]:
+            info = art.get("info") or {}
+            if art["target"] == "executorch":
+                out[art["file"]] = {"delegates": info.get("delegates"),
+                                    "ops_outside_delegate": info.get("ops_outside_delegate"),
+                                    "by_op": info.get("ops_outside_delegate_by_op", {})}
+            elif art["target"] == "coreml":
+                out[art["file"]] = {"op_histogram": info.get("op_histogram"), "max_rank": info.get("max_rank"),
+                                    "gather_ops": info.get("gather_ops"), "compute_plan": _compute_plan(art)}
+    return out
+
+
+def _compute_plan(art: dict) -> dict | str:
+    if sys.platform != "darwin":
+        return "needs macOS (Core ML's MLComputePlan); Linux records the op histogram only"
+    return "run python -m benchmarks on macOS with the exported .mlpackage to fill this in"
+
+
+def _accuracy(args, output: Path) -> dict | None:
+    root = Path(__file__).resolve().parents[1]
+    for path in ([args.accuracy] if args.accuracy else []) + [output / "accuracy.json",
+                                                             root / "docs" / f"accuracy_{args.model}.json"]:
+        if path and path.exists():
+            data = json.loads(path.read_text())
+            if data.get("model") == args.model:
+                return {"file": str(path), **data}
+    return None
+
+
+def _print_table(console: Console, report: dict) -> None:
+    s = report["settings"]
+    table = Table(title=f"{s['model']} @ {s['img_size']} px, batch 1, {s['threads']} threads, "
+                        f"{report['machine']['cpu']}")
+    for col in ("case", "median ms", "p90 ms", "trimmed ms", "load ms", "peak MiB", "MB", "roofline"):
+        table.add_column(col, justify="left" if col == "case" else "right")
+    for r in report["results"]:
+        lat = r.get("latency_ms") or {}
+        fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+        if r.get("status") != "ok":
+            table.add_row(r["id"], f"[red]{r['status']}[/]", (r.get("error") or "")[:60], "", "", "", "", "")
+            continue
+        table.add_row(r["id"], fmt(lat.get("median"), ".2f"), fmt(lat.get("p90"), ".2f"),
+                      fmt(lat.get("trimmed_mean"), ".2f"), fmt(r.get("load_ms"), ".0f"),
+                      fmt(r.get("peak_rss_mib"), ".0f"),
+                      fmt(r["artifact_bytes"] / 1e6 if r.get("artifact_bytes") else None, ".1f"),
+                      fmt(r.get("roofline_fraction") and 100 * r["roofline_fraction"], ".1f") + "%")
+    console.print(table)
+    goals = Table(title="ratios (median latency)")
+    for col in ("ratio", "value", "goal", "met"):
+        goals.add_column(col)
+    for g in report["ratios"]:
+        goals.add_row(g["name"], "-" if g["value"] is None else f"{g['value']:.3f}",
+                      "-" if g["goal"] is None else f"<= {g['goal']}",
+                      {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[g["met"]])
+    console.print(goals)

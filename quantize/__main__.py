@@ -1,0 +1,127 @@
+"""python -m quantize qat ...: quantization-aware fine-tuning through NNCF (see quantize/qat.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .qat import QATConfig
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m quantize qat",
+        description="Fine-tune a CrossFormer with INT8 simulated (NNCF), on labelled images, resumably; writes a "
+                    "float checkpoint that `python -m export --precision int8 --checkpoint OUT` exports to every "
+                    "target.")
+    p.add_argument("--model", default="crossformer-fmnist", help="model name (python -m export --help lists them)")
+    p.add_argument("--checkpoint", type=Path, help="trained weights to start from (default: the bundled ones)")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--img-size", type=int)
+    p.add_argument("--data", type=Path,
+                   help="labelled training images: an ImageFolder tree or a Fashion-MNIST IDX folder "
+                        "(default: Fashion-MNIST train split from Debian's dataset-fashion-mnist)")
+    p.add_argument("--val-data", type=Path,
+                   help="labelled validation images (default: the Fashion-MNIST test split when --data is "
+                        "Fashion-MNIST; otherwise every 10th training image is held out)")
+    p.add_argument("--epochs", type=int, default=QATConfig.epochs)
+    p.add_argument("--lr", type=float, default=QATConfig.lr)
+    p.add_argument("--batch-size", type=int, default=QATConfig.batch_size)
+    p.add_argument("--calib-size", type=int, default=QATConfig.calib_size,
+                   help="images that initialise the quantizer ranges")
+    p.add_argument("--keep-float", action="append", default=[], metavar="REGEX",
+                   help="node-name pattern kept in float (repeatable)")
+    p.add_argument("--train-limit", type=int, help="use only this many training images (quick runs)")
+    p.add_argument("--val-limit", type=int, help="score only this many validation images")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    p.add_argument("--seed", type=int, default=QATConfig.seed)
+    p.add_argument("--workdir", type=Path, help="resume state (default: runs/qat/<model>)")
+    p.add_argument("--output", type=Path, help="checkpoint to write (default: runs/qat/<model>-qat.safetensors)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if WORKDIR holds a run")
+    return p
+
+
+def qat_main(argv: list[str]) -> int:
+    import torch
+
+    from edge_crossformer.checkpoint import CheckpointError
+    from edge_crossformer.data import DataError, is_fashion_mnist_dir, load_dataset
+    from edge_crossformer.preprocessing import Normalized
+    from edge_crossformer.registry import ModelConfigError, create_model, get_config
+
+    from .ptq import QuantOptions
+    from .qat import QATError, run_qat
+
+    args = _parser().parse_args(argv)
+    try:
+        spec = get_config(args.model)
+        cfg = QATConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, calib_size=args.calib_size,
+                        seed=args.seed, threads=args.threads)
+        if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
+            raise QATError("--epochs and --batch-size must be >= 1 and --lr > 0")
+        if args.checkpoint is None and not spec.bundled_checkpoint:
+            raise QATError(f"{args.model} has no bundled weights; pass --checkpoint with the trained model to "
+                           "fine-tune (QAT starts from a trained model)")
+        model = create_model(args.model, checkpoint=args.checkpoint, img_size=args.img_size,
+                             num_classes=args.num_classes, export_friendly=True)
+        img_size = args.img_size or spec.default_img_size
+        resize = spec.resize_for(img_size)
+        train = load_dataset(args.data, resize, split="train", limit=args.train_limit, labelled=True)
+        if not train.labelled:
+            raise QATError(f"{train.source} has no labels; QAT needs an ImageFolder tree (one sub-folder per class) "
+                           "or Fashion-MNIST IDX files")
+        if args.val_data is not None or args.data is None or is_fashion_mnist_dir(args.data):
+            val = load_dataset(args.val_data if args.val_data is not None else args.data, resize, split="test",
+                               limit=args.val_limit, labelled=True)
+            train_x, train_y = train.images, train.labels
+        else:
+            held = torch.zeros(len(train), dtype=torch.bool)
+            held[::10] = True
+            val_x, val_y = train.images[held], train.labels[held]
+            train_x, train_y = train.images[~held], train.labels[~held]
+            val = type(train)(val_x[:args.val_limit], val_y[:args.val_limit], train.classes, source=train.source)
+        num_classes = model.head.out_features
+        for name, ds in (("training", train), ("validation", val)):
+            if ds.classes and len(ds.classes) != num_classes:
+                raise QATError(f"the {name} set ({ds.source}) has {len(ds.classes)} classes but the model has "
+                               f"{num_classes}; pass --num-classes {len(ds.classes)} (and the matching checkpoint) "
+                               "or data with the model's classes")
+    except (ModelConfigError, CheckpointError, DataError, QATError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    workdir = args.workdir or Path("runs/qat") / args.model
+    output = args.output or Path("runs/qat") / f"{args.model}-qat.safetensors"
+    settings = {"model": args.model, "checkpoint": str(args.checkpoint or "bundled"), "img_size": img_size,
+                "data": train.source, "train_images": int(len(train_x)), **{k: v for k, v in vars(cfg).items()},
+                "keep_float": args.keep_float}
+    marker = workdir / "settings.json"
+    if args.no_resume:
+        (workdir / "last.pt").unlink(missing_ok=True)
+    elif (workdir / "last.pt").exists() and marker.exists() and json.loads(marker.read_text()) != settings:
+        print(f"error: {workdir} holds a QAT run with different settings; pass --no-resume to start over or "
+              "--workdir DIR for a separate run", file=sys.stderr)
+        return 2
+    workdir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(settings, indent=2) + "\n")
+    opts = QuantOptions(subset_size=cfg.calib_size, keep_float=tuple(args.keep_float))
+    meta = {"model": args.model, "checkpoint": settings["checkpoint"], "img_size": img_size, "data": train.source,
+            "val_data": val.source, "command": "python -m quantize qat " + " ".join(argv)}
+    run_qat(Normalized(model), (train_x, train_y), (val.images, val.labels), cfg, workdir=workdir, output=output,
+            opts=opts, resume=not args.no_resume, meta=meta)
+    print(f"next: python -m export --target all --model {args.model} --checkpoint {output} --precision int8")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "qat":
+        return qat_main(argv[1:])
+    print("usage: python -m quantize qat [--model NAME] [--checkpoint PATH] [--data DIR] [--epochs N] ...\n"
+          "(post-training INT8 runs inside python -m export --precision int8)", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

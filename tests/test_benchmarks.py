@@ -1,0 +1,104 @@
+"""`python -m benchmarks --quick` end to end (real exports, every runtime, results.json/md/plots), merge, adb helper.
+
+Timings themselves are not asserted (a shared CI machine is noisy); the tool's output and its honesty are.
+"""
+
+import json
+import os
+
+import pytest
+
+from benchmarks.__main__ import main as bench
+
+REQUIRED_TOP = ("schema", "schema_version", "created", "source", "machine", "versions", "commit", "settings",
+                "model", "peaks", "results", "ratios", "delegation")
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    code = bench(["--quick", "--model", "crossformer-fmnist", "--runs", "4", "--rounds", "2", "--warmup", "1",
+                  "--output", str(out)])
+    return code, out
+
+
+def test_quick_benchmark_writes_every_runtime(quick):
+    code, out = quick
+    assert code == 0
+    report = json.loads((out / "results.json").read_text())
+    assert all(k in report for k in REQUIRED_TOP)
+    assert report["schema"] == "edge-crossformer/results" and report["schema_version"] == 1
+    assert report["settings"]["threads"] >= 1 and report["settings"]["quick"] is True
+    by_id = {r["id"]: r for r in report["results"]}
+    for case in ("pytorch/fp32/project", "pytorch/fp32/baseline", "onnxruntime/fp32/project",
+                 "onnxruntime/int8/project", "openvino/fp32/project", "openvino/int8/project",
+                 "executorch/fp32/project", "executorch/int8/project", "onnxruntime/fp32/baseline",
+                 "openvino/fp32/baseline", "openvino/int8/baseline"):
+        r = by_id[case]
+        assert r["status"] == "ok", r
+        lat = r["latency_ms"]
+        assert lat["n"] == 4 and len(r["samples_ms"]) == 4
+        assert 0 < lat["min"] <= lat["median"] <= lat["p90"] <= lat["max"]
+        assert r["load_ms"] > 0
+        assert r["peak_rss_mib"] > 0
+        assert 0 < r["roofline_fraction"] < 1
+        if r["runtime"] != "pytorch":
+            assert r["artifact_bytes"] > 100_000
+    # Upstream's graph does not run on ExecuTorch: stated, not hidden.
+    et = by_id["executorch/fp32/baseline"]
+    assert et["status"] == "failed" and et["error"]
+    assert by_id["executorch/int8/baseline"]["status"] in ("failed", "unsupported")
+    # MACs are counted from the model, peaks measured here.
+    assert 5e6 < report["model"]["macs"] < 5e7
+    assert report["peaks"]["int8"]["gmacs_per_s"] > 0 and report["peaks"]["fp32"]["gmacs_per_s"] > 0
+    ratios = {g["name"]: g for g in report["ratios"]}
+    goal = ratios["openvino/int8/project / openvino/fp32/baseline"]
+    assert goal["goal"] == 0.5 and goal["value"] == pytest.approx(
+        by_id["openvino/int8/project"]["latency_ms"]["median"] / by_id["openvino/fp32/baseline"]["latency_ms"]["median"],
+        rel=1e-3)
+    pte = [v for k, v in report["delegation"].items() if k.endswith("xnnpack_int8.pte")]
+    assert pte and pte[0]["ops_outside_delegate"] == 0
+    md = (out / "results.md").read_text()
+    assert "| OpenVINO CPU | int8 | project |" in md and "failed" in md
+    assert (out / "latency.png").stat().st_size > 10_000
+
+
+def test_merge_host_and_device(quick, tmp_path, capsys):
+    _, out = quick
+    host = json.loads((out / "results.json").read_text())
+    phone = {"schema": "edge-crossformer/results", "schema_version": 1, "created": "2026-11-25T00:00:00Z",
+             "source": "android-app", "machine": {"kind": "device", "name": "Pixel 8", "os": "Android 15 (API 35)",
+                                                  "cores": 9},
+             "settings": {"model": "crossformer-fmnist", "img_size": 32, "batch": 1, "threads": 4, "warmup": 10,
+                          "runs": 50},
+             "results": [{"id": "executorch/fp32/project", "runtime": "executorch", "backend": "xnnpack",
+                          "precision": "fp32", "status": "ok", "load_ms": 12.0,
+                          "latency_ms": {"median": 1.5, "p90": 1.7, "trimmed_mean": 1.55, "min": 1.4, "max": 2.0,
+                                         "n": 50}}]}
+    (tmp_path / "phone.json").write_text(json.dumps(phone))
+    merged_dir = tmp_path / "merged"
+    assert bench(["merge", str(out / "results.json"), str(tmp_path / "phone.json"), "--output", str(merged_dir)]) == 0
+    merged = json.loads((merged_dir / "merged.json").read_text())
+    assert [r["machine"]["name"] for r in merged["reports"]] == [host["machine"]["name"], "Pixel 8"]
+    md = (merged_dir / "results.md").read_text()
+    assert "| Pixel 8 | crossformer-fmnist @ 32 | ExecuTorch | xnnpack | fp32 | project | 1.50 |" in md
+    assert (merged_dir / "latency.png").exists()
+
+    (tmp_path / "bad.json").write_text(json.dumps({"hello": 1}))
+    assert bench(["merge", str(tmp_path / "bad.json"), "--output", str(tmp_path / "m2")]) == 2
+    assert "not a benchmark results file" in capsys.readouterr().err
+    assert not (tmp_path / "m2").exists()
+
+
+def test_android_helper_without_adb_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no adb here
+    assert bench(["android", "--artifacts", str(tmp_path)]) == 2
+    assert "adb not found on PATH" in capsys.readouterr().err
+
+
+def test_bad_benchmark_arguments(tmp_path, capsys):
+    assert bench(["--model", "crossformer-q", "--output", str(tmp_path / "x")]) == 2
+    assert "crossformer-q" in capsys.readouterr().err
+    assert bench(["--runtimes", "tflite", "--output", str(tmp_path / "x")]) == 2
+    assert "unknown runtime" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "x")

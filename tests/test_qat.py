@@ -1,0 +1,117 @@
+"""Quantization-aware fine-tuning (`python -m quantize qat`): a short real NNCF run, resume, export, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from edge_crossformer.data import find_fashion_mnist
+from edge_crossformer.registry import create_model
+
+from conftest import load_manifest, run_cli
+
+needs_fmnist = pytest.mark.skipif(find_fashion_mnist() is None,
+                                  reason="Debian package dataset-fashion-mnist is not installed (.ci/run installs it)")
+
+QUICK = ["--train-limit", "512", "--val-limit", "200", "--calib-size", "32", "--batch-size", "128"]
+
+
+def qat(*args) -> int:
+    from quantize.__main__ import main
+
+    return main(["qat", *map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def qat_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("qat")
+    out = root / "fmnist-qat.safetensors"
+    code = qat(*QUICK, "--epochs", "1", "--workdir", root / "work", "--output", out)
+    return code, out
+
+
+@needs_fmnist
+def test_qat_writes_a_loadable_float_checkpoint_and_record(qat_run):
+    code, out = qat_run
+    assert code == 0 and out.exists()
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["epochs_run"] == 1 and record["train_images"] == 512 and record["val_images"] == 200
+    # The fake-quantized model of a trained classifier must still classify (a broken quantizer drops to ~10%).
+    assert record["val_top1_int8_simulated_start"] > record["val_top1_fp32_start"] - 3
+    assert record["val_top1_int8_simulated_end"] > 80
+    tuned = create_model("crossformer-fmnist", checkpoint=out)  # strict load in upstream's layout
+    bundled = create_model("crossformer-fmnist")
+    moved = [k for k, v in bundled.state_dict().items()
+             if v.is_floating_point() and not torch.equal(v, tuned.state_dict()[k])]
+    assert len(moved) > 50, "QAT did not update the weights"
+
+
+@needs_fmnist
+def test_qat_checkpoint_exports_int8_to_every_target(qat_run, tmp_path):
+    _, ckpt = qat_run
+    out = tmp_path / "int8"
+    code = run_cli("--target", "all", "--checkpoint", ckpt, "--precision", "int8", "--calib-size", "64",
+                   "--output", out)
+    m = load_manifest(out)
+    assert {(a["target"], a["delegate"]) for a in m["artifacts"]} >= {
+        ("onnx", None), ("openvino", None), ("executorch", "xnnpack"), ("coreml", None)}
+    for art in m["artifacts"]:
+        if art["parity"]["status"] != "skipped":
+            assert art["parity"]["top1_agreement"] >= 0.98, art
+    assert code == 0 and m["status"] == "pass"
+
+
+@needs_fmnist
+def test_qat_interrupted_run_resumes_and_writes_nothing_half_done(tmp_path, monkeypatch, capsys):
+    import quantize.qat as qat_module
+
+    work, out = tmp_path / "work", tmp_path / "q.safetensors"
+    real_fit = qat_module.fit
+
+    def interrupted_fit(*args, **kwargs):
+        def stop(state):
+            raise KeyboardInterrupt
+
+        return real_fit(*args, **kwargs, on_epoch=stop)
+
+    monkeypatch.setattr(qat_module, "fit", interrupted_fit)
+    with pytest.raises(KeyboardInterrupt):
+        qat(*QUICK, "--epochs", "2", "--workdir", work, "--output", out)
+    assert (work / "last.pt").exists() and not out.exists()
+    assert not list(tmp_path.glob(".*.tmp")) and not list(work.glob(".*.tmp"))
+
+    monkeypatch.setattr(qat_module, "fit", real_fit)
+    capsys.readouterr()
+    assert qat(*QUICK, "--epochs", "2", "--workdir", work, "--output", out) == 0
+    assert "at epoch 1/2" in capsys.readouterr().out
+    assert json.loads(out.with_suffix(".json").read_text())["epochs_run"] == 2
+
+    # Same workdir, different settings: refuse rather than mix two runs.
+    assert qat(*QUICK, "--epochs", "2", "--lr", "1e-4", "--workdir", work, "--output", out) == 2
+    assert "different settings" in capsys.readouterr().err
+
+
+def _png_folder(root, classes: int, per_class: int = 3, flat: bool = False):
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        folder = root if flat else root / f"class{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(folder / f"{c}_{i}.png")
+    return root
+
+
+def test_qat_bad_input_is_a_clear_error(tmp_path, capsys):
+    out = tmp_path / "never.safetensors"
+    assert qat("--data", _png_folder(tmp_path / "flat", 1, flat=True), "--output", out) == 2
+    assert "no class sub-folders" in capsys.readouterr().err
+    assert qat("--data", _png_folder(tmp_path / "three", 3), "--output", out) == 2
+    err = capsys.readouterr().err
+    assert "has 3 classes but the model has 10" in err and "--num-classes 3" in err
+    assert qat("--model", "crossformer-t", "--output", out) == 2
+    assert "no bundled weights; pass --checkpoint" in capsys.readouterr().err
+    assert qat("--data", tmp_path / "missing", "--output", out) == 2
+    assert "not found" in capsys.readouterr().err
+    assert not out.exists()
