@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
                                                  "accuracy-vs-latency plot (default: looked up in OUTPUT and docs/)")
     p.add_argument("--output", type=Path, help="default: benchmark_results/<model>_<size>")
     p.add_argument("--reexport", action="store_true", help="export again even if OUTPUT/artifacts has the set")
+    p.add_argument("--export-only", action="store_true",
+                   help="only export into OUTPUT/artifacts (e.g. while the machine is busy); measure later")
     return p
 
 
@@ -105,6 +107,31 @@ def _calibration_folder(args, model: str, root: Path) -> Path | None:
     return folder
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _random_checkpoint(model: str, img_size: int, root: Path) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    from edge_crossformer.registry import build_model
+
+    path = root / f"{model}_random-init_seed0.safetensors"
+    if not path.exists():
+        torch.manual_seed(0)
+        state = {k: v.contiguous() for k, v in build_model(model, img_size=img_size).state_dict().items()}
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp), metadata={"model": model, "note": "random init, seed 0 (latency only)"})
+    return path
+
+
 def _export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], root: Path, console: Console
                  ) -> dict[tuple[str, str], dict]:
     """(variant, precision) -> manifest, exporting what OUTPUT/artifacts does not have yet."""
@@ -118,6 +145,7 @@ def _export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], roo
     if not args.no_baseline:
         plan += [("baseline", "fp32"), ("baseline", "int8")]
     manifests = {}
+    ckpt_digest = _sha256(args.checkpoint) if args.checkpoint else "bundled"
     for variant, precision in plan:
         out = root / f"{variant}-{precision}"
         want = targets
@@ -127,7 +155,7 @@ def _export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], roo
             want = tuple(t for t in targets if t != "executorch")  # its FP32 already cannot be lowered
             if not want:
                 continue
-        settings = {"model": model, "img_size": img_size, "checkpoint": str(args.checkpoint), "targets": want,
+        settings = {"model": model, "img_size": img_size, "checkpoint": ckpt_digest, "targets": want,
                     "calib": str(calib)}
         stamp = out / ".benchmark-settings.json"
         if not args.reexport and stamp.exists() and json.loads(stamp.read_text()) == json.loads(
@@ -140,7 +168,7 @@ def _export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], roo
             output=out, overwrite=True, reference_model=variant == "baseline", calib_data=calib,
             calib_size=48 if calib is not None else 300, parity_samples=2,
             # The baseline gets NNCF's default transformer recipe (SmoothQuant on); the project its measured one.
-            smooth_quant_alpha=None if variant == "baseline" else -1.0)
+            smooth_quant_alpha=None if variant == "baseline" else -1.0, plain_int8=variant == "baseline")
         console.print(f"[bold]exporting {variant} {precision}[/] ({', '.join(want)}) -> {out}")
         validate(req)
         _, manifest = run_export(req, console)
@@ -212,11 +240,12 @@ def _time_cases(loaded: list[tuple[Case, object]], x: np.ndarray, warmup: int, r
     return samples
 
 
-def _memory_probe(case: Case, threads: int, model: str, img_size: int) -> dict:
+def _memory_probe(case: Case, threads: int, model: str, img_size: int, checkpoint: Path | None) -> dict:
     """Peak RSS growth of loading and running `case`, in a fresh process (so cases do not share the high-water
     mark)."""
     spec = json.dumps({"case": {**case.__dict__, "artifact": str(case.artifact) if case.artifact else None},
-                       "threads": threads, "model": model, "img_size": img_size})
+                       "threads": threads, "model": model, "img_size": img_size,
+                       "checkpoint": str(checkpoint) if checkpoint else None})
     try:
         out = subprocess.run([sys.executable, "-m", "benchmarks.memprobe", spec], capture_output=True, text=True,
                              timeout=600, cwd=Path(__file__).resolve().parents[1])
@@ -252,16 +281,25 @@ def run(argv: list[str] | None = None) -> int:
     runs = args.runs or (6 if args.quick else 60)
     rounds = max(1, min(args.rounds or (2 if args.quick else 6), runs))
     output = args.output or Path("benchmark_results") / f"{args.model}_{img_size}"
-    root = output / "artifacts"
+    root = (output / "artifacts").resolve()  # absolute: the memory probes run from the repository root
     root.mkdir(parents=True, exist_ok=True)
     baseline = not args.no_baseline
     started = time.time()
 
+    if args.checkpoint is None and not cfg.bundled_checkpoint:
+        args.checkpoint = _random_checkpoint(args.model, img_size, root)
+    elif args.checkpoint is not None:
+        args.checkpoint = args.checkpoint.resolve()
+        console.print(f"no --checkpoint: timing {args.model} with seeded random weights ({args.checkpoint.name}); "
+                      "latency does not depend on the weights' values")
     try:
         manifests = _export_sets(args, args.model, img_size, runtimes, root, console)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.export_only:
+        console.print(f"exported into {root}; run the same command without --export-only to measure")
+        return 0
     bf16 = peaks_mod.host_has_bf16()
     console.print(f"measuring this host's GEMM peaks ({threads} threads)")
     peaks = peaks_mod.measure_all(threads, quick=args.quick)
@@ -275,7 +313,8 @@ def run(argv: list[str] | None = None) -> int:
                  "variant": case.variant, "artifact": case.artifact.name if case.artifact else None,
                  "artifact_bytes": _artifact_bytes(case), "status": "ok", "error": None}
         try:
-            run_fn, load_ms = load(case, threads, args.model, img_size)
+            run_fn, load_ms = load(case, threads, args.model, img_size,
+                                   str(args.checkpoint) if args.checkpoint else None)
             t = time.perf_counter()
             y = np.asarray(run_fn(x))
             entry["first_inference_ms"] = round((time.perf_counter() - t) * 1e3, 3)
@@ -306,7 +345,7 @@ def run(argv: list[str] | None = None) -> int:
             for case in cases:
                 key = case.id
                 if entries[key]["status"] == "ok":
-                    probe = _memory_probe(case, threads, args.model, img_size)
+                    probe = _memory_probe(case, threads, args.model, img_size, args.checkpoint)
                     if "peak_rss_mib" in probe:
                         entries[key]["peak_rss_mib"] = probe["peak_rss_mib"]
                     else:

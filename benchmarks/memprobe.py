@@ -48,7 +48,7 @@ def main() -> int:
     __import__(module)
     x = np.random.default_rng(0).random((1, 3, spec["img_size"], spec["img_size"]), dtype=np.float32)
     before = _rss_mib()
-    run, load_ms = load(case, spec["threads"], spec["model"], spec["img_size"])
+    run, load_ms = load(case, spec["threads"], spec["model"], spec["img_size"], spec.get("checkpoint"))
     for _ in range(5):
         run(x)
     print(json.dumps({"peak_rss_mib": round(_peak_mib() - before, 1), "load_ms": round(load_ms, 1)}))

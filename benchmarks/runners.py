@@ -75,7 +75,8 @@ def load_executorch(path: Path, threads: int) -> tuple[Runner, float]:
     return run, load_ms
 
 
-def load_pytorch(model_name: str, img_size: int, export_friendly: bool, threads: int) -> tuple[Runner, float]:
+def load_pytorch(model_name: str, img_size: int, export_friendly: bool, threads: int,
+                 checkpoint: str | None = None) -> tuple[Runner, float]:
     import torch
 
     from edge_crossformer.preprocessing import Normalized
@@ -83,7 +84,8 @@ def load_pytorch(model_name: str, img_size: int, export_friendly: bool, threads:
 
     torch.set_num_threads(threads)
     t = time.perf_counter()
-    model = Normalized(create_model(model_name, img_size=img_size, export_friendly=export_friendly)).eval()
+    model = Normalized(create_model(model_name, checkpoint=checkpoint, img_size=img_size,
+                                    export_friendly=export_friendly)).eval()
     load_ms = (time.perf_counter() - t) * 1e3
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -93,7 +95,8 @@ def load_pytorch(model_name: str, img_size: int, export_friendly: bool, threads:
     return run, load_ms
 
 
-def load(case: Case, threads: int, model_name: str, img_size: int) -> tuple[Runner, float]:
+def load(case: Case, threads: int, model_name: str, img_size: int,
+         checkpoint: str | None = None) -> tuple[Runner, float]:
     if case.runtime == "onnxruntime":
         return load_onnxruntime(case.artifact, threads)
     if case.runtime == "openvino":
@@ -101,5 +104,5 @@ def load(case: Case, threads: int, model_name: str, img_size: int) -> tuple[Runn
     if case.runtime == "executorch":
         return load_executorch(case.artifact, threads)
     if case.runtime == "pytorch":
-        return load_pytorch(model_name, img_size, case.variant == "project", threads)
+        return load_pytorch(model_name, img_size, case.variant == "project", threads, checkpoint)
     raise ValueError(f"unknown runtime {case.runtime}")

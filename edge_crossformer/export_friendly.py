@@ -121,6 +121,9 @@ class FriendlyAttention(nn.Module):
         self.register_buffer("mask", mask, persistent=False)
         # Set by `fold_position_bias`: [1 or nG, heads, N, N] = position bias (+ padding mask).
         self.register_buffer("attn_bias", None, persistent=False)
+        # Spelling of the attention core: 3-D bmm (ExecuTorch: XNNPACK leaves a 4-D matmul's expand_copy outside)
+        # or 4-D q @ k^T + bias -> softmax -> @ v, the pattern OpenVINO's CPU plugin fuses into one attention kernel.
+        self.matmul_4d = False
 
     def live_bias(self) -> Tensor:
         """Position bias (+ mask) from the MLP, gather-free, differentiable: used before folding (e.g. QAT)."""
@@ -129,6 +132,8 @@ class FriendlyAttention(nn.Module):
         return bias if self.mask is None else bias + self.mask
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.matmul_4d:
+            return self._forward_4d(x)
         bg, n, c = x.shape
         h, d = self.num_heads, c // self.num_heads
         qkv = self.qkv(x)
@@ -147,6 +152,22 @@ class FriendlyAttention(nn.Module):
         x = torch.bmm(attn.reshape(bg * h, n, n), v)
         x = x.reshape(bg, h, n, d).permute(0, 2, 1, 3).reshape(bg, n, c)
         return self.proj(x)
+
+    def _forward_4d(self, x: Tensor) -> Tensor:
+        bg, n, c = x.shape
+        h, d = self.num_heads, c // self.num_heads
+        # q / k / v split on the outermost axis (a contiguous, copy-free split) after one transpose, rather than
+        # slices of the innermost axis (which OpenVINO runs as a reference-kernel VariadicSplit).
+        qkv = self.qkv(x).reshape(bg, n, 3, c).permute(2, 0, 1, 3)
+        q, k, v = (t.reshape(bg, n, h, d).permute(0, 2, 1, 3) for t in (qkv[0:1], qkv[1:2], qkv[2:3]))
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        bias = self.attn_bias if self.attn_bias is not None else self.live_bias()
+        if bias.shape[0] in (1, bg):
+            attn = attn + bias
+        else:  # batch > 1 with a per-group bias: broadcast over the batch through a rank-4 view
+            attn = (attn.reshape(-1, bias.shape[0] * h, n, n) + bias.reshape(1, -1, n, n)).reshape(bg, h, n, n)
+        x = attn.softmax(dim=-1) @ v
+        return self.proj(x.permute(0, 2, 1, 3).reshape(bg, n, c))
 
 
 class FriendlyBlock(nn.Module):

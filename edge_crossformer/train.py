@@ -89,11 +89,13 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int =
 
 def fit(model: nn.Module, images: Tensor, labels: Tensor, cfg: TrainConfig, *, workdir: Path,
         eval_set: tuple[Tensor, Tensor] | None = None, resume: bool = True,
-        on_epoch: Callable[[TrainState], None] | None = None) -> TrainState:
+        on_epoch: Callable[[TrainState], None] | None = None,
+        loss_fn: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None) -> TrainState:
     """Train `model` ([0, 1] RGB in, logits out) with AdamW + cosine; resumable from `workdir/last.pt`.
 
     The resume file is replaced atomically at the end of every epoch, so an interrupted run loses at most the epoch
-    in progress and never leaves a half-written file.
+    in progress and never leaves a half-written file. `loss_fn(logits, x, labels)` replaces the label-smoothed
+    cross-entropy (QAT distils from the float model with it).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -128,7 +130,9 @@ def fit(model: nn.Module, images: Tensor, labels: Tensor, cfg: TrainConfig, *, w
                 step = state.epoch * steps_per_epoch + s
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step, total, warmup, cfg)
-                loss = F.cross_entropy(model(x), labels[idx], label_smoothing=cfg.label_smoothing)
+                logits = model(x)
+                loss = (loss_fn(logits, x, labels[idx]) if loss_fn is not None
+                        else F.cross_entropy(logits, labels[idx], label_smoothing=cfg.label_smoothing))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.clip_grad:

@@ -27,7 +27,9 @@ def _bundled_fallback(cfg: CrossFormerConfig) -> bool:
 
 def check_calibration_request(req: ExportRequest, cfg: CrossFormerConfig) -> None:
     if req.calib_data is None:
-        if req.checkpoint is None and _bundled_fallback(cfg):
+        # The bundled model's own data also calibrates its fine-tuned checkpoints (QAT), same classes.
+        same_classes = req.num_classes in (None, cfg.default_num_classes)
+        if (req.checkpoint is None or same_classes) and _bundled_fallback(cfg):
             return
         raise ExportError(
             f"--precision int8 needs calibration images: pass --calib-data PATH (a folder of images, an ImageFolder "

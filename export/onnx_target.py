@@ -42,7 +42,8 @@ def export(ctx: TargetContext) -> list[Artifact]:
         from quantize import quantize_onnx
 
         ctx.step("quantizing ONNX (NNCF, QDQ)")
-        model = quantize_onnx(model, ctx.source.calibration(), ctx.source.quant_options())
+        model = quantize_onnx(model, ctx.source.calibration(), ctx.source.quant_options(),
+                              plain=ctx.request.plain_int8)
         onnx.save(model, str(path))
     onnx.checker.check_model(model, full_check=True)
     ops: dict[str, int] = {}

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from edge_crossformer import Normalized, create_model, strip_position_mlp
+from edge_crossformer.export_friendly import FriendlyAttention
 from edge_crossformer.checkpoint import CheckpointError
 
 from .request import ExportError, ExportRequest
@@ -37,14 +38,22 @@ class ModelSource:
         """The faithful model with normalization in front: the oracle for parity."""
         return Normalized(self._create()).eval()
 
-    def deployable(self, decompose_layernorm: bool = False) -> nn.Module:
-        """What gets exported: the rewrite (or, on request, the faithful model), normalization inside."""
+    def deployable(self, decompose_layernorm: bool = False, matmul_4d: bool = False) -> nn.Module:
+        """What gets exported: the rewrite (or, on request, the faithful model), normalization inside.
+
+        `matmul_4d` spells attention as 4-D q @ k^T -> softmax -> @ v (OpenVINO fuses it into one kernel);
+        the default 3-D bmm spelling is the one XNNPACK delegates whole.
+        """
         if self.request.reference_model:
             return self.reference
-        if decompose_layernorm not in self._deployables:
-            model = self._create(export_friendly=True, decompose_layernorm=decompose_layernorm)
-            self._deployables[decompose_layernorm] = Normalized(strip_position_mlp(model)).eval()
-        return self._deployables[decompose_layernorm]
+        key = (decompose_layernorm, matmul_4d)
+        if key not in self._deployables:
+            model = strip_position_mlp(self._create(export_friendly=True, decompose_layernorm=decompose_layernorm))
+            for module in model.modules():
+                if isinstance(module, FriendlyAttention):
+                    module.matmul_4d = matmul_4d
+            self._deployables[key] = Normalized(model).eval()
+        return self._deployables[key]
 
     @functools.cached_property
     def int8_data(self):

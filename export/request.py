@@ -50,6 +50,8 @@ class ExportRequest:
     reset_head: bool = False
     parity_samples: int = 8
     qat_checkpoint: Path | None = None
+    # NNCF's output as is, without this project's INT8 graph fixes (the benchmarks' upstream baseline).
+    plain_int8: bool = False
 
     def precision_for(self, target: str) -> str:
         return self.precision or DEFAULT_PRECISION[target]

@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=QATConfig.epochs)
     p.add_argument("--lr", type=float, default=QATConfig.lr)
     p.add_argument("--batch-size", type=int, default=QATConfig.batch_size)
+    p.add_argument("--distill", type=float, default=QATConfig.distill,
+                   help="weight of distillation from the float model vs. the labels (0: labels only)")
     p.add_argument("--calib-size", type=int, default=QATConfig.calib_size,
                    help="images that initialise the quantizer ranges")
     p.add_argument("--keep-float", action="append", default=[], metavar="REGEX",
@@ -58,7 +60,9 @@ def qat_main(argv: list[str]) -> int:
     try:
         spec = get_config(args.model)
         cfg = QATConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, calib_size=args.calib_size,
-                        seed=args.seed, threads=args.threads)
+                        seed=args.seed, threads=args.threads, distill=args.distill)
+        if not 0 <= args.distill <= 1:
+            raise QATError(f"--distill is a weight in [0, 1], got {args.distill}")
         if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
             raise QATError("--epochs and --batch-size must be >= 1 and --lr > 0")
         if args.checkpoint is None and not spec.bundled_checkpoint:

@@ -12,6 +12,7 @@ run serves ONNX Runtime, OpenVINO, ExecuTorch and Core ML alike.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -19,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edge_crossformer.preprocessing import Normalized
@@ -44,6 +46,10 @@ class QATConfig:
     weight_decay: float = 0.01
     warmup_epochs: float = 0.1
     label_smoothing: float = 0.1
+    # Weight of distillation from the float model (KL divergence of the softmaxes at this temperature) against the
+    # labels' cross-entropy: QAT's job is to keep the INT8 model computing what the float model computes.
+    distill: float = 0.5
+    temperature: float = 2.0
     calib_size: int = 300
     seed: int = 0
     threads: int = 0
@@ -84,6 +90,20 @@ def prepare_qat(model: nn.Module, calibration: Tensor, opts: QuantOptions) -> nn
                          fast_bias_correction=opts.fast_bias_correction, advanced_parameters=_advanced(opts))
 
 
+def distillation_loss(teacher: nn.Module, cfg: QATConfig):
+    """(logits, x, labels) -> (1 - a) * CE(labels) + a * T^2 * KL(teacher || student) at temperature T."""
+    t, a = cfg.temperature, cfg.distill
+
+    def loss(logits: Tensor, x: Tensor, labels: Tensor) -> Tensor:
+        with torch.no_grad():
+            target = F.softmax(teacher(x) / t, dim=1)
+        kl = F.kl_div(F.log_softmax(logits / t, dim=1), target, reduction="batchmean") * t * t
+        ce = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+        return (1 - a) * ce + a * kl
+
+    return loss
+
+
 def float_weights(qat_model: nn.Module) -> dict[str, Tensor]:
     """The fine-tuned float weights in upstream's key layout (NNCF's quantizer state and the wrapper dropped)."""
     inner = qat_model.model if isinstance(qat_model, Normalized) else qat_model
@@ -114,11 +134,12 @@ def run_qat(model: nn.Module, train: tuple[Tensor, Tensor], val: tuple[Tensor, T
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     fp32 = evaluate(model, *val)
+    teacher = copy.deepcopy(model).eval() if cfg.distill > 0 else None
     qmodel = prepare_qat(model, calibration_subset(train[0], cfg.calib_size), opts)
     int8_before = evaluate(qmodel, *val)
     print(f"before QAT on {fp32['n']} images: FP32 top-1 {fp32['top1']:.2f}%, simulated INT8 {int8_before['top1']:.2f}%")
     state: TrainState = fit(qmodel, train[0], train[1], cfg.train_config(), workdir=workdir, eval_set=val,
-                            resume=resume)
+                            resume=resume, loss_fn=distillation_loss(teacher, cfg) if teacher is not None else None)
     int8_after = evaluate(qmodel, *val)
     weights = float_weights(qmodel)
     record = {

@@ -8,16 +8,22 @@ from edge_crossformer import Normalized, build_model, create_model, fold_positio
 GATHERS = ("index", "gather", "embedding", "take", "index_select", "select")
 
 
-def _graph(name, size, decompose=False):
+def _graph(name, size, decompose=False, matmul_4d=False):
+    from edge_crossformer.export_friendly import FriendlyAttention
+
     model = build_model(name, img_size=size, num_classes=10, export_friendly=True, decompose_layernorm=decompose)
     deploy = Normalized(strip_position_mlp(fold_position_bias(model.eval()))).eval()
+    for module in deploy.modules():
+        if isinstance(module, FriendlyAttention):
+            module.matmul_4d = matmul_4d
     return torch.export.export(deploy, (torch.rand(1, 3, size, size),)).run_decompositions({})
 
 
-@pytest.mark.parametrize("name,size", [("crossformer-t", 224), ("crossformerpp-s", 224), ("crossformer-t", 384),
-                                       ("crossformer-fmnist", 32)])
-def test_rank_at_most_4_no_gather_static_shapes(name, size):
-    program = _graph(name, size)
+@pytest.mark.parametrize("name,size,matmul_4d", [
+    ("crossformer-t", 224, False), ("crossformerpp-s", 224, False), ("crossformer-t", 384, False),
+    ("crossformer-fmnist", 32, False), ("crossformer-t", 224, True), ("crossformerpp-s", 224, True)])
+def test_rank_at_most_4_no_gather_static_shapes(name, size, matmul_4d):
+    program = _graph(name, size, matmul_4d=matmul_4d)
     ranks, targets = [], []
     for node in program.graph.nodes:
         val = node.meta.get("val")

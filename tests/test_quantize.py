@@ -32,6 +32,7 @@ def test_ptq_every_target(target, tmp_path):
         assert info["ops_outside_delegate"] == 0
     if target == "onnx":
         assert info["quantize_linear_ops"] > 0
+        assert_onnxruntime_runs_int8_matmuls(out / arts[0]["file"], tmp_path)
     if target == "openvino":
         assert info["fake_quantize_ops"] > 0
     if target == "coreml":
@@ -52,3 +53,28 @@ def test_int8_needs_calibration_data(tmp_path, capsys, checkpoints):
     assert run_cli("--target", "onnx", "--precision", "int8", "--calib-data", empty, "--output", tmp_path / "o") == 2
     assert "no images found" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def assert_onnxruntime_runs_int8_matmuls(path, tmp_path):
+    """Every linear with an INT8 weight must reach an INT8 kernel in ONNX Runtime's optimized graph, not a float
+    Gemm that dequantizes its weight on every run (what ORT's MatMul + Add fusion does to plain NNCF output)."""
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    quantized_linears = sum(1 for n in model.graph.node if n.op_type == "MatMul" and producer.get(n.input[1])
+                            and producer[n.input[1]].op_type == "DequantizeLinear")
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / "optimized.onnx"))
+    ops = collections.Counter(n.op_type for n in optimized.graph.node)
+    made = {o: n for n in optimized.graph.node for o in n.output}
+    float_gemm_on_int8 = [n.name for n in optimized.graph.node if n.op_type == "Gemm" and made.get(n.input[1])
+                          and made[n.input[1]].op_type == "DequantizeLinear"]
+    assert quantized_linears > 10
+    assert ops["MatMulIntegerToFloat"] >= quantized_linears, ops
+    assert not float_gemm_on_int8, float_gemm_on_int8

@@ -73,8 +73,10 @@ def test_decomposed_layernorm_matches_layer_norm(shape):
     torch.testing.assert_close(ln(x), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("matmul_4d", [False, True], ids=["bmm3d", "matmul4d"])
+@pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("resolution,group,interval", [(28, 7, 4), (56, 4, 4)])
-def test_attention_matches_reference_and_folding_matches_live_bias(resolution, group, interval):
+def test_attention_matches_reference_and_folding_matches_live_bias(resolution, group, interval, batch, matmul_4d):
     torch.manual_seed(0)
     dim, heads = 32, 2
     ref_attn = ref.Attention(dim, group, heads)
@@ -83,15 +85,16 @@ def test_attention_matches_reference_and_folding_matches_live_bias(resolution, g
     mask = padding_mask(resolution, group, interval)
     ours = FriendlyAttention(dim, group, heads, mask)
     ours.load_state_dict(ref_attn.state_dict())
+    ours.matmul_4d = matmul_4d
     hp = resolution + ref.padding_for(resolution, group * interval)
-    grid = torch.randn(1, hp, hp, dim)
+    grid = torch.randn(batch, hp, hp, dim)
     with torch.no_grad():
         expected = ref.ungroup_tokens(
             ref_attn(ref.group_tokens(grid, group, interval), ref.build_attn_mask(resolution, group, interval)),
-            1, hp, hp, group, interval)
-        live = lsda_merge(ours(lsda_partition(grid, group, interval)), 1, hp, hp, group, interval)
+            batch, hp, hp, group, interval)
+        live = lsda_merge(ours(lsda_partition(grid, group, interval)), batch, hp, hp, group, interval)
         ours.attn_bias = _folded_bias(ours)
-        folded = lsda_merge(ours(lsda_partition(grid, group, interval)), 1, hp, hp, group, interval)
+        folded = lsda_merge(ours(lsda_partition(grid, group, interval)), batch, hp, hp, group, interval)
     # Only unpadded positions are kept by the block.
     keep = (slice(None), slice(0, resolution), slice(0, resolution))
     torch.testing.assert_close(live[keep], expected[keep], rtol=1e-5, atol=1e-5)
