@@ -107,16 +107,6 @@ def _calibration_folder(args, model: str, root: Path) -> Path | None:
     return folder
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _random_checkpoint(model: str, img_size: int, root: Path) -> Path:
     import torch
     from safetensors.torch import save_file
@@ -145,7 +135,9 @@ def _export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], roo
     if not args.no_baseline:
         plan += [("baseline", "fp32"), ("baseline", "int8")]
     manifests = {}
-    ckpt_digest = _sha256(args.checkpoint) if args.checkpoint else "bundled"
+    from export.manifest import sha256_of
+
+    ckpt_digest = sha256_of(args.checkpoint)[0] if args.checkpoint else "bundled"
     for variant, precision in plan:
         out = root / f"{variant}-{precision}"
         want = targets
@@ -329,8 +321,8 @@ def run(argv: list[str] | None = None) -> int:
     samples = _time_cases(loaded, x, warmup, runs, rounds, console)
     del loaded
 
-    macs = model_macs(build_model(args.model, img_size=img_size))
-    params = sum(p.numel() for p in build_model(args.model, img_size=img_size).parameters())
+    counted = build_model(args.model, img_size=img_size)
+    macs, params = model_macs(counted), sum(p.numel() for p in counted.parameters())
     for key, s in samples.items():
         stats = latency_stats(s, TRIM)
         entry = entries[key]
@@ -418,7 +410,7 @@ def _delegation(manifests: dict) -> dict:
 def _compute_plan(art: dict) -> dict | str:
     if sys.platform != "darwin":
         return "needs macOS (Core ML's MLComputePlan); Linux records the op histogram only"
-    return "run python -m benchmarks on macOS with the exported .mlpackage to fill this in"
+    return "not measured: reading Core ML's MLComputePlan is not wired into the benchmark yet"
 
 
 def _accuracy(args, output: Path) -> dict | None:

@@ -37,7 +37,8 @@ class QATError(ValueError):
 
 
 @dataclass
-class QATConfig:
+class QATConfig(TrainConfig):
+    """The training loop's settings with QAT's defaults, plus distillation and quantizer initialisation."""
     epochs: int = 1
     batch_size: int = 128
     # Small and decaying: QAT starts from a trained model and must not forget it.
@@ -45,7 +46,6 @@ class QATConfig:
     min_lr: float = 1e-6
     weight_decay: float = 0.01
     warmup_epochs: float = 0.1
-    label_smoothing: float = 0.1
     # Weight of distillation from the float model (KL divergence of the softmaxes at this temperature) against the
     # labels' cross-entropy: QAT's job is to keep the INT8 model computing what the float model computes. Measured
     # on crossformer-fmnist (10k test images, drop vs FP32, ONNX / OpenVINO / ExecuTorch): labels only, 2 epochs at
@@ -54,13 +54,6 @@ class QATConfig:
     distill: float = 1.0
     temperature: float = 2.0
     calib_size: int = 300
-    seed: int = 0
-    threads: int = 0
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, min_lr=self.min_lr,
-                           weight_decay=self.weight_decay, warmup_epochs=self.warmup_epochs,
-                           label_smoothing=self.label_smoothing, seed=self.seed, threads=self.threads)
 
 
 def _use_cpu_extension_safely() -> None:
@@ -141,7 +134,7 @@ def run_qat(model: nn.Module, train: tuple[Tensor, Tensor], val: tuple[Tensor, T
     qmodel = prepare_qat(model, calibration_subset(train[0], cfg.calib_size), opts)
     int8_before = evaluate(qmodel, *val)
     print(f"before QAT on {fp32['n']} images: FP32 top-1 {fp32['top1']:.2f}%, simulated INT8 {int8_before['top1']:.2f}%")
-    state: TrainState = fit(qmodel, train[0], train[1], cfg.train_config(), workdir=workdir, eval_set=val,
+    state: TrainState = fit(qmodel, train[0], train[1], cfg, workdir=workdir, eval_set=val,
                             resume=resume, loss_fn=distillation_loss(teacher, cfg) if teacher is not None else None)
     int8_after = evaluate(qmodel, *val)
     weights = float_weights(qmodel)
