@@ -47,6 +47,35 @@ def scores(logits: np.ndarray, labels: np.ndarray, fp32: np.ndarray | None) -> d
     return out
 
 
+def qat_assignment(checkpoints: list[Path], runtimes: tuple[str, ...]) -> dict[Path, tuple[str, ...]]:
+    """Which QAT checkpoint each runtime scores: the one whose record names the runtime's target (QAT simulates one
+    target's INT8 scheme); a checkpoint without a record covers the runtimes no record claims."""
+    claimed: dict[str, Path] = {}
+    unrecorded = []
+    for ckpt in checkpoints:
+        if not ckpt.is_file():
+            raise ValueError(f"QAT checkpoint not found: {ckpt} (python -m quantize qat writes one)")
+        record = ckpt.with_suffix(".json")
+        if not record.is_file():
+            unrecorded.append(ckpt)
+            continue
+        for target in json.loads(record.read_text()).get("targets", runtimes):
+            if target in runtimes:
+                if target in claimed:
+                    raise ValueError(f"two QAT checkpoints are for {target}: {claimed[target]} and {ckpt}")
+                claimed[target] = ckpt
+    if len(unrecorded) > 1:
+        raise ValueError(f"QAT checkpoints without a record (.json beside them): {unrecorded}; give at most one")
+    for rt in runtimes:
+        if rt not in claimed and unrecorded:
+            claimed[rt] = unrecorded[0]
+    groups: dict[Path, tuple[str, ...]] = {}
+    for rt in runtimes:
+        if rt in claimed:
+            groups[claimed[rt]] = groups.get(claimed[rt], ()) + (rt,)
+    return groups
+
+
 def run(argv: list[str] | None = None) -> int:
     from edge_crossformer.data import DataError, load_dataset
     from export import ExportError, ExportRequest, run_export, validate
@@ -55,7 +84,10 @@ def run(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks accuracy", description=__doc__)
     p.add_argument("--model", default="crossformer-fmnist")
     p.add_argument("--checkpoint", type=Path)
-    p.add_argument("--qat-checkpoint", type=Path, help="QAT fine-tuned weights (python -m quantize qat) to add")
+    p.add_argument("--qat-checkpoint", type=Path, action="append", default=[],
+                   help="QAT fine-tuned weights (python -m quantize qat) to add; repeatable: each runtime takes the "
+                        "checkpoint whose record (the .json beside it) names its target, e.g. one trained with "
+                        "--target openvino and one with --target executorch")
     p.add_argument("--num-classes", type=int)
     p.add_argument("--img-size", type=int)
     p.add_argument("--data", type=Path, help="labelled images (ImageFolder or Fashion-MNIST IDX folder; "
@@ -73,9 +105,13 @@ def run(argv: list[str] | None = None) -> int:
     if bad:
         print(f"error: unknown runtime(s) {bad}; choose from {', '.join(RUNTIMES)}", file=sys.stderr)
         return 2
-    variants = [("fp32", args.checkpoint, "FP32"), ("int8", args.checkpoint, "INT8 PTQ")]
-    if args.qat_checkpoint:
-        variants.append(("int8", args.qat_checkpoint, "INT8 QAT"))
+    variants = [("fp32", args.checkpoint, "FP32", targets), ("int8", args.checkpoint, "INT8 PTQ", targets)]
+    try:
+        for ckpt, runtimes in qat_assignment(args.qat_checkpoint, targets).items():
+            variants.append(("int8", ckpt, "INT8 QAT", runtimes))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     started = time.time()
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="accuracy-") as tmp:
@@ -93,9 +129,9 @@ def run(argv: list[str] | None = None) -> int:
             return 2
         images = (np.round(data.images.numpy() * 255.0) / 255.0).astype(np.float32)
         labels = data.labels.numpy()
-        for precision, ckpt, name in variants:
-            out = Path(tmp) / name.replace(" ", "_")
-            req = ExportRequest(targets=targets, model=args.model, checkpoint=ckpt, img_size=args.img_size,
+        for n, (precision, ckpt, name, runtimes) in enumerate(variants):
+            out = Path(tmp) / f"{n}_{name.replace(' ', '_')}"
+            req = ExportRequest(targets=runtimes, model=args.model, checkpoint=ckpt, img_size=args.img_size,
                                 num_classes=args.num_classes, precision=precision, output=out,
                                 calib_data=args.calib_data, calib_size=args.calib_size,
                                 smooth_quant_alpha=args.smooth_quant_alpha, parity_samples=4)
@@ -116,7 +152,7 @@ def run(argv: list[str] | None = None) -> int:
                 fp32 = results.get(key, {}).get("FP32", {}).get("_logits")
                 entry = scores(logits, labels, fp32)
                 entry.update({"file": art["file"], "bytes": art["bytes"], "parity_status": art["parity"]["status"],
-                              "_logits": logits})
+                              "_logits": logits, **({"checkpoint": str(ckpt)} if name == "INT8 QAT" else {})})
                 results.setdefault(key, {})[name] = entry
     report = {"model": args.model, "checkpoint": str(args.checkpoint) if args.checkpoint else "bundled",
               "data": data.source, "images": int(len(labels)), "calibration": str(args.calib_data or "default"),

@@ -113,10 +113,14 @@ def _random_checkpoint(model: str, img_size: int, root: Path) -> Path:
 
     from edge_crossformer.registry import build_model
 
-    path = root / f"{model}_random-init_seed0.safetensors"
+    path = root / f"{model}_random-weights_seed0.safetensors"
     if not path.exists():
         torch.manual_seed(0)
-        state = {k: v.contiguous() for k, v in build_model(model, img_size=img_size).state_dict().items()}
+        # Upstream's init leaves biases at 0 and LayerNorm at (1, 0), constants that exporters and graph optimizers
+        # special-case (ONNX Runtime fused QDQ Gemms with a zero bias that it would not fuse with a trained one):
+        # every tensor gets a little noise so the graph is timed as a trained checkpoint's would be.
+        state = {k: (v + 0.02 * torch.randn_like(v) if v.is_floating_point() else v).contiguous()
+                 for k, v in build_model(model, img_size=img_size).state_dict().items()}
         with atomic_path(path) as tmp:
             save_file(state, str(tmp), metadata={"model": model, "note": "random init, seed 0 (latency only)"})
     return path

@@ -40,6 +40,10 @@ def load_onnxruntime(path: Path, threads: int) -> tuple[Runner, float]:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # No busy-waiting workers: rounds interleave runtimes, and an idle session's spinning threads took the cores
+    # from whichever case ran next (CrossFormer-T 224, ORT INT8: median 39 ms with spinning, 29 ms without, min
+    # 25 ms either way). Project and baseline sessions get the same setting.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     load_ms = (time.perf_counter() - t) * 1e3

@@ -8,6 +8,8 @@ What changes, and why (each rewrite names the reference computation it replaces)
 - Padding masks use -1e4 instead of -1e6: representable in FP16, still exp() == 0 after softmax in FP32.
 - Attention matmuls are 3-D `bmm` (a 4-D `@` lowers to expand_copy + bmm in ExecuTorch, and the expand stays
   outside the XNNPACK delegate); q, k and v come from a split of the last dim, not a rank-5 permute and select.
+- Optionally (`flatten_linears`, for ONNX Runtime) token linears run on 2-D [tokens, channels]: exported as Gemm
+  with its bias, which ONNX Runtime's QDQ fusion turns into one INT8 QGemm with the bias inside.
 - Optionally (`decompose_layernorm=True`, for ExecuTorch XNNPACK, which has no LayerNorm) LayerNorm and the final
   average pool are spelled as 4-D means over dims (2, 3), the only mean XNNPACK takes.
 """
@@ -99,6 +101,26 @@ class ExportLayerNorm(nn.LayerNorm):
         var = (centered * centered).mean(dim=(2, 3), keepdim=True)
         y = centered * torch.rsqrt(var + self.eps)
         return y.reshape(shape) * self.weight + self.bias
+
+
+class FlatLinear(nn.Linear):
+    """nn.Linear on [..., in] computed as one 2-D GEMM over all tokens (same parameters, same numbers)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.linear(x.reshape(-1, x.shape[-1]), self.weight, self.bias)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+def flatten_linears(model: nn.Module) -> nn.Module:
+    """Swap, in place, every token linear (not the 2-D head) for `FlatLinear`, sharing its parameters."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear and name != "head":
+                flat = FlatLinear(child.in_features, child.out_features, bias=child.bias is not None,
+                                  device=child.weight.device, dtype=child.weight.dtype)
+                flat.weight, flat.bias = child.weight, child.bias
+                setattr(parent, name, flat)
+    return model
 
 
 class FriendlyAttention(nn.Module):

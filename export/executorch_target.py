@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .base import Artifact, TargetContext, require
+from .request import ExportError
 
 # Graph nodes that are bookkeeping, not compute: they may sit outside a delegate.
 NON_COMPUTE = ("executorch_call_delegate", "getitem", "alloc", "memory.view", "dim_order_ops._clone_dim_order")
@@ -70,11 +71,20 @@ def export(ctx: TargetContext) -> list[Artifact]:
     artifacts = []
     if ctx.precision == "int8":
         from quantize import quantize_pt2e
+        from quantize.qat import QATError, convert_with_ranges
 
-        ctx.step("quantizing for XNNPACK (NNCF quantize_pt2e)")
         example = ctx.source.example()
-        graph = quantize_pt2e(ctx.source.deployable(decompose_layernorm=True), example, ctx.source.calibration(),
-                              ctx.source.quant_options())
+        ranges = ctx.source.qat_ranges
+        if ranges is not None:
+            ctx.step(f"quantizing for XNNPACK with the ranges learned in QAT ({ranges.name})")
+            try:
+                graph = convert_with_ranges(ctx.source.deployable(decompose_layernorm=True), ranges, example)
+            except QATError as e:
+                raise ExportError(str(e)) from e
+        else:
+            ctx.step("quantizing for XNNPACK (NNCF quantize_pt2e)")
+            graph = quantize_pt2e(ctx.source.deployable(decompose_layernorm=True), example,
+                                  ctx.source.calibration(), ctx.source.quant_options())
         with torch.no_grad():
             program = torch.export.export(graph, (example,))
     else:
@@ -86,7 +96,9 @@ def export(ctx: TargetContext) -> list[Artifact]:
     save_program(edge, path)
     artifacts.append(Artifact("executorch", "xnnpack", ctx.precision, path, load_runner(path), info={
         "delegates": delegate_count(edge.exported_program()), "ops_outside_delegate": sum(outside.values()),
-        "ops_outside_delegate_by_op": outside}))
+        "ops_outside_delegate_by_op": outside,
+        **({"int8_ranges": "learned in QAT" if ctx.source.qat_ranges else "calibrated"}
+           if ctx.precision == "int8" else {})}))
 
     if ctx.precision == "int8":
         # INT8 on iOS goes through the Core ML target's W8A8 ML program; the delegate .pte here is FP16 only.

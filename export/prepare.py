@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from edge_crossformer import Normalized, create_model, strip_position_mlp
-from edge_crossformer.export_friendly import FriendlyAttention
+from edge_crossformer.export_friendly import FriendlyAttention, flatten_linears
 from edge_crossformer.checkpoint import CheckpointError
 
 from .request import ExportError, ExportRequest
@@ -38,22 +38,35 @@ class ModelSource:
         """The faithful model with normalization in front: the oracle for parity."""
         return Normalized(self._create()).eval()
 
-    def deployable(self, decompose_layernorm: bool = False, matmul_4d: bool = False) -> nn.Module:
+    def deployable(self, decompose_layernorm: bool = False, matmul_4d: bool = False,
+                   flat_linears: bool = False) -> nn.Module:
         """What gets exported: the rewrite (or, on request, the faithful model), normalization inside.
 
         `matmul_4d` spells attention as 4-D q @ k^T -> softmax -> @ v (OpenVINO fuses it into one kernel);
-        the default 3-D bmm spelling is the one XNNPACK delegates whole.
+        the default 3-D bmm spelling is the one XNNPACK delegates whole. `flat_linears` runs token linears as 2-D
+        GEMMs with the bias inside (ONNX Gemm, which ONNX Runtime fuses into an INT8 QGemm).
         """
         if self.request.reference_model:
             return self.reference
-        key = (decompose_layernorm, matmul_4d)
+        key = (decompose_layernorm, matmul_4d, flat_linears)
         if key not in self._deployables:
             model = strip_position_mlp(self._create(export_friendly=True, decompose_layernorm=decompose_layernorm))
+            if flat_linears:
+                flatten_linears(model)
             for module in model.modules():
                 if isinstance(module, FriendlyAttention):
                     module.matmul_4d = matmul_4d
             self._deployables[key] = Normalized(model).eval()
         return self._deployables[key]
+
+    @functools.cached_property
+    def qat_ranges(self) -> Path | None:
+        """INT8 ranges learned by an XNNPACK-scheme QAT run, when the checkpoint has them beside it."""
+        from quantize.qat import ranges_path
+
+        ckpt = self.request.checkpoint
+        path = ranges_path(ckpt) if ckpt is not None and not self.request.reference_model else None
+        return path if path is not None and path.is_file() else None
 
     @functools.cached_property
     def int8_data(self):

@@ -7,17 +7,20 @@ import json
 import sys
 from pathlib import Path
 
-from .qat import QATConfig
+from .qat import SCHEME_TARGETS, TARGET_SCHEME, QATConfig
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m quantize qat",
-        description="Fine-tune a CrossFormer with INT8 simulated (NNCF), on labelled images, resumably; writes a "
-                    "float checkpoint that `python -m export --precision int8 --checkpoint OUT` exports to every "
-                    "target.")
+        description="Fine-tune a CrossFormer with INT8 simulated the way a target quantizes it, on labelled images, "
+                    "resumably; writes a float checkpoint that `python -m export --precision int8 --checkpoint OUT` "
+                    "exports.")
     p.add_argument("--model", default="crossformer-fmnist", help="model name (python -m export --help lists them)")
     p.add_argument("--checkpoint", type=Path, help="trained weights to start from (default: the bundled ones)")
+    p.add_argument("--target", default="openvino", choices=sorted(TARGET_SCHEME),
+                   help="the target whose INT8 scheme is simulated: openvino and onnx share NNCF's transformer "
+                        "scheme, executorch and coreml XNNPACK's (default: openvino)")
     p.add_argument("--num-classes", type=int)
     p.add_argument("--img-size", type=int)
     p.add_argument("--data", type=Path,
@@ -63,13 +66,18 @@ def qat_main(argv: list[str]) -> int:
                         seed=args.seed, threads=args.threads, distill=args.distill)
         if not 0 <= args.distill <= 1:
             raise QATError(f"--distill is a weight in [0, 1], got {args.distill}")
+        if args.keep_float and TARGET_SCHEME[args.target] != "nncf":
+            raise QATError("--keep-float applies to NNCF's scheme (--target openvino or onnx) only")
         if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
             raise QATError("--epochs and --batch-size must be >= 1 and --lr > 0")
         if args.checkpoint is None and not spec.bundled_checkpoint:
             raise QATError(f"{args.model} has no bundled weights; pass --checkpoint with the trained model to "
                            "fine-tune (QAT starts from a trained model)")
+        scheme = TARGET_SCHEME[args.target]
+        # The XNNPACK scheme trains the graph ExecuTorch exports, LayerNorm decomposed (same parameters).
         model = create_model(args.model, checkpoint=args.checkpoint, img_size=args.img_size,
-                             num_classes=args.num_classes, export_friendly=True)
+                             num_classes=args.num_classes, export_friendly=True,
+                             decompose_layernorm=scheme == "xnnpack")
         img_size = args.img_size or spec.default_img_size
         resize = spec.resize_for(img_size)
         train = load_dataset(args.data, resize, split="train", limit=args.train_limit, labelled=True)
@@ -95,9 +103,11 @@ def qat_main(argv: list[str]) -> int:
     except (ModelConfigError, CheckpointError, DataError, QATError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    workdir = args.workdir or Path("runs/qat") / args.model
-    output = args.output or Path("runs/qat") / f"{args.model}-qat.safetensors"
-    settings = {"model": args.model, "checkpoint": str(args.checkpoint or "bundled"), "img_size": img_size,
+    suffix = "" if scheme == "nncf" else f"-{scheme}"
+    workdir = args.workdir or Path("runs/qat") / f"{args.model}{suffix}"
+    output = args.output or Path("runs/qat") / f"{args.model}-qat{suffix}.safetensors"
+    settings = {"model": args.model, "checkpoint": str(args.checkpoint or "bundled"), "scheme": scheme,
+                "img_size": img_size,
                 "data": train.source, "train_images": int(len(train_x)), **{k: v for k, v in vars(cfg).items()},
                 "keep_float": args.keep_float}
     marker = workdir / "settings.json"
@@ -113,8 +123,9 @@ def qat_main(argv: list[str]) -> int:
     meta = {"model": args.model, "checkpoint": settings["checkpoint"], "img_size": img_size, "data": train.source,
             "val_data": val.source, "command": "python -m quantize qat " + " ".join(argv)}
     run_qat(Normalized(model), (train_x, train_y), (val.images, val.labels), cfg, workdir=workdir, output=output,
-            opts=opts, resume=not args.no_resume, meta=meta)
-    print(f"next: python -m export --target all --model {args.model} --checkpoint {output} --precision int8")
+            opts=opts, resume=not args.no_resume, meta=meta, scheme=scheme)
+    print(f"next: python -m export --target {','.join(SCHEME_TARGETS[scheme])} --model {args.model} "
+          f"--checkpoint {output} --precision int8")
     return 0
 
 

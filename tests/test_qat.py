@@ -1,4 +1,5 @@
-"""Quantization-aware fine-tuning (`python -m quantize qat`): a short real NNCF run, resume, export, bad input."""
+"""Quantization-aware fine-tuning (`python -m quantize qat`): short real runs of both schemes (NNCF for OpenVINO /
+ONNX, PT2E XNNPACK for ExecuTorch / Core ML), resume, export, bad input."""
 
 import json
 
@@ -93,6 +94,112 @@ def test_qat_interrupted_run_resumes_and_writes_nothing_half_done(tmp_path, monk
     assert "different settings" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def xnnpack_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("qat_xnnpack")
+    out = root / "fmnist-qat-xnnpack.safetensors"
+    code = qat(*QUICK, "--target", "executorch", "--epochs", "1", "--workdir", root / "work", "--output", out)
+    return code, out
+
+
+@needs_fmnist
+def test_qat_xnnpack_scheme_trains_the_executorch_graph(xnnpack_run):
+    code, out = xnnpack_run
+    assert code == 0 and out.exists()
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["scheme"] == "xnnpack" and record["targets"] == ["executorch", "coreml"]
+    from quantize.qat import ranges_path
+
+    assert ranges_path(out).is_file()
+    assert record["val_top1_int8_simulated_start"] > record["val_top1_fp32_start"] - 3
+    assert record["val_top1_int8_simulated_end"] > 80
+    tuned = create_model("crossformer-fmnist", checkpoint=out)  # strict load in upstream's layout
+    bundled = create_model("crossformer-fmnist")
+    moved = [k for k, v in bundled.state_dict().items()
+             if v.is_floating_point() and not torch.equal(v, tuned.state_dict()[k])]
+    assert len(moved) > 50, "QAT did not update the weights"
+    # The position MLP is folded to constants in the trained graph: carried over unchanged, not dropped.
+    pos = [k for k in bundled.state_dict() if ".pos." in k]
+    assert pos and all(torch.equal(bundled.state_dict()[k], tuned.state_dict()[k]) for k in pos)
+
+
+@needs_fmnist
+def test_qat_xnnpack_checkpoint_exports_to_executorch(xnnpack_run, tmp_path):
+    _, ckpt = xnnpack_run
+    out = tmp_path / "int8"
+    code = run_cli("--target", "executorch", "--checkpoint", ckpt, "--precision", "int8", "--calib-size", "64",
+                   "--output", out)
+    m = load_manifest(out)
+    art = next(a for a in m["artifacts"] if a["delegate"] == "xnnpack")
+    assert code == 0 and m["status"] == "pass" and art["parity"]["top1_agreement"] >= 0.98, art
+    assert art["info"]["int8_ranges"] == "learned in QAT"
+
+
+@needs_fmnist
+def test_qat_ranges_that_do_not_fit_the_model_are_refused(xnnpack_run, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from quantize.qat import ranges_path
+
+    _, ckpt = xnnpack_run
+    copy = tmp_path / "copy.safetensors"
+    shutil.copy(ckpt, copy)
+    save_file({"activation_post_process_0.scale": torch.ones(1)}, str(ranges_path(copy)))
+    out = tmp_path / "never"
+    assert run_cli("--target", "executorch", "--checkpoint", copy, "--precision", "int8", "--output", out) == 2
+    assert "do not fit this model" in capsys.readouterr().err and not out.exists()
+
+
+@needs_fmnist
+def test_qat_xnnpack_scheme_resumes(tmp_path, monkeypatch, capsys):
+    import quantize.qat as qat_module
+
+    work, out = tmp_path / "work", tmp_path / "q.safetensors"
+    real_fit = qat_module.fit
+    args = [*QUICK, "--train-limit", "256", "--target", "executorch", "--epochs", "2", "--workdir", work,
+            "--output", out]
+
+    def interrupted_fit(*a, **kw):
+        def stop(state):
+            raise KeyboardInterrupt
+
+        return real_fit(*a, **kw, on_epoch=stop)
+
+    monkeypatch.setattr(qat_module, "fit", interrupted_fit)
+    with pytest.raises(KeyboardInterrupt):
+        qat(*args)
+    assert (work / "last.pt").exists() and not out.exists()
+    monkeypatch.setattr(qat_module, "fit", real_fit)
+    capsys.readouterr()
+    assert qat(*args) == 0
+    assert "at epoch 1/2" in capsys.readouterr().out
+    assert json.loads(out.with_suffix(".json").read_text())["epochs_run"] == 2
+
+
+def test_accuracy_benchmark_gives_each_runtime_the_qat_checkpoint_for_its_target(tmp_path):
+    from benchmarks.accuracy import qat_assignment
+
+    def ckpt(name, targets=None):
+        path = tmp_path / f"{name}.safetensors"
+        path.write_bytes(b"x")
+        if targets is not None:
+            path.with_suffix(".json").write_text(json.dumps({"targets": targets}))
+        return path
+
+    nncf, xnn = ckpt("nncf", ["openvino", "onnx"]), ckpt("xnn", ["executorch", "coreml"])
+    runtimes = ("onnx", "openvino", "executorch")
+    assert qat_assignment([nncf, xnn], runtimes) == {nncf: ("onnx", "openvino"), xnn: ("executorch",)}
+    plain = ckpt("plain")
+    assert qat_assignment([plain], runtimes) == {plain: runtimes}
+    assert qat_assignment([xnn, plain], runtimes) == {plain: ("onnx", "openvino"), xnn: ("executorch",)}
+    with pytest.raises(ValueError, match="two QAT checkpoints are for openvino"):
+        qat_assignment([nncf, ckpt("again", ["openvino"])], runtimes)
+    with pytest.raises(ValueError, match="not found"):
+        qat_assignment([tmp_path / "missing.safetensors"], runtimes)
+
+
 def _png_folder(root, classes: int, per_class: int = 3, flat: bool = False):
     rng = np.random.default_rng(0)
     for c in range(classes):
@@ -114,4 +221,6 @@ def test_qat_bad_input_is_a_clear_error(tmp_path, capsys):
     assert "no bundled weights; pass --checkpoint" in capsys.readouterr().err
     assert qat("--data", tmp_path / "missing", "--output", out) == 2
     assert "not found" in capsys.readouterr().err
+    assert qat("--target", "executorch", "--keep-float", "head", "--output", out) == 2
+    assert "--keep-float applies to NNCF's scheme" in capsys.readouterr().err
     assert not out.exists()

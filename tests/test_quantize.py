@@ -56,8 +56,9 @@ def test_int8_needs_calibration_data(tmp_path, capsys, checkpoints):
 
 
 def assert_onnxruntime_runs_int8_matmuls(path, tmp_path):
-    """Every linear with an INT8 weight must reach an INT8 kernel in ONNX Runtime's optimized graph, not a float
-    Gemm that dequantizes its weight on every run (what ORT's MatMul + Add fusion does to plain NNCF output)."""
+    """Every linear with an INT8 weight must reach an INT8 kernel in ONNX Runtime's optimized graph (QGemm with the
+    bias inside, or MatMulIntegerToFloat), not a float Gemm that dequantizes its weight on every run (what ORT's
+    MatMul + Add fusion does to plain NNCF output); convs must not dequantize their weights on every run either."""
     import collections
 
     import onnx
@@ -65,17 +66,16 @@ def assert_onnxruntime_runs_int8_matmuls(path, tmp_path):
 
     model = onnx.load(str(path))
     producer = {o: n for n in model.graph.node for o in n.output}
-    quantized_linears = sum(1 for n in model.graph.node if n.op_type == "MatMul" and producer.get(n.input[1])
-                            and producer[n.input[1]].op_type == "DequantizeLinear")
+    quantized_linears = sum(1 for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and
+                            producer.get(n.input[1]) and producer[n.input[1]].op_type == "DequantizeLinear")
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     optimized = onnx.load(str(tmp_path / "optimized.onnx"))
     ops = collections.Counter(n.op_type for n in optimized.graph.node)
     made = {o: n for n in optimized.graph.node for o in n.output}
-    # Gemms that ORT made out of a quantized MatMul + Add (the exported graph's own 2-D head Gemm is not one).
-    float_gemm_on_int8 = [n.name for n in optimized.graph.node if n.op_type == "Gemm" and "MatMulAddFusion" in n.name
-                          and made.get(n.input[1]) and made[n.input[1]].op_type == "DequantizeLinear"]
+    float_on_int8 = [n.name for n in optimized.graph.node if n.op_type in ("Gemm", "MatMul", "Conv")
+                     and made.get(n.input[1]) and made[n.input[1]].op_type == "DequantizeLinear"]
     assert quantized_linears > 10
-    assert ops["MatMulIntegerToFloat"] >= quantized_linears, ops
-    assert not float_gemm_on_int8, float_gemm_on_int8
+    assert ops["QGemm"] + ops["MatMulIntegerToFloat"] >= quantized_linears, ops
+    assert not float_on_int8, float_on_int8

@@ -99,3 +99,21 @@ def test_attention_matches_reference_and_folding_matches_live_bias(resolution, g
     keep = (slice(None), slice(0, resolution), slice(0, resolution))
     torch.testing.assert_close(live[keep], expected[keep], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(folded[keep], expected[keep], rtol=1e-5, atol=1e-5)
+
+
+def test_flat_linears_compute_the_same_with_the_same_parameters():
+    from edge_crossformer import create_model
+    from edge_crossformer.export_friendly import FlatLinear, flatten_linears
+
+    torch.manual_seed(0)
+    model = create_model("crossformer-fmnist", export_friendly=True).eval()
+    keys = list(model.state_dict())
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+        flat = flatten_linears(model)
+        after = flat(x)
+    assert list(flat.state_dict()) == keys
+    assert sum(isinstance(m, FlatLinear) for m in flat.modules()) > 10
+    assert type(flat.head) is torch.nn.Linear  # the 2-D head is left alone
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)
