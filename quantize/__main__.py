@@ -21,6 +21,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="openvino", choices=sorted(TARGET_SCHEME),
                    help="the target whose INT8 scheme is simulated: openvino and onnx share NNCF's transformer "
                         "scheme, executorch and coreml XNNPACK's (default: openvino)")
+    p.add_argument("--ranges", choices=("calibrated", "learned"), default="calibrated",
+                   help="XNNPACK scheme only: activation ranges fixed at post-training INT8's (export recalibrates, "
+                        "default) or learned as moving averages during training (written beside the checkpoint; "
+                        "the ExecuTorch export uses them)")
     p.add_argument("--num-classes", type=int)
     p.add_argument("--img-size", type=int)
     p.add_argument("--data", type=Path,
@@ -66,6 +70,8 @@ def qat_main(argv: list[str]) -> int:
                         seed=args.seed, threads=args.threads, distill=args.distill)
         if not 0 <= args.distill <= 1:
             raise QATError(f"--distill is a weight in [0, 1], got {args.distill}")
+        if args.ranges == "learned" and TARGET_SCHEME[args.target] != "xnnpack":
+            raise QATError("--ranges learned applies to XNNPACK's scheme (--target executorch or coreml) only")
         if args.keep_float and TARGET_SCHEME[args.target] != "nncf":
             raise QATError("--keep-float applies to NNCF's scheme (--target openvino or onnx) only")
         if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
@@ -107,6 +113,7 @@ def qat_main(argv: list[str]) -> int:
     workdir = args.workdir or Path("runs/qat") / f"{args.model}{suffix}"
     output = args.output or Path("runs/qat") / f"{args.model}-qat{suffix}.safetensors"
     settings = {"model": args.model, "checkpoint": str(args.checkpoint or "bundled"), "scheme": scheme,
+                "ranges": args.ranges,
                 "img_size": img_size,
                 "data": train.source, "train_images": int(len(train_x)), **{k: v for k, v in vars(cfg).items()},
                 "keep_float": args.keep_float}
@@ -123,7 +130,7 @@ def qat_main(argv: list[str]) -> int:
     meta = {"model": args.model, "checkpoint": settings["checkpoint"], "img_size": img_size, "data": train.source,
             "val_data": val.source, "command": "python -m quantize qat " + " ".join(argv)}
     run_qat(Normalized(model), (train_x, train_y), (val.images, val.labels), cfg, workdir=workdir, output=output,
-            opts=opts, resume=not args.no_resume, meta=meta, scheme=scheme)
+            opts=opts, resume=not args.no_resume, meta=meta, scheme=scheme, ranges=args.ranges)
     print(f"next: python -m export --target {','.join(SCHEME_TARGETS[scheme])} --model {args.model} "
           f"--checkpoint {output} --precision int8")
     return 0

@@ -78,4 +78,6 @@ def assert_onnxruntime_runs_int8_matmuls(path, tmp_path):
                      and made.get(n.input[1]) and made[n.input[1]].op_type == "DequantizeLinear"]
     assert quantized_linears > 10
     assert ops["QGemm"] + ops["MatMulIntegerToFloat"] >= quantized_linears, ops
+    convs = sum(1 for n in model.graph.node if n.op_type == "Conv")
+    assert convs and ops["QLinearConv"] == convs, ops
     assert not float_on_int8, float_on_int8
