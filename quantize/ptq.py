@@ -216,6 +216,10 @@ def quantize_gemm_biases(model):
         node.input[2] = f"{base}_dq"
     for node, dq in added:
         model.graph.node.insert(list(model.graph.node).index(node), dq)
+    return _drop_unused_initializers(model)
+
+
+def _drop_unused_initializers(model):
     used = {n for node in model.graph.node for n in node.input}
     for init in [i for i in model.graph.initializer if i.name not in used]:
         model.graph.initializer.remove(init)
@@ -257,10 +261,7 @@ def keep_qdq_matmuls_integer(model):
                 model.graph.initializer.append(numpy_helper.from_array(bias.reshape((1,) * (r - 1) + (-1,)), key))
                 made[key] = key
             node.input[i] = key
-    used = {n for node in model.graph.node for n in node.input}
-    for init in [i for i in model.graph.initializer if i.name not in used]:
-        model.graph.initializer.remove(init)
-    return model
+    return _drop_unused_initializers(model)
 
 
 def fold_float_conv_weights(model):
@@ -299,10 +300,7 @@ def fold_float_conv_weights(model):
         folded.append(node)
     for node in folded:
         model.graph.node.remove(node)
-    used = {n for node in model.graph.node for n in node.input}
-    for init in [i for i in model.graph.initializer if i.name not in used]:
-        model.graph.initializer.remove(init)
-    return model
+    return _drop_unused_initializers(model)
 
 
 # Ops the XNNPACK quantizer would make INT8 besides linears and convs. Measured on crossformer-fmnist, 10k test images

@@ -25,6 +25,43 @@ def qat(*args) -> int:
     return main(["qat", *map(str, args)])
 
 
+def assert_trained_checkpoint(out, record: dict):
+    """A strict-loading float checkpoint whose weights moved, from a run whose fake-quantized model classifies."""
+    # The fake-quantized model of a trained classifier must still classify (a broken quantizer drops to ~10%).
+    assert record["val_top1_int8_simulated_start"] > record["val_top1_fp32_start"] - 3
+    assert record["val_top1_int8_simulated_end"] > 80
+    tuned = create_model("crossformer-fmnist", checkpoint=out)  # strict load in upstream's layout
+    bundled = create_model("crossformer-fmnist")
+    moved = [k for k, v in bundled.state_dict().items()
+             if v.is_floating_point() and not torch.equal(v, tuned.state_dict()[k])]
+    assert len(moved) > 50, "QAT did not update the weights"
+    return bundled, tuned
+
+
+def interrupt_then_resume(args: list, work, out, monkeypatch, capsys) -> None:
+    """Stop a 2-epoch run after epoch 1 (nothing written but the resume state), then rerun it to the end."""
+    import quantize.qat as qat_module
+
+    real_fit = qat_module.fit
+
+    def interrupted_fit(*a, **kw):
+        def stop(state):
+            raise KeyboardInterrupt
+
+        return real_fit(*a, **kw, on_epoch=stop)
+
+    monkeypatch.setattr(qat_module, "fit", interrupted_fit)
+    with pytest.raises(KeyboardInterrupt):
+        qat(*args)
+    assert (work / "last.pt").exists() and not out.exists()
+    assert not list(out.parent.glob(".*.tmp")) and not list(work.glob(".*.tmp"))
+    monkeypatch.setattr(qat_module, "fit", real_fit)
+    capsys.readouterr()
+    assert qat(*args) == 0
+    assert "at epoch 1/2" in capsys.readouterr().out
+    assert json.loads(out.with_suffix(".json").read_text())["epochs_run"] == 2
+
+
 @pytest.fixture(scope="module")
 def qat_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("qat")
@@ -39,14 +76,7 @@ def test_qat_writes_a_loadable_float_checkpoint_and_record(qat_run):
     assert code == 0 and out.exists()
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["epochs_run"] == 1 and record["train_images"] == 512 and record["val_images"] == 200
-    # The fake-quantized model of a trained classifier must still classify (a broken quantizer drops to ~10%).
-    assert record["val_top1_int8_simulated_start"] > record["val_top1_fp32_start"] - 3
-    assert record["val_top1_int8_simulated_end"] > 80
-    tuned = create_model("crossformer-fmnist", checkpoint=out)  # strict load in upstream's layout
-    bundled = create_model("crossformer-fmnist")
-    moved = [k for k, v in bundled.state_dict().items()
-             if v.is_floating_point() and not torch.equal(v, tuned.state_dict()[k])]
-    assert len(moved) > 50, "QAT did not update the weights"
+    assert_trained_checkpoint(out, record)
 
 
 @needs_fmnist
@@ -66,28 +96,8 @@ def test_qat_checkpoint_exports_int8_to_every_target(qat_run, tmp_path):
 
 @needs_fmnist
 def test_qat_interrupted_run_resumes_and_writes_nothing_half_done(tmp_path, monkeypatch, capsys):
-    import quantize.qat as qat_module
-
     work, out = tmp_path / "work", tmp_path / "q.safetensors"
-    real_fit = qat_module.fit
-
-    def interrupted_fit(*args, **kwargs):
-        def stop(state):
-            raise KeyboardInterrupt
-
-        return real_fit(*args, **kwargs, on_epoch=stop)
-
-    monkeypatch.setattr(qat_module, "fit", interrupted_fit)
-    with pytest.raises(KeyboardInterrupt):
-        qat(*QUICK, "--epochs", "2", "--workdir", work, "--output", out)
-    assert (work / "last.pt").exists() and not out.exists()
-    assert not list(tmp_path.glob(".*.tmp")) and not list(work.glob(".*.tmp"))
-
-    monkeypatch.setattr(qat_module, "fit", real_fit)
-    capsys.readouterr()
-    assert qat(*QUICK, "--epochs", "2", "--workdir", work, "--output", out) == 0
-    assert "at epoch 1/2" in capsys.readouterr().out
-    assert json.loads(out.with_suffix(".json").read_text())["epochs_run"] == 2
+    interrupt_then_resume([*QUICK, "--epochs", "2", "--workdir", work, "--output", out], work, out, monkeypatch, capsys)
 
     # Same workdir, different settings: refuse rather than mix two runs.
     assert qat(*QUICK, "--epochs", "2", "--lr", "1e-4", "--workdir", work, "--output", out) == 2
@@ -112,13 +122,7 @@ def test_qat_xnnpack_scheme_trains_the_executorch_graph(xnnpack_run):
     from quantize.qat import ranges_path
 
     assert ranges_path(out).is_file()
-    assert record["val_top1_int8_simulated_start"] > record["val_top1_fp32_start"] - 3
-    assert record["val_top1_int8_simulated_end"] > 80
-    tuned = create_model("crossformer-fmnist", checkpoint=out)  # strict load in upstream's layout
-    bundled = create_model("crossformer-fmnist")
-    moved = [k for k, v in bundled.state_dict().items()
-             if v.is_floating_point() and not torch.equal(v, tuned.state_dict()[k])]
-    assert len(moved) > 50, "QAT did not update the weights"
+    bundled, tuned = assert_trained_checkpoint(out, record)
     # The position MLP is folded to constants in the trained graph: carried over unchanged, not dropped.
     pos = [k for k in bundled.state_dict() if ".pos." in k]
     assert pos and all(torch.equal(bundled.state_dict()[k], tuned.state_dict()[k]) for k in pos)
@@ -157,28 +161,10 @@ def test_qat_ranges_that_do_not_fit_the_model_are_refused(xnnpack_run, tmp_path,
 
 @needs_fmnist
 def test_qat_xnnpack_scheme_resumes(tmp_path, monkeypatch, capsys):
-    import quantize.qat as qat_module
-
     work, out = tmp_path / "work", tmp_path / "q.safetensors"
-    real_fit = qat_module.fit
     args = [*QUICK, "--train-limit", "256", "--target", "executorch", "--epochs", "2", "--workdir", work,
             "--output", out]
-
-    def interrupted_fit(*a, **kw):
-        def stop(state):
-            raise KeyboardInterrupt
-
-        return real_fit(*a, **kw, on_epoch=stop)
-
-    monkeypatch.setattr(qat_module, "fit", interrupted_fit)
-    with pytest.raises(KeyboardInterrupt):
-        qat(*args)
-    assert (work / "last.pt").exists() and not out.exists()
-    monkeypatch.setattr(qat_module, "fit", real_fit)
-    capsys.readouterr()
-    assert qat(*args) == 0
-    assert "at epoch 1/2" in capsys.readouterr().out
-    assert json.loads(out.with_suffix(".json").read_text())["epochs_run"] == 2
+    interrupt_then_resume(args, work, out, monkeypatch, capsys)
     from quantize.qat import ranges_path
 
     assert not ranges_path(out).exists()  # calibrated ranges (the default): the export recalibrates
