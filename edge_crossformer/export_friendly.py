@@ -12,6 +12,11 @@ What changes, and why (each rewrite names the reference computation it replaces)
   with its bias, which ONNX Runtime's QDQ fusion turns into one INT8 QGemm with the bias inside.
 - Optionally (`decompose_layernorm=True`, for ExecuTorch XNNPACK, which has no LayerNorm) LayerNorm and the final
   average pool are spelled as 4-D means over dims (2, 3), the only mean XNNPACK takes.
+- The cross-scale embedding and merges concatenate their convs' outputs on the NCHW channel axis, then move channels
+  last once (`ChannelConcatEmbed`, `ChannelConcatMerging`).
+- Optionally (`matmul_4d`, for OpenVINO) attention is 4-D with q / k / v as three linears and the output projection
+  after the merge; `fold_norm_affine` (also OpenVINO's) moves each block's LayerNorm scale and shift into the linears
+  that read the norm.
 """
 
 from __future__ import annotations
@@ -88,8 +93,8 @@ class ExportLayerNorm(nn.LayerNorm):
     dims (2, 3) with keepdim, so the channel dim is moved to dim 2 of a [M, 1, C, 1] view.
     """
 
-    def __init__(self, dim: int, eps: float = 1e-5, decompose: bool = False):
-        super().__init__(dim, eps=eps)
+    def __init__(self, dim: int, eps: float = 1e-5, decompose: bool = False, affine: bool = True):
+        super().__init__(dim, eps=eps, elementwise_affine=affine)
         self.decompose = decompose
 
     def forward(self, x: Tensor) -> Tensor:
@@ -99,8 +104,8 @@ class ExportLayerNorm(nn.LayerNorm):
         x4 = x.reshape(-1, 1, shape[-1], 1)
         centered = x4 - x4.mean(dim=(2, 3), keepdim=True)
         var = (centered * centered).mean(dim=(2, 3), keepdim=True)
-        y = centered * torch.rsqrt(var + self.eps)
-        return y.reshape(shape) * self.weight + self.bias
+        y = (centered * torch.rsqrt(var + self.eps)).reshape(shape)
+        return y if self.weight is None else y * self.weight + self.bias
 
 
 class FlatLinear(nn.Linear):
@@ -120,6 +125,30 @@ def flatten_linears(model: nn.Module) -> nn.Module:
                                   device=child.weight.device, dtype=child.weight.dtype)
                 flat.weight, flat.bias = child.weight, child.bias
                 setattr(parent, name, flat)
+    return model
+
+
+@torch.no_grad()
+def fold_norm_affine(model: nn.Module) -> nn.Module:
+    """In place: each block's norm1 / norm2 scale and shift move into the linears that read them (attn.qkv,
+    mlp.fc1), and the norms lose their affine step: W diag(g) and b + W beta, computed in float64.
+
+    Same function (rounding aside), one elementwise multiply-add fewer per norm; and per-channel INT8 weight
+    scales absorb the LayerNorm scale, so a per-tensor activation quantizer no longer sees its channel outliers.
+    Inference only: the folded model's state dict no longer matches upstream's.
+    """
+    for block in model.modules():
+        if not isinstance(block, FriendlyBlock):
+            continue
+        for norm_name, linear in (("norm1", block.attn.qkv), ("norm2", block.mlp.fc1)):
+            norm = getattr(block, norm_name)
+            if norm.weight is None:
+                continue
+            w, gamma, beta = linear.weight.double(), norm.weight.double(), norm.bias.double()
+            linear.bias.copy_((linear.bias.double() + w @ beta).float())
+            linear.weight.copy_((w * gamma).float())
+            setattr(block, norm_name, ExportLayerNorm(norm.normalized_shape[0], norm.eps, norm.decompose,
+                                                      affine=False))
     return model
 
 
@@ -153,9 +182,11 @@ class FriendlyAttention(nn.Module):
         bias = (self.onehot @ self.pos(self.offsets)).t().reshape(1, self.num_heads, n, n)
         return bias if self.mask is None else bias + self.mask
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, project: bool = True) -> Tensor:
+        """[B * nG, N, C] groups -> attention output, through `proj` unless `project` is False (the caller then
+        applies `proj`; it acts on channels only, so it commutes with regrouping the tokens)."""
         if self.matmul_4d:
-            return self._forward_4d(x)
+            return self._forward_4d(x, project)
         bg, n, c = x.shape
         h, d = self.num_heads, c // self.num_heads
         qkv = self.qkv(x)
@@ -173,23 +204,27 @@ class FriendlyAttention(nn.Module):
         attn = (attn.reshape(-1, planes, n, n) + bias.reshape(1, planes, n, n)).softmax(dim=-1)
         x = torch.bmm(attn.reshape(bg * h, n, n), v)
         x = x.reshape(bg, h, n, d).permute(0, 2, 1, 3).reshape(bg, n, c)
-        return self.proj(x)
+        return self.proj(x) if project else x
 
-    def _forward_4d(self, x: Tensor) -> Tensor:
+    def _forward_4d(self, x: Tensor, project: bool) -> Tensor:
         bg, n, c = x.shape
         h, d = self.num_heads, c // self.num_heads
-        # q / k / v split on the outermost axis (a contiguous, copy-free split) after one transpose, rather than
-        # slices of the innermost axis (which OpenVINO runs as a reference-kernel VariadicSplit).
-        qkv = self.qkv(x).reshape(bg, n, 3, c).permute(2, 0, 1, 3)
-        q, k, v = (t.reshape(bg, n, h, d).permute(0, 2, 1, 3) for t in (qkv[0:1], qkv[1:2], qkv[2:3]))
-        attn = (q * self.scale) @ k.transpose(-2, -1)
+        # q, k and v as three linears on slices of the qkv weight (constants once exported): each lands directly in
+        # the head layout its matmul reads, instead of one 3C-wide output that a transpose and a split regroup
+        # (in INT8 OpenVINO ran that transpose on FP32 data, before the per-tensor quantizers of q, k and v).
+        # The attention scale is folded into q's weight and bias.
+        w, b = self.qkv.weight, self.qkv.bias
+        q = F.linear(x, w[:c] * self.scale, b[:c] * self.scale).reshape(bg, n, h, d).permute(0, 2, 1, 3)
+        k = F.linear(x, w[c:2 * c], b[c:2 * c]).reshape(bg, n, h, d).permute(0, 2, 3, 1)
+        v = F.linear(x, w[2 * c:], b[2 * c:]).reshape(bg, n, h, d).permute(0, 2, 1, 3)
+        attn = q @ k
         bias = self.attn_bias if self.attn_bias is not None else self.live_bias()
         if bias.shape[0] in (1, bg):
             attn = attn + bias
         else:  # batch > 1 with a per-group bias: broadcast over the batch through a rank-4 view
             attn = (attn.reshape(-1, bias.shape[0] * h, n, n) + bias.reshape(1, -1, n, n)).reshape(bg, h, n, n)
-        x = attn.softmax(dim=-1) @ v
-        return self.proj(x.permute(0, 2, 1, 3).reshape(bg, n, c))
+        x = (attn.softmax(dim=-1) @ v).permute(0, 2, 1, 3).reshape(bg, n, c)
+        return self.proj(x) if project else x
 
 
 class FriendlyBlock(nn.Module):
@@ -220,17 +255,40 @@ class FriendlyBlock(nn.Module):
         if pad > 0:
             x = F.pad(x, (0, 0, 0, pad, 0, pad))
         x = lsda_partition(x, self.group, self.interval)
-        x = self.attn(x)
+        # OpenVINO's spelling projects after the merge: the merge transposes then move the INT8 input of `proj`
+        # rather than its FP32 output (and padded tokens are cropped before the projection, not after).
+        late_proj = self.attn.matmul_4d
+        x = self.attn(x, project=not late_proj)
         x = lsda_merge(x, b, self.padded, self.padded, self.group, self.interval)
         if pad > 0:
             x = x[:, :h, :w, :]
-        x = shortcut + x.reshape(b, h * w, c)
+        x = x.reshape(b, h * w, c)
+        x = shortcut + (self.attn.proj(x) if late_proj else x)
         x = x + self.mlp(self.norm2(x))
         if self.use_extra_conv:
             x = x.reshape(b, h, w, c).permute(0, 3, 1, 2)
             x = self.ex_conv(x).permute(0, 2, 3, 1).reshape(b, h * w, c)
             x = self.ex_ln(x)
         return x
+
+
+class ChannelConcatEmbed(ref.PatchEmbed):
+    """`reference.PatchEmbed` (same parameters) concatenating its convs' outputs on the channel axis of NCHW, then
+    moving channels last once (reference: channels last per conv, then a concat on the innermost axis, which
+    OpenVINO's CPU plugin runs as a reference-kernel Concat of 8- to 32-channel slivers). Same values."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.cat([proj(x) for proj in self.projs], dim=1)
+        return self.norm(x.flatten(2).transpose(1, 2))
+
+
+class ChannelConcatMerging(ref.PatchMerging):
+    """`reference.PatchMerging` with the same change as `ChannelConcatEmbed`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, c = x.shape
+        x = self.norm(x).view(b, self.resolution, self.resolution, c).permute(0, 3, 1, 2)
+        return torch.cat([red(x) for red in self.reductions], dim=1).flatten(2).transpose(1, 2)
 
 
 class ExportFriendlyCrossFormer(ref.CrossFormer):
@@ -245,6 +303,11 @@ class ExportFriendlyCrossFormer(ref.CrossFormer):
             for name, child in list(parent.named_children()):
                 if type(child) is nn.LayerNorm:
                     setattr(parent, name, ExportLayerNorm(child.normalized_shape[0], child.eps, decompose_layernorm))
+        # Behaviour-only subclasses (no state of their own), so the parameters stay where they are.
+        self.patch_embed.__class__ = ChannelConcatEmbed
+        for stage in self.layers:
+            if stage.downsample is not None:
+                stage.downsample.__class__ = ChannelConcatMerging
 
     def _stage(self, cfg: CrossFormerConfig, index: int, resolution: int) -> nn.Module:
         return ref.Stage(cfg, index, resolution, block_cls=FriendlyBlock,

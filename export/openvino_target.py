@@ -42,7 +42,7 @@ def export(ctx: TargetContext) -> list[Artifact]:
         # on single-token groups (OpenVINO 2026.4, crossformer-fmnist stage 4).
         # 4-D attention: the CPU plugin fuses it into one (INT8) attention kernel; CrossFormer-T 224 INT8 measured
         # 9% faster than the 3-D bmm spelling (README, Performance).
-        model = ov.convert_model(ctx.source.deployable(matmul_4d=True), example_input=ctx.source.example())
+        model = ov.convert_model(ctx.source.deployable(matmul_4d=True, fold_norms=True), example_input=ctx.source.example())
     model.inputs[0].get_tensor().set_names({"image"})
     if ctx.precision == "int8":
         from quantize import quantize_openvino

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from edge_crossformer import Normalized, create_model, strip_position_mlp
-from edge_crossformer.export_friendly import FriendlyAttention, flatten_linears
+from edge_crossformer.export_friendly import FriendlyAttention, flatten_linears, fold_norm_affine
 from edge_crossformer.checkpoint import CheckpointError
 
 from .request import ExportError, ExportRequest
@@ -39,7 +39,7 @@ class ModelSource:
         return Normalized(self._create()).eval()
 
     def deployable(self, decompose_layernorm: bool = False, matmul_4d: bool = False,
-                   flat_linears: bool = False) -> nn.Module:
+                   flat_linears: bool = False, fold_norms: bool = False) -> nn.Module:
         """What gets exported: the rewrite (or, on request, the faithful model), normalization inside.
 
         `matmul_4d` spells attention as 4-D q @ k^T -> softmax -> @ v (OpenVINO fuses it into one kernel);
@@ -48,11 +48,13 @@ class ModelSource:
         """
         if self.request.reference_model:
             return self.reference
-        key = (decompose_layernorm, matmul_4d, flat_linears)
+        key = (decompose_layernorm, matmul_4d, flat_linears, fold_norms)
         if key not in self._deployables:
             model = strip_position_mlp(self._create(export_friendly=True, decompose_layernorm=decompose_layernorm))
             if flat_linears:
                 flatten_linears(model)
+            if fold_norms:
+                fold_norm_affine(model)
             for module in model.modules():
                 if isinstance(module, FriendlyAttention):
                     module.matmul_4d = matmul_4d

@@ -117,3 +117,30 @@ def test_flat_linears_compute_the_same_with_the_same_parameters():
     assert sum(isinstance(m, FlatLinear) for m in flat.modules()) > 10
     assert type(flat.head) is torch.nn.Linear  # the 2-D head is left alone
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,size", [("crossformer-t", 96), ("crossformer-fmnist", 32)])
+def test_openvino_spelling_matches_reference(name, size):
+    """4-D attention with q / k / v linears and the projection after the merge, LayerNorm scale and shift folded
+    into the next linears, channel-axis concat in the cross-scale layers: against the faithful model, with random
+    non-trivial norms and biases (upstream's init, LayerNorm (1, 0) and zero biases, would hide folding errors).
+    CrossFormer-T at 96 px pads stages 1-3 (24, 12, 6 tokens a side with groups of 7), so the crop comes first."""
+    from edge_crossformer import create_model
+    from edge_crossformer.export_friendly import ChannelConcatEmbed, fold_norm_affine, strip_position_mlp
+
+    torch.manual_seed(0)
+    reference = create_model(name, img_size=size, num_classes=10).eval()
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ours = create_model(name, export_friendly=True, img_size=size, num_classes=10)
+    ours.load_state_dict(reference.state_dict())
+    ours = fold_norm_affine(strip_position_mlp(ours)).eval()
+    for module in ours.modules():
+        if isinstance(module, FriendlyAttention):
+            module.matmul_4d = True
+    assert isinstance(ours.patch_embed, ChannelConcatEmbed)
+    assert all(not blk.norm1.elementwise_affine for stage in ours.layers for blk in stage.blocks)
+    x = torch.rand(2, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), rtol=1e-4, atol=1e-4)
