@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8: SmoothQuant alpha for MatMul/Linear; negative disables (default: -1, off, by "
                         "measurement: it cost OpenVINO 2 pp top-1 agreement on crossformer-fmnist)")
     p.add_argument("--keep-float", action="append", default=[], metavar="REGEX",
-                   help="int8: node-name pattern kept in float (repeatable)")
+                   help="int8: regular expression of what stays float (repeatable): OpenVINO / ONNX node names, "
+                        "module paths or node names for ExecuTorch / Core ML (e.g. '^model\\.head$')")
     p.add_argument("--output", type=Path, help="output directory (default: artifacts/<model>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output directory")
     p.add_argument("--reference-model", action="store_true",

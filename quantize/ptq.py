@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -321,24 +322,39 @@ def _residual_only(node) -> bool:
     return getattr(owner, "__name__", str(owner)).split(".")[-1].endswith("Block")
 
 
-def xnnpack_quantizer(scope: str = "residual", qat: bool = False):
+def _module_path(node) -> str:
+    """Dotted path of the module a PT2E node came from (e.g. "model.layers.0.blocks.1.mlp.fc2"), "" if unknown."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else ""
+
+
+def _kept_float(node, patterns: tuple[str, ...]) -> bool:
+    """`--keep-float` for PT2E graphs: a regular expression found in the node's module path or in its name."""
+    return any(re.search(p, _module_path(node)) or re.search(p, node.name) for p in patterns)
+
+
+def xnnpack_quantizer(scope: str = "residual", qat: bool = False, keep_float: tuple[str, ...] = ()):
     """XNNPACK's quantizer (symmetric per-channel weights, per-tensor activations) over `scope`: "residual"
-    (linears, convs, residual adds), "gemm" (linears and convs) or "all" (XNNPACK's default set); `qat` gives
-    fake-quantizers with moving-average ranges (quantization-aware training) instead of observers."""
+    (linears, convs, residual adds), "gemm" (linears and convs) or "all" (XNNPACK's default set), minus the nodes
+    `keep_float` matches (module path or node name); `qat` gives fake-quantizers with moving-average ranges
+    (quantization-aware training) instead of observers."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer, get_symmetric_quantization_config)
 
     config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
     quantizer = XNNPACKQuantizer()
-    if scope == "all":
-        return quantizer.set_global(config)
-    if scope == "residual":
-        quantizer.set_global(config)
-        quantizer.set_filter_function(_residual_only)
-        return quantizer
+    if scope not in ("residual", "gemm", "all"):
+        raise ValueError(f"unknown XNNPACK quantization scope {scope!r}; use residual, gemm or all")
     if scope == "gemm":
+        if keep_float:
+            raise ValueError("keep_float needs the residual or all scope")
         return quantizer.set_module_type(nn.Linear, config).set_module_type(nn.Conv2d, config)
-    raise ValueError(f"unknown XNNPACK quantization scope {scope!r}; use residual, gemm or all")
+    quantizer.set_global(config)
+    patterns = tuple(keep_float)
+    if scope == "residual" or patterns:
+        in_scope = _residual_only if scope == "residual" else (lambda node: True)
+        quantizer.set_filter_function(lambda node: in_scope(node) and not _kept_float(node, patterns))
+    return quantizer
 
 
 def quantize_pt2e(module: nn.Module, example: torch.Tensor, calibration: list[np.ndarray],
@@ -353,7 +369,7 @@ def quantize_pt2e(module: nn.Module, example: torch.Tensor, calibration: list[np
     smooth = opts.smooth_quant_alpha is not None and opts.smooth_quant_alpha >= 0
     dataset = nncf.Dataset(calibration, lambda x: torch.from_numpy(x))
     return nncf_quantize_pt2e(
-        graph, xnnpack_quantizer(), dataset, subset_size=min(opts.subset_size, len(calibration)),
+        graph, xnnpack_quantizer(keep_float=opts.keep_float), dataset, subset_size=min(opts.subset_size, len(calibration)),
         fast_bias_correction=opts.fast_bias_correction, smooth_quant=smooth,
         smooth_quant_params=AdvancedSmoothQuantParameters(matmul=opts.smooth_quant_alpha) if smooth else None,
         fold_quantize=True)

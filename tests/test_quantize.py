@@ -81,3 +81,24 @@ def assert_onnxruntime_runs_int8_matmuls(path, tmp_path):
     convs = sum(1 for n in model.graph.node if n.op_type == "Conv")
     assert convs and ops["QLinearConv"] == convs, ops
     assert not float_on_int8, float_on_int8
+
+
+def test_keep_float_reaches_the_xnnpack_quantizer():
+    """`--keep-float` for ExecuTorch / Core ML W8A8: the matched linear keeps a float weight, the others get INT8."""
+    import torch
+
+    from edge_crossformer import Normalized, create_model
+    from quantize import QuantOptions, calibration_list, quantize_pt2e
+
+    model = Normalized(create_model("crossformer-fmnist", export_friendly=True, decompose_layernorm=True)).eval()
+    images = torch.rand(8, 3, 32, 32)
+
+    def int8_weight_linears(keep_float):
+        graph = quantize_pt2e(model, images[:1], calibration_list(images),
+                              QuantOptions(subset_size=8, keep_float=keep_float))
+        linears = [n for n in graph.graph.nodes if n.op == "call_function" and n.target == torch.ops.aten.linear.default]
+        return {n.name: "dequantize" in str(n.args[1].target) for n in linears}
+
+    everything, kept = int8_weight_linears(()), int8_weight_linears((r"^model\.head$",))
+    assert all(everything.values()) and len(everything) > 10
+    assert [name for name, q in kept.items() if not q] == [list(kept)[-1]]  # the head, the graph's last linear
