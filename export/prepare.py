@@ -44,7 +44,8 @@ class ModelSource:
 
         `matmul_4d` spells attention as 4-D q @ k^T -> softmax -> @ v (OpenVINO fuses it into one kernel);
         the default 3-D bmm spelling is the one XNNPACK delegates whole. `flat_linears` runs token linears as 2-D
-        GEMMs with the bias inside (ONNX Gemm, which ONNX Runtime fuses into an INT8 QGemm).
+        GEMMs with the bias inside (ONNX Gemm, which ONNX Runtime fuses into an INT8 QGemm). `fold_norms` moves
+        the blocks' LayerNorm scale and shift into the linears after them (`fold_norm_affine`).
         """
         if self.request.reference_model:
             return self.reference

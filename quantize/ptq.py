@@ -315,17 +315,22 @@ def _residual_only(node) -> bool:
     """Quantize an add / mul only where a transformer block adds its residual (not inside norms or attention)."""
     if node.target not in ELEMENTWISE:
         return True
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
+    owner = _module_of(node)
+    if owner is None:
         return False
-    owner = list(stack.values())[-1][1]
-    return getattr(owner, "__name__", str(owner)).split(".")[-1].endswith("Block")
+    return getattr(owner[1], "__name__", str(owner[1])).split(".")[-1].endswith("Block")
+
+
+def _module_of(node) -> tuple | None:
+    """(dotted path, type) of the innermost module a PT2E node came from, e.g. ("model.layers.0.blocks.1.mlp.fc2",
+    nn.Linear); None if the node records none."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1] if stack else None
 
 
 def _module_path(node) -> str:
-    """Dotted path of the module a PT2E node came from (e.g. "model.layers.0.blocks.1.mlp.fc2"), "" if unknown."""
-    stack = node.meta.get("nn_module_stack") or {}
-    return list(stack.values())[-1][0] if stack else ""
+    owner = _module_of(node)
+    return owner[0] if owner else ""
 
 
 def _kept_float(node, patterns: tuple[str, ...]) -> bool:
