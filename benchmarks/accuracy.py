@@ -1,8 +1,8 @@
 """`python -m benchmarks accuracy`: how much top-1 does INT8 cost, per runtime, on real labelled images?
 
-Exports FP32 and INT8 (post-training; and QAT when `--qat-checkpoint` is given) artifacts with `export`, runs each on
-its own runtime over the labelled set, and reports top-1, top-5 and agreement with that runtime's FP32 artifact as a
-table, `accuracy.json` and `accuracy.png`.
+Exports FP32 and INT8 (post-training, for ExecuTorch also with dynamic activations; and QAT when `--qat-checkpoint`
+is given) artifacts with `export`, runs each on its own runtime over the labelled set, and reports top-1, top-5 and
+agreement with that runtime's FP32 artifact as a table, `accuracy.json` and `accuracy.png`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ from edge_crossformer.util import atomic_path, progress_bar
 
 RUNTIMES = {"onnx": ("onnx", None, "ONNX Runtime"), "openvino": ("openvino", None, "OpenVINO CPU"),
             "executorch": ("executorch", "xnnpack", "ExecuTorch XNNPACK")}
+
+
+# ExecuTorch also scores its dynamic INT8 (`--int8-activations dynamic`: linears' inputs quantized per row at run time).
+DYNAMIC = "INT8 PTQ dynamic"
+VARIANTS = ["FP32", "INT8 PTQ", DYNAMIC, "INT8 QAT"]
 
 
 def _runner(target: str, path: Path):
@@ -105,10 +110,13 @@ def run(argv: list[str] | None = None) -> int:
     if bad:
         print(f"error: unknown runtime(s) {bad}; choose from {', '.join(RUNTIMES)}", file=sys.stderr)
         return 2
-    variants = [("fp32", args.checkpoint, "FP32", targets), ("int8", args.checkpoint, "INT8 PTQ", targets)]
+    variants = [("fp32", args.checkpoint, "FP32", targets, "static"),
+                ("int8", args.checkpoint, "INT8 PTQ", targets, "static")]
+    if "executorch" in targets:
+        variants.append(("int8", args.checkpoint, DYNAMIC, ("executorch",), "dynamic"))
     try:
         for ckpt, runtimes in qat_assignment(args.qat_checkpoint, targets).items():
-            variants.append(("int8", ckpt, "INT8 QAT", runtimes))
+            variants.append(("int8", ckpt, "INT8 QAT", runtimes, "static"))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -129,12 +137,13 @@ def run(argv: list[str] | None = None) -> int:
             return 2
         images = (np.round(data.images.numpy() * 255.0) / 255.0).astype(np.float32)
         labels = data.labels.numpy()
-        for n, (precision, ckpt, name, runtimes) in enumerate(variants):
+        for n, (precision, ckpt, name, runtimes, activations) in enumerate(variants):
             out = Path(tmp) / f"{n}_{name.replace(' ', '_')}"
             req = ExportRequest(targets=runtimes, model=args.model, checkpoint=ckpt, img_size=args.img_size,
                                 num_classes=args.num_classes, precision=precision, output=out,
                                 calib_data=args.calib_data, calib_size=args.calib_size,
-                                smooth_quant_alpha=args.smooth_quant_alpha, parity_samples=4)
+                                smooth_quant_alpha=args.smooth_quant_alpha, parity_samples=4,
+                                int8_activations=activations)
             try:
                 validate(req)
                 _, manifest = run_export(req, console)
@@ -194,7 +203,7 @@ def _plot(report: dict, path: Path) -> None:
     except ImportError:
         return
     runtimes = list(report["results"])
-    variants = sorted({v for per in report["results"].values() for v in per}, key=["FP32", "INT8 PTQ", "INT8 QAT"].index)
+    variants = sorted({v for per in report["results"].values() for v in per}, key=VARIANTS.index)
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / len(variants)
     for i, v in enumerate(variants):

@@ -39,11 +39,15 @@ from .stats import latency_stats
 RUNTIMES = ("pytorch", "onnxruntime", "openvino", "executorch")
 TARGET_OF = {"onnxruntime": "onnx", "openvino": "openvino", "executorch": "executorch"}
 TRIM = 0.1
+# ExecuTorch's INT8 with dynamic activations (`--int8-activations dynamic`), timed as its own precision.
+DYNAMIC = "int8-dynamic"
 # (numerator, denominator, goal) on CrossFormer-T 224, batch 1 (issue #5); evaluated whenever both cases ran.
 GOALS = [
     ("openvino/int8/project", "openvino/fp32/baseline", 0.5),
     ("openvino/int8/project", "openvino/int8/baseline", 0.8),
     ("executorch/int8/project", "executorch/fp32/project", 0.67),
+    ("executorch/int8-dynamic/project", "executorch/fp32/project", None),
+    ("executorch/int8-dynamic/project", "executorch/int8/project", None),
     ("onnxruntime/int8/project", "onnxruntime/fp32/baseline", 0.6),
     ("openvino/fp32/project", "openvino/fp32/baseline", None),
     ("onnxruntime/fp32/project", "onnxruntime/fp32/baseline", None),
@@ -136,6 +140,8 @@ def _export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], roo
         return {}
     calib = _calibration_folder(args, model, root)
     plan = [("project", "fp32"), ("project", "int8")]
+    if "executorch" in targets:
+        plan.append(("project", DYNAMIC))
     if not args.no_baseline:
         plan += [("baseline", "fp32"), ("baseline", "int8")]
     manifests = {}
@@ -151,6 +157,8 @@ def _export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], roo
             want = tuple(t for t in targets if t != "executorch")  # its FP32 already cannot be lowered
             if not want:
                 continue
+        if precision == DYNAMIC:
+            want = ("executorch",)
         settings = {"model": model, "img_size": img_size, "checkpoint": ckpt_digest, "targets": want,
                     "calib": str(calib)}
         stamp = out / ".benchmark-settings.json"
@@ -160,7 +168,8 @@ def _export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], roo
             continue
         req = ExportRequest(
             targets=want, model=model, checkpoint=args.checkpoint, img_size=img_size,
-            precision=precision if not (variant == "project" and precision == "fp32") else None,
+            precision=_base(precision) if not (variant == "project" and precision == "fp32") else None,
+            int8_activations="dynamic" if precision == DYNAMIC else "static",
             output=out, overwrite=True, reference_model=variant == "baseline", calib_data=calib,
             calib_size=48 if calib is not None else 300, parity_samples=2,
             # The baseline gets NNCF's default transformer recipe (SmoothQuant on); the project its measured one.
@@ -187,7 +196,9 @@ def _cases(manifests: dict, runtimes: tuple[str, ...], root: Path, bf16: bool, b
             if runtime not in TARGET_OF or (variant, precision, runtime) == ("baseline", "int8", "executorch"):
                 continue
             target = TARGET_OF[runtime]
-            arts = [a for a in manifest["artifacts"] if a["target"] == target and a["precision"] == precision
+            if precision == DYNAMIC and target != "executorch":
+                continue
+            arts = [a for a in manifest["artifacts"] if a["target"] == target and a["precision"] == _base(precision)
                     and a["delegate"] in (None, "xnnpack")]
             if not arts:
                 fail = [f for f in manifest.get("failures", []) if f["target"] == target]
@@ -332,7 +343,7 @@ def run(argv: list[str] | None = None) -> int:
         entry = entries[key]
         entry["latency_ms"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in stats.items()}
         entry["samples_ms"] = [round(v, 4) for v in s]
-        peak = peaks.get(entry["precision"])
+        peak = peaks.get(_base(entry["precision"]))
         if peak:
             entry["roofline_fraction"] = round(macs / (stats["median"] / 1e3) / (peak["gmacs_per_s"] * 1e9), 4)
     if not args.no_memory:
@@ -372,6 +383,11 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _base(precision: str) -> str:
+    """The artifact precision behind a benchmarked one ("int8-dynamic" -> "int8")."""
+    return precision.split("-")[0]
+
+
 def _artifact_bytes(case: Case) -> int | None:
     if case.artifact is None:
         return None
@@ -398,11 +414,12 @@ def _ratios(results: list[dict]) -> list[dict]:
 
 def _delegation(manifests: dict) -> dict:
     out = {}
-    for manifest in manifests.values():
+    for (_, precision), manifest in manifests.items():
         for art in manifest["artifacts"]:
             info = art.get("info") or {}
             if art["target"] == "executorch":
-                out[art["file"]] = {"delegates": info.get("delegates"),
+                # Static and dynamic INT8 .pte files share a name (in different folders).
+                out[art["file"] + (f" ({precision})" if precision == DYNAMIC else "")] = {"delegates": info.get("delegates"),
                                     "ops_outside_delegate": info.get("ops_outside_delegate"),
                                     "by_op": info.get("ops_outside_delegate_by_op", {})}
             elif art["target"] == "coreml":

@@ -122,7 +122,7 @@ def plot_accuracy_latency(report: dict, path: Path) -> bool:
         key = ACCURACY_KEYS.get(r["runtime"])
         if r.get("status") != "ok" or r["variant"] != "project" or key not in acc["results"]:
             continue
-        name = {"fp32": "FP32", "int8": "INT8 PTQ"}.get(r["precision"])
+        name = {"fp32": "FP32", "int8": "INT8 PTQ", "int8-dynamic": "INT8 PTQ dynamic"}.get(r["precision"])
         entry = acc["results"][key].get(name)
         if entry:
             points.append((r["latency_ms"]["median"], entry["top1"], f"{RUNTIME_NAMES[r['runtime']]} {name}"))

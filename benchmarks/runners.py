@@ -20,7 +20,7 @@ Runner = Callable[[np.ndarray], np.ndarray]
 class Case:
     """One benchmarked configuration: a runtime, a precision, project or baseline, and what it loads."""
     runtime: str            # pytorch | onnxruntime | openvino | executorch
-    precision: str          # fp32 | bf16 | int8
+    precision: str          # fp32 | bf16 | int8 | int8-dynamic (ExecuTorch)
     variant: str            # project | baseline
     backend: str            # CPU | xnnpack | eager
     artifact: Path | None = None  # None for PyTorch eager

