@@ -419,9 +419,9 @@ def _delegation(manifests: dict) -> dict:
             info = art.get("info") or {}
             if art["target"] == "executorch":
                 # Static and dynamic INT8 .pte files share a name (in different folders).
-                out[art["file"] + (f" ({precision})" if precision == DYNAMIC else "")] = {"delegates": info.get("delegates"),
-                                    "ops_outside_delegate": info.get("ops_outside_delegate"),
-                                    "by_op": info.get("ops_outside_delegate_by_op", {})}
+                key = art["file"] + (f" ({precision})" if precision == DYNAMIC else "")
+                out[key] = {"delegates": info.get("delegates"), "ops_outside_delegate": info.get("ops_outside_delegate"),
+                            "by_op": info.get("ops_outside_delegate_by_op", {})}
             elif art["target"] == "coreml":
                 out[art["file"]] = {"op_histogram": info.get("op_histogram"), "max_rank": info.get("max_rank"),
                                     "gather_ops": info.get("gather_ops"), "compute_plan": _compute_plan(art)}
