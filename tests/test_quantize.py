@@ -153,4 +153,10 @@ def test_dynamic_int8_is_executorch_only(tmp_path, capsys):
     assert "supported by executorch only, not coreml, openvino, onnx" in capsys.readouterr().err
     assert run_cli("--target", "executorch", "--int8-activations", "dynamic", "--output", out) == 2
     assert "applies to INT8 only: add --precision int8" in capsys.readouterr().err
+    qat = tmp_path / "qat.safetensors"  # an XNNPACK-scheme QAT checkpoint with learned static ranges beside it
+    qat.write_bytes(b"x")
+    qat.with_suffix(".ranges.safetensors").write_bytes(b"x")
+    assert run_cli("--target", "executorch", "--precision", "int8", "--int8-activations", "dynamic",
+                   "--checkpoint", qat, "--output", out) == 2
+    assert "cannot use the static ranges learned in QAT" in capsys.readouterr().err
     assert not out.exists()
