@@ -65,11 +65,9 @@ class ModelSource:
     @functools.cached_property
     def qat_ranges(self) -> Path | None:
         """INT8 ranges learned by an XNNPACK-scheme QAT run, when the checkpoint has them beside it."""
-        from quantize.qat import ranges_path
+        from quantize.qat import learned_ranges_file
 
-        ckpt = self.request.checkpoint
-        path = ranges_path(ckpt) if ckpt is not None and not self.request.reference_model else None
-        return path if path is not None and path.is_file() else None
+        return None if self.request.reference_model else learned_ranges_file(self.request.checkpoint)
 
     @functools.cached_property
     def int8_data(self):

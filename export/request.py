@@ -151,10 +151,10 @@ def validate(req: ExportRequest) -> ExportRequest:
         if other:
             raise ExportError(f"--int8-activations dynamic is supported by {', '.join(DYNAMIC_INT8_TARGETS)} only, "
                               f"not {', '.join(other)}; export those targets in a separate command (static INT8)")
-        from quantize.qat import ranges_path
+        from quantize.qat import learned_ranges_file
 
-        ranges = ranges_path(req.checkpoint) if req.checkpoint is not None else None
-        if ranges is not None and ranges.is_file() and not req.reference_model:
+        ranges = None if req.reference_model else learned_ranges_file(req.checkpoint)
+        if ranges is not None:
             raise ExportError(f"--int8-activations dynamic cannot use the static ranges learned in QAT ({ranges}): "
                               "export with static activations, or move the ranges file away to quantize the QAT "
                               "weights dynamically")

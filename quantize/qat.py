@@ -54,6 +54,12 @@ def ranges_path(checkpoint: Path) -> Path:
     return Path(checkpoint).with_suffix(RANGES_SUFFIX)
 
 
+def learned_ranges_file(checkpoint: Path | None) -> Path | None:
+    """The ranges file an XNNPACK-scheme QAT run left beside `checkpoint`, or None."""
+    path = ranges_path(checkpoint) if checkpoint is not None else None
+    return path if path is not None and path.is_file() else None
+
+
 class QATError(ValueError):
     """Bad QAT input (data, checkpoint, classes); the message says what to change."""
 
