@@ -20,13 +20,18 @@ from rich.table import Table
 
 from edge_crossformer.util import atomic_path, progress_bar
 
+from .system import commit, machine, versions
+
 RUNTIMES = {"onnx": ("onnx", None, "ONNX Runtime"), "openvino": ("openvino", None, "OpenVINO CPU"),
             "executorch": ("executorch", "xnnpack", "ExecuTorch XNNPACK")}
 
 
 # ExecuTorch also scores its dynamic INT8 (`--int8-activations dynamic`: linears' inputs quantized per row at run time).
 DYNAMIC = "INT8 PTQ dynamic"
-VARIANTS = ["FP32", "INT8 PTQ", DYNAMIC, "INT8 QAT"]
+# OpenVINO and ONNX Runtime also score full-range INT8 weights (`--full-range-int8-weights`), so the cost of the
+# default 7-bit weights (saturation-safe on x86 CPUs without VNNI) is measured in the same run.
+FULL_RANGE = "INT8 PTQ full-range"
+VARIANTS = ["FP32", "INT8 PTQ", FULL_RANGE, DYNAMIC, "INT8 QAT"]
 
 
 def _runner(target: str, path: Path):
@@ -85,6 +90,7 @@ def run(argv: list[str] | None = None) -> int:
     from edge_crossformer.data import DataError, load_dataset
     from export import ExportError, ExportRequest, run_export, validate
     from export.manifest import resize_spec
+    from export.request import SATURATION_TARGETS
 
     p = argparse.ArgumentParser(prog="python -m benchmarks accuracy", description=__doc__)
     p.add_argument("--model", default="crossformer-fmnist")
@@ -112,6 +118,9 @@ def run(argv: list[str] | None = None) -> int:
         return 2
     variants = [("fp32", args.checkpoint, "FP32", targets, "static"),
                 ("int8", args.checkpoint, "INT8 PTQ", targets, "static")]
+    full_range = tuple(t for t in targets if t in SATURATION_TARGETS)
+    if full_range:
+        variants.append(("int8", args.checkpoint, FULL_RANGE, full_range, "static"))
     if "executorch" in targets:
         variants.append(("int8", args.checkpoint, DYNAMIC, ("executorch",), "dynamic"))
     try:
@@ -143,7 +152,7 @@ def run(argv: list[str] | None = None) -> int:
                                 num_classes=args.num_classes, precision=precision, output=out,
                                 calib_data=args.calib_data, calib_size=args.calib_size,
                                 smooth_quant_alpha=args.smooth_quant_alpha, parity_samples=4,
-                                int8_activations=activations)
+                                int8_activations=activations, full_range_int8_weights=name == FULL_RANGE)
             try:
                 validate(req)
                 _, manifest = run_export(req, console)
@@ -160,12 +169,16 @@ def run(argv: list[str] | None = None) -> int:
                                                lambda: bar.advance(task))
                 fp32 = results.get(key, {}).get("FP32", {}).get("_logits")
                 entry = scores(logits, labels, fp32)
+                if "saturation_safe" in art:
+                    entry["saturation_safe"] = art["saturation_safe"]
                 entry.update({"file": art["file"], "bytes": art["bytes"], "parity_status": art["parity"]["status"],
                               "_logits": logits, **({"checkpoint": str(ckpt)} if name == "INT8 QAT" else {})})
                 results.setdefault(key, {})[name] = entry
     report = {"model": args.model, "checkpoint": str(args.checkpoint) if args.checkpoint else "bundled",
               "data": data.source, "images": int(len(labels)), "calibration": str(args.calib_data or "default"),
               "calib_size": args.calib_size, "seconds": round(time.time() - started, 1),
+              # INT8 results depend on the CPU (VNNI or not): every figure names the machine it came from.
+              "machine": machine(), "versions": versions(), "commit": commit(),
               "results": {rt: {v: {k: x for k, x in e.items() if not k.startswith("_")} for v, e in per.items()}
                           for rt, per in results.items()}}
     for rt, per in report["results"].items():
@@ -182,7 +195,9 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def _table(console: Console, report: dict) -> None:
-    table = Table(title=f"{report['model']}: top-1 on {report['images']} labelled images ({report['data']})")
+    m = report.get("machine", {})
+    table = Table(title=f"{report['model']}: top-1 on {report['images']} labelled images ({report['data']}); "
+                        f"{m.get('cpu', '?')}, {m.get('int8_dot_product', '?')}")
     for col in ("runtime", "variant", "top-1 %", "top-5 %", "drop pp", "agree w/ FP32 %", "parity"):
         table.add_column(col, justify="left" if col in ("runtime", "variant") else "right")
     for rt, per in report["results"].items():
@@ -214,7 +229,8 @@ def _plot(report: dict, path: Path) -> None:
     low = min(e["top1"] for per in report["results"].values() for e in per.values())
     ax.set_ylim(max(0, low - 3), 100)
     ax.set_ylabel("top-1 %")
-    ax.set_title(f"{report['model']}: FP32 vs INT8, {report['images']} images")
+    cpu = report.get("machine", {}).get("int8_dot_product", "")
+    ax.set_title(f"{report['model']}: FP32 vs INT8, {report['images']} images\n{cpu}", fontsize=9)
     ax.legend(loc="upper right")
     fig.tight_layout()
     with atomic_path(path) as tmp:

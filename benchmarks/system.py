@@ -8,42 +8,23 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from edge_crossformer.host import host_isa
+
 PACKAGES = ("edge-crossformer", "torch", "executorch", "coremltools", "openvino", "nncf", "onnx", "onnxruntime",
             "numpy")
-# CPU features that decide which kernels the runtimes pick on x86 and Arm.
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni",
-             "asimddp", "i8mm", "bf16", "sve")
-
-
-def _cpuinfo() -> dict[str, str]:
-    info: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    return info
 
 
 def machine() -> dict:
-    info = _cpuinfo()
-    flags = set((info.get("flags") or info.get("Features") or "").split())
-    cpu = info.get("model name") or info.get("Hardware") or platform.processor() or platform.machine()
-    if platform.system() == "Darwin":
-        try:
-            cpu = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
-                                 check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            pass
+    host = host_isa()
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError, AttributeError):
         memory = None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"kind": "host", "name": f"{platform.system().lower()} {platform.machine()} ({cores} cores)",
-            "os": f"{platform.system()} {platform.release()}", "cpu": cpu, "cores": cores,
-            "isa": sorted(f for f in ISA_FLAGS if f in flags), "memory_gib": round(memory, 1) if memory else None}
+            "os": f"{platform.system()} {platform.release()}", "cpu": host["cpu"], "cores": cores,
+            "isa": host["isa"], "int8_dot_product": host["int8_dot_product"],
+            "memory_gib": round(memory, 1) if memory else None}
 
 
 def versions() -> dict[str, str | None]:

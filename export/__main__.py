@@ -34,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8: static (ranges calibrated once, NNCF; every target, the default) or dynamic "
                         "(ExecuTorch only: linears' inputs quantized per row at run time; on crossformer-fmnist "
                         "0.02 pp below FP32 instead of 0.15; CrossFormer-T 224 runs 12-18%% slower)")
+    p.add_argument("--full-range-int8-weights", action="store_true",
+                   help="int8, OpenVINO / ONNX: use the full 8-bit weight range instead of 7-bit weights. Only for "
+                        "deployments that never leave CPUs with VNNI or AMX (or Arm): on x86 CPUs without VNNI "
+                        "(AVX2, AVX-512 without VNNI) the INT8 kernels sum pairs of products in 16 bits and can "
+                        "saturate; the manifest's saturation check then says saturation_safe: false")
     p.add_argument("--output", type=Path, help="output directory (default: artifacts/<model>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output directory")
     p.add_argument("--reference-model", action="store_true",
@@ -56,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             reference_model=args.reference_model, dynamic_batch=args.dynamic_batch, calib_data=args.calib_data,
             reset_head=args.reset_head, parity_samples=max(1, args.parity_samples),
             calib_size=max(1, args.calib_size), smooth_quant_alpha=args.smooth_quant_alpha,
-            keep_float=tuple(args.keep_float), int8_activations=args.int8_activations)
+            keep_float=tuple(args.keep_float), int8_activations=args.int8_activations,
+            full_range_int8_weights=args.full_range_int8_weights)
         validate(req)
         from .pipeline import run_export
 

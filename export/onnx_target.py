@@ -50,8 +50,11 @@ def export(ctx: TargetContext) -> list[Artifact]:
     ops: dict[str, int] = {}
     for node in model.graph.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
-    return [Artifact("onnx", None, ctx.precision, path, load_runner(path), info={
-        "opset": OPSET, "dynamic_batch": ctx.request.dynamic_batch, "op_histogram": dict(sorted(ops.items())),
-        "gather_ops": sum(v for k, v in ops.items() if k.startswith("Gather")),
-        "quantize_linear_ops": ops.get("QuantizeLinear", 0),
-    })]
+    info = {"opset": OPSET, "dynamic_batch": ctx.request.dynamic_batch, "op_histogram": dict(sorted(ops.items())),
+            "gather_ops": sum(v for k, v in ops.items() if k.startswith("Gather")),
+            "quantize_linear_ops": ops.get("QuantizeLinear", 0)}
+    if ctx.precision == "int8":
+        from .saturation import check_onnx, saturation_info
+
+        info.update(saturation_info(check_onnx(path), ctx.request.full_range_int8_weights))
+    return [Artifact("onnx", None, ctx.precision, path, load_runner(path), info=info)]

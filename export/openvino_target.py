@@ -56,7 +56,11 @@ def export(ctx: TargetContext) -> list[Artifact]:
     ops: dict[str, int] = {}
     for op in model.get_ordered_ops():
         ops[op.get_type_name()] = ops.get(op.get_type_name(), 0) + 1
-    return [Artifact("openvino", None, ctx.precision, path, load_runner(path), extra_files=[path.with_suffix(".bin")], info={
-        "runtime_precision_hint": "f32", "op_histogram": dict(sorted(ops.items())),
-        "fake_quantize_ops": ops.get("FakeQuantize", 0),
-    })]
+    info = {"runtime_precision_hint": "f32", "op_histogram": dict(sorted(ops.items())),
+            "fake_quantize_ops": ops.get("FakeQuantize", 0)}
+    if ctx.precision == "int8":
+        from .saturation import check_openvino, saturation_info
+
+        info.update(saturation_info(check_openvino(path), ctx.request.full_range_int8_weights))
+    return [Artifact("openvino", None, ctx.precision, path, load_runner(path), extra_files=[path.with_suffix(".bin")],
+                     info=info)]

@@ -20,6 +20,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from edge_crossformer.host import host_isa
 from edge_crossformer.util import progress_bar
 
 from . import parity
@@ -55,6 +56,12 @@ def structural_checks(art: Artifact) -> list[dict]:
         checks.append({"check": "tensor rank <= 4", "value": art.info["max_rank"], "ok": art.info["max_rank"] <= 4})
     if "gather_ops" in art.info:
         checks.append({"check": "no gather ops", "value": art.info["gather_ops"], "ok": art.info["gather_ops"] == 0})
+    sat = art.info.get("saturation_check")
+    if sat is not None and not art.info["int8_weights"].startswith("full"):
+        # Asked for 7-bit weights: the file must prove it. With --full-range-int8-weights the check is recorded, not
+        # gated (the user chose VNNI / AMX / Arm-only deployment).
+        checks.append({"check": "x86 INT8 weights cannot saturate int16 pair sums (CPUs without VNNI)",
+                       "value": sat["layers_at_risk"] + len(sat["unchecked"]), "ok": sat["saturation_safe"]})
     return checks
 
 
@@ -137,6 +144,8 @@ def _parity_entry(art: Artifact, inputs: np.ndarray, expected: np.ndarray, devic
         entry["bytes"] += sum(f["bytes"] for f in entry["extra_files"])
     checks = structural_checks(art)
     structure_ok = all(c["ok"] for c in checks)
+    if "saturation_check" in art.info:
+        entry["saturation_safe"] = art.info["saturation_check"]["saturation_safe"]
     if art.runner is None:
         result = {"reference_device": device, "status": "skipped" if structure_ok else "fail",
                   "reason": art.skip_reason}
@@ -156,8 +165,9 @@ def _parity_entry(art: Artifact, inputs: np.ndarray, expected: np.ndarray, devic
             if fp32_acc - int8_acc > parity.INT8_DROP_PP:
                 status = "fail"
             rule += f" and top-1 drop <= {parity.INT8_DROP_PP} pp on labelled images"
+        # Where it ran: INT8 (and BF16) arithmetic depends on the CPU's ISA (edge_crossformer.host).
         result = {"reference_device": device, **measured.as_dict(), **extra, "gate": rule,
-                  "status": status if structure_ok else "fail"}
+                  "status": status if structure_ok else "fail", "runtime_host": host_isa()}
     entry["parity"] = result
     entry["checks"] = checks
     entry["info"] = art.info
@@ -212,4 +222,10 @@ def _summary(console: Console, manifest: dict, output: Path, seconds: float) -> 
     reasons = sorted({a["parity"]["reason"] for a in manifest["artifacts"] if a["parity"].get("reason")})
     for reason in reasons:
         console.print(f"* prediction skipped: {reason}; structural checks recorded in the manifest")
+    for a in manifest["artifacts"]:
+        if a.get("saturation_safe") is False:
+            sat = a["info"]["saturation_check"]
+            console.print(f"[yellow]{a['file']}: {sat['layers_at_risk']} INT8 layer(s) can saturate on x86 CPUs "
+                          f"without VNNI (AVX2, AVX-512 without VNNI); results there will differ from this "
+                          f"machine's[/yellow]")
     console.print(f"manifest: {output / 'manifest.json'}   overall: {manifest['status']}")

@@ -81,8 +81,10 @@ class ModelSource:
         from quantize import QuantOptions
 
         req = self.request
+        # The benchmarks' upstream baseline keeps NNCF's default (overflow fix on the first layer only).
+        fix = "first_layer" if req.plain_int8 else ("none" if req.full_range_int8_weights else "all")
         return QuantOptions(subset_size=req.calib_size, smooth_quant_alpha=req.smooth_quant_alpha,
-                            keep_float=tuple(req.keep_float))
+                            keep_float=tuple(req.keep_float), overflow_fix=fix)
 
     def calibration(self):
         from quantize import calibration_list

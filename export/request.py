@@ -25,6 +25,9 @@ DEFAULT_PRECISION = {"coreml": "fp16", "executorch": "fp32", "openvino": "fp32",
 # ExecuTorch XNNPACK only).
 INT8_ACTIVATIONS = ("static", "dynamic")
 DYNAMIC_INT8_TARGETS = ("executorch",)
+# Targets whose x86 INT8 kernels sum u8 x s8 pairs in int16 on CPUs without VNNI (export/saturation.py); XNNPACK
+# and Core ML do not.
+SATURATION_TARGETS = ("openvino", "onnx")
 
 
 class ExportError(Exception):
@@ -52,6 +55,9 @@ class ExportRequest:
     smooth_quant_alpha: float | None = -1.0
     keep_float: tuple[str, ...] = ()
     int8_activations: str = "static"
+    # OpenVINO / ONNX INT8 weights over the full 8-bit range: exact only on CPUs with VNNI / AMX (or Arm); x86 CPUs
+    # without VNNI may saturate (quantize.QuantOptions.overflow_fix). Off: 7-bit weights, the same on every CPU.
+    full_range_int8_weights: bool = False
     reset_head: bool = False
     parity_samples: int = 8
     qat_checkpoint: Path | None = None
@@ -158,6 +164,10 @@ def validate(req: ExportRequest) -> ExportRequest:
             raise ExportError(f"--int8-activations dynamic cannot use the static ranges learned in QAT ({ranges}): "
                               "export with static activations, or move the ranges file away to quantize the QAT "
                               "weights dynamically")
+    if req.full_range_int8_weights and not any(req.precision_for(t) == "int8" for t in req.targets
+                                               if t in SATURATION_TARGETS):
+        raise ExportError("--full-range-int8-weights applies to INT8 OpenVINO / ONNX artifacts only: add "
+                          "--precision int8 and --target openvino, onnx or all")
     if any(req.precision_for(t) == "int8" for t in req.targets):
         from .int8 import check_calibration_request
 

@@ -27,6 +27,12 @@ class QuantOptions:
     # Node-name regular expressions kept in float (e.g. "head" or ".*fc2.*").
     keep_float: tuple[str, ...] = field(default_factory=tuple)
     fast_bias_correction: bool = True
+    # OpenVINO / ONNX weights: NNCF's overflow fix on every layer ("all": 7-bit values, at most 64 in magnitude,
+    # stored as INT8), on none ("none": full range [-127, 127]) or on the first layer only ("first_layer": NNCF's
+    # default). Why: x86 CPUs without VNNI sum adjacent u8 x s8 products in a saturating int16 (pmaddubsw); with
+    # full-range weights 255 x (|w_i| + |w_i+1|) can exceed 32767 and results then differ from a VNNI / AMX / Arm
+    # CPU's. With 7-bit weights every pair stays <= 128 x 255 = 32640: one file, the same numbers on every CPU.
+    overflow_fix: str = "all"
 
 
 def _nncf():
@@ -38,12 +44,16 @@ def _nncf():
 
 
 def _advanced(opts: QuantOptions):
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+    from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters, AdvancedSmoothQuantParameters,
+                                                       OverflowFix)
 
-    if opts.smooth_quant_alpha is None:
-        return None
-    return AdvancedQuantizationParameters(
-        smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=opts.smooth_quant_alpha))
+    fixes = {"all": OverflowFix.ENABLE, "none": OverflowFix.DISABLE, "first_layer": OverflowFix.FIRST_LAYER}
+    if opts.overflow_fix not in fixes:
+        raise ValueError(f"overflow_fix must be one of {', '.join(fixes)}, got {opts.overflow_fix!r}")
+    kw = {"overflow_fix": fixes[opts.overflow_fix]}
+    if opts.smooth_quant_alpha is not None:
+        kw["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(matmul=opts.smooth_quant_alpha)
+    return AdvancedQuantizationParameters(**kw)
 
 
 def _ignored(opts: QuantOptions):
@@ -52,7 +62,8 @@ def _ignored(opts: QuantOptions):
 
 
 def quantize_openvino(model, calibration: list[np.ndarray], opts: QuantOptions):
-    """INT8 OpenVINO model (FakeQuantize nodes the CPU plugin runs as INT8)."""
+    """INT8 OpenVINO model (FakeQuantize nodes the CPU plugin runs as INT8); 7-bit weights by default (see
+    QuantOptions.overflow_fix)."""
     nncf = _nncf()
     return nncf.quantize(model, nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER,
                          subset_size=min(opts.subset_size, len(calibration)), ignored_scope=_ignored(opts),
@@ -266,7 +277,8 @@ def keep_qdq_matmuls_integer(model):
 
 
 def fold_float_conv_weights(model):
-    """Replace each constant DequantizeLinear that feeds only Conv nodes by its float result (same numbers).
+    """Replace each constant DequantizeLinear that feeds only float Convs (output not quantized) by its float
+    result (same numbers).
 
     ONNX Runtime has no INT8 kernel for a QDQ Conv whose output is not quantized (CrossFormer's convs feed a concat
     and LayerNorm): it ran DequantizeLinear on the weights every inference and then a float Conv that could not
@@ -287,6 +299,11 @@ def fold_float_conv_weights(model):
             continue
         users = consumers.get(node.output[0], [])
         if not users or any(u.op_type != "Conv" for u in users):
+            continue
+        after = [c for u in users for c in consumers.get(u.output[0], [])]
+        if after and all(c.op_type == "QuantizeLinear" for c in after):
+            # Output quantized (quantize_conv_outputs): ONNX Runtime fuses it into QLinearConv with these INT8
+            # weights. Folded to float, ORT would requantize them itself at load time, over the full 8-bit range.
             continue
         q = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
         scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
