@@ -41,6 +41,9 @@ TARGET_OF = {"onnxruntime": "onnx", "openvino": "openvino", "executorch": "execu
 TRIM = 0.1
 # ExecuTorch's INT8 with dynamic activations (`--int8-activations dynamic`), timed as its own precision.
 DYNAMIC = "int8-dynamic"
+# OpenVINO / ONNX Runtime INT8 with full-range weights (`--full-range-int8-weights`): what the default 7-bit weights
+# (saturation-safe on x86 CPUs without VNNI) cost in speed, measured in the same run.
+FULL_RANGE = "int8-full-range"
 # (numerator, denominator, goal) on CrossFormer-T 224, batch 1 (issue #5); evaluated whenever both cases ran.
 GOALS = [
     ("openvino/int8/project", "openvino/fp32/baseline", 0.5),
@@ -53,6 +56,8 @@ GOALS = [
     ("onnxruntime/fp32/project", "onnxruntime/fp32/baseline", None),
     ("onnxruntime/int8/project", "onnxruntime/int8/baseline", None),
     ("pytorch/fp32/project", "pytorch/fp32/baseline", None),
+    ("openvino/int8/project", "openvino/int8-full-range/project", None),
+    ("onnxruntime/int8/project", "onnxruntime/int8-full-range/project", None),
 ]
 
 
@@ -134,6 +139,7 @@ def _export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], roo
                  ) -> dict[tuple[str, str], dict]:
     """(variant, precision) -> manifest, exporting what OUTPUT/artifacts does not have yet."""
     from export import ExportRequest, run_export, validate
+    from export.request import SATURATION_TARGETS
 
     targets = tuple(TARGET_OF[r] for r in runtimes if r in TARGET_OF)
     if not targets:
@@ -142,6 +148,8 @@ def _export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], roo
     plan = [("project", "fp32"), ("project", "int8")]
     if "executorch" in targets:
         plan.append(("project", DYNAMIC))
+    if set(targets) & set(SATURATION_TARGETS):
+        plan.append(("project", FULL_RANGE))
     if not args.no_baseline:
         plan += [("baseline", "fp32"), ("baseline", "int8")]
     manifests = {}
@@ -159,7 +167,10 @@ def _export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], roo
                 continue
         if precision == DYNAMIC:
             want = ("executorch",)
+        if precision == FULL_RANGE:
+            want = tuple(t for t in targets if t in SATURATION_TARGETS)
         settings = {"model": model, "img_size": img_size, "checkpoint": ckpt_digest, "targets": want,
+                    "int8_weights": "full range" if precision == FULL_RANGE else "7-bit",
                     "calib": str(calib)}
         stamp = out / ".benchmark-settings.json"
         if not args.reexport and stamp.exists() and json.loads(stamp.read_text()) == json.loads(
@@ -170,6 +181,7 @@ def _export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], roo
             targets=want, model=model, checkpoint=args.checkpoint, img_size=img_size,
             precision=_base(precision) if not (variant == "project" and precision == "fp32") else None,
             int8_activations="dynamic" if precision == DYNAMIC else "static",
+            full_range_int8_weights=precision == FULL_RANGE,
             output=out, overwrite=True, reference_model=variant == "baseline", calib_data=calib,
             calib_size=48 if calib is not None else 300, parity_samples=2,
             # The baseline gets NNCF's default transformer recipe (SmoothQuant on); the project its measured one.
@@ -185,6 +197,8 @@ def _export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], roo
 def _cases(manifests: dict, runtimes: tuple[str, ...], root: Path, bf16: bool, baseline: bool) -> tuple[
         list[Case], list[dict]]:
     """Cases to time, and entries for those that cannot run (status failed / unsupported, with why)."""
+    from export.request import SATURATION_TARGETS
+
     cases, missing = [], []
     if "pytorch" in runtimes:
         cases.append(Case("pytorch", "fp32", "project", "eager", label="PyTorch eager (export-friendly)"))
@@ -196,7 +210,8 @@ def _cases(manifests: dict, runtimes: tuple[str, ...], root: Path, bf16: bool, b
             if runtime not in TARGET_OF or (variant, precision, runtime) == ("baseline", "int8", "executorch"):
                 continue
             target = TARGET_OF[runtime]
-            if precision == DYNAMIC and target != "executorch":
+            if (precision == DYNAMIC and target != "executorch") or (
+                    precision == FULL_RANGE and target not in SATURATION_TARGETS):
                 continue
             arts = [a for a in manifest["artifacts"] if a["target"] == target and a["precision"] == _base(precision)
                     and a["delegate"] in (None, "xnnpack")]
@@ -384,7 +399,7 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def _base(precision: str) -> str:
-    """The artifact precision behind a benchmarked one ("int8-dynamic" -> "int8")."""
+    """The artifact precision behind a benchmarked one ("int8-dynamic", "int8-full-range" -> "int8")."""
     return precision.split("-")[0]
 
 

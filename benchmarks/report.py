@@ -20,6 +20,7 @@ def _f(value, spec: str = ".2f") -> str:
 def machine_line(report: dict) -> str:
     m = report["machine"]
     isa = f"; {', '.join(m['isa'])}" if m.get("isa") else ""
+    isa += f" (INT8: {m['int8_dot_product']})" if m.get("int8_dot_product") else ""
     mem = f", {m['memory_gib']} GiB" if m.get("memory_gib") else ""
     return f"{m.get('name')}: {m.get('cpu') or '?'}, {m.get('cores')} cores{mem}{isa}; {m.get('os')}"
 
@@ -122,7 +123,8 @@ def plot_accuracy_latency(report: dict, path: Path) -> bool:
         key = ACCURACY_KEYS.get(r["runtime"])
         if r.get("status") != "ok" or r["variant"] != "project" or key not in acc["results"]:
             continue
-        name = {"fp32": "FP32", "int8": "INT8 PTQ", "int8-dynamic": "INT8 PTQ dynamic"}.get(r["precision"])
+        name = {"fp32": "FP32", "int8": "INT8 PTQ", "int8-dynamic": "INT8 PTQ dynamic",
+                "int8-full-range": "INT8 PTQ full-range"}.get(r["precision"])
         entry = acc["results"][key].get(name)
         if entry:
             points.append((r["latency_ms"]["median"], entry["top1"], f"{RUNTIME_NAMES[r['runtime']]} {name}"))

@@ -199,17 +199,28 @@ def is_fashion_mnist_dir(path: str | Path) -> bool:
     return p.is_dir() and (find_fashion_mnist(p, "test") is not None or find_fashion_mnist(p, "train") is not None)
 
 
+def strided_indices(n: int, limit: int | None, exclude: int | None = None) -> np.ndarray:
+    """Which of n Fashion-MNIST images a `limit` takes: evenly strided, so every class is covered. `exclude`:
+    leave out the images a load with limit=`exclude` takes (a held-out set disjoint from the calibration set)."""
+    taken = np.arange(n)
+    if exclude is not None and 0 < exclude < n:
+        taken = np.setdiff1d(taken, strided_indices(n, exclude))
+    if limit is not None and limit < len(taken):
+        taken = taken[::len(taken) // limit][:limit]
+    return taken
+
+
 def load_dataset(path: str | Path | None, resize: dict, *, split: str = "test", limit: int | None = None,
-                 labelled: bool | None = None, progress=None) -> ImageSet:
-    """Fashion-MNIST (IDX files), an ImageFolder tree or a flat folder, whichever `path` holds."""
+                 labelled: bool | None = None, progress=None, exclude: int | None = None) -> ImageSet:
+    """Fashion-MNIST (IDX files), an ImageFolder tree or a flat folder, whichever `path` holds. `exclude`
+    (Fashion-MNIST only): leave out the images a load with limit=`exclude` takes (see strided_indices)."""
     if path is None or is_fashion_mnist_dir(path):
         if path is None and find_fashion_mnist(None, split) is None:
             raise DataError("no data given and Fashion-MNIST is not installed; pass a folder of images")
         available = split if find_fashion_mnist(path, split) else ("train" if split == "test" else "test")
         images, labels = load_fashion_mnist(path, available)
-        if limit is not None and limit < len(images):
-            step = len(images) // limit
-            images, labels = images[::step][:limit], labels[::step][:limit]
+        keep = strided_indices(len(images), limit, exclude=exclude)
+        images, labels = images[keep], labels[keep]
         x = torch.cat([preprocess(torch.from_numpy(images[i:i + 2048]), resize) for i in range(0, len(images), 2048)])
         return ImageSet(x, torch.from_numpy(labels.astype(np.int64)), list(FASHION_MNIST_LABELS),
                         source=f"fashion-mnist:{available}")

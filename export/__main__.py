@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "deployments that never leave CPUs with VNNI or AMX (or Arm): on x86 CPUs without VNNI "
                         "(AVX2, AVX-512 without VNNI) the INT8 kernels sum pairs of products in 16 bits and can "
                         "saturate; the manifest's saturation check then says saturation_safe: false")
+    p.add_argument("--max-accuracy-drop", type=float, metavar="PP",
+                   help="int8: the most top-1 percentage points INT8 may lose on held-out images (without labels: "
+                        "points of agreement with FP32). OpenVINO / ONNX: NNCF's accuracy control; ExecuTorch / "
+                        "Core ML: the most sensitive layers (python -m quantize sensitivity) stay float until it "
+                        "holds. The manifest lists what stayed float and the measured drop")
     p.add_argument("--output", type=Path, help="output directory (default: artifacts/<model>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output directory")
     p.add_argument("--reference-model", action="store_true",
@@ -62,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             reset_head=args.reset_head, parity_samples=max(1, args.parity_samples),
             calib_size=max(1, args.calib_size), smooth_quant_alpha=args.smooth_quant_alpha,
             keep_float=tuple(args.keep_float), int8_activations=args.int8_activations,
-            full_range_int8_weights=args.full_range_int8_weights)
+            full_range_int8_weights=args.full_range_int8_weights, max_accuracy_drop=args.max_accuracy_drop)
         validate(req)
         from .pipeline import run_export
 

@@ -37,6 +37,7 @@ def export(ctx: TargetContext) -> list[Artifact]:
     ct = require("coremltools", "coreml")
     req = ctx.request
     size = req.img_size
+    accuracy = None
     ctx.step("converting to Core ML")
     if ctx.precision == "int8":
         # W8A8: NNCF calibrates a PT2E quantize/dequantize graph, coremltools turns it into INT8 weights and
@@ -49,7 +50,13 @@ def export(ctx: TargetContext) -> list[Artifact]:
 
         ctx.step("quantizing for Core ML W8A8 (NNCF quantize_pt2e)")
         example = ctx.source.example()
-        graph = quantize_pt2e(ctx.source.deployable(), example, ctx.source.calibration(), ctx.source.quant_options())
+        if req.max_accuracy_drop is not None:
+            from .executorch_target import _search_info
+
+            ctx.step("ranking layers for --max-accuracy-drop (XNNPACK scheme)")
+            accuracy = _search_info(ctx)
+        graph = quantize_pt2e(ctx.source.deployable(), example, ctx.source.calibration(),
+                              ctx.source.pt2e_quant_options())
         with torch.no_grad():
             program = torch.export.export(graph, (example,)).run_decompositions({})
     else:
@@ -87,4 +94,4 @@ def export(ctx: TargetContext) -> list[Artifact]:
         reason = f"Core ML prediction needs macOS (the Core ML runtime); this is {sys.platform}"
     return [Artifact("coreml", None, ctx.precision, path, runner, skip_reason=reason, info={
         **structure, "compute_precision": ctx.precision, "minimum_deployment_target": "iOS17/macOS14",
-        "input_type": "image (RGB, scale 1/255)"})]
+        "input_type": "image (RGB, scale 1/255)", **({"accuracy_control": accuracy} if accuracy else {})})]

@@ -66,6 +66,15 @@ def load_runner(path):
     return run
 
 
+def _search_info(ctx: TargetContext) -> dict:
+    """The keep-float search's outcome for the manifest (shared with the Core ML target)."""
+    found, units = ctx.source.keep_float_search
+    return ctx.source.accuracy_control_info(
+        "keep the most sensitive layers float (python -m quantize sensitivity ranking)", kept_float=found.kept_float,
+        layers=units, simulated_drop_pp=found.drop_pp, simulated_all_int8_drop_pp=found.all_int8_drop_pp,
+        met_in_simulation=found.met)
+
+
 def export(ctx: TargetContext) -> list[Artifact]:
     require("executorch.exir", "executorch")
     artifacts = []
@@ -75,6 +84,7 @@ def export(ctx: TargetContext) -> list[Artifact]:
 
         example = ctx.source.example()
         ranges = ctx.source.qat_ranges
+        accuracy = None
         if ctx.request.int8_activations == "dynamic":
             ctx.step("quantizing for XNNPACK (linears' inputs quantized per row at run time)")
             graph = quantize_pt2e_dynamic(ctx.source.deployable(decompose_layernorm=True), example,
@@ -86,9 +96,12 @@ def export(ctx: TargetContext) -> list[Artifact]:
             except QATError as e:
                 raise ExportError(str(e)) from e
         else:
+            if ctx.request.max_accuracy_drop is not None:
+                ctx.step("ranking layers for --max-accuracy-drop (XNNPACK scheme)")
+                accuracy = _search_info(ctx)
             ctx.step("quantizing for XNNPACK (NNCF quantize_pt2e)")
             graph = quantize_pt2e(ctx.source.deployable(decompose_layernorm=True), example,
-                                  ctx.source.calibration(), ctx.source.quant_options())
+                                  ctx.source.calibration(), ctx.source.pt2e_quant_options())
         with torch.no_grad():
             program = torch.export.export(graph, (example,))
     else:
@@ -104,7 +117,8 @@ def export(ctx: TargetContext) -> list[Artifact]:
         **({"int8_activations": ctx.request.int8_activations,
             "int8_ranges": "per row at run time" if ctx.request.int8_activations == "dynamic"
             else "learned in QAT" if ctx.source.qat_ranges else "calibrated"}
-           if ctx.precision == "int8" else {})}))
+           if ctx.precision == "int8" else {}),
+        **({"accuracy_control": accuracy} if accuracy else {})}))
 
     if ctx.precision == "int8":
         # INT8 on iOS goes through the Core ML target's W8A8 ML program; the delegate .pte here is FP16 only.

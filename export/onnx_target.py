@@ -43,8 +43,11 @@ def export(ctx: TargetContext) -> list[Artifact]:
         from quantize import quantize_onnx
 
         ctx.step("quantizing ONNX (NNCF, QDQ)")
+        accuracy = ctx.source.accuracy_target()
+        if accuracy is not None:
+            ctx.step("quantizing ONNX with NNCF's accuracy control (--max-accuracy-drop)")
         model = quantize_onnx(model, ctx.source.calibration(), ctx.source.quant_options(),
-                              plain=ctx.request.plain_int8)
+                              plain=ctx.request.plain_int8, accuracy=accuracy)
         onnx.save(model, str(path))
     onnx.checker.check_model(model, full_check=True)
     ops: dict[str, int] = {}
@@ -57,4 +60,7 @@ def export(ctx: TargetContext) -> list[Artifact]:
         from .saturation import check_onnx, saturation_info
 
         info.update(saturation_info(check_onnx(path), ctx.request.full_range_int8_weights))
+        if ctx.request.max_accuracy_drop is not None:
+            info["accuracy_control"] = ctx.source.accuracy_control_info(
+                "NNCF quantize_with_accuracy_control", kept_float=info["saturation_check"]["float_weight_layers"])
     return [Artifact("onnx", None, ctx.precision, path, load_runner(path), info=info)]

@@ -49,7 +49,10 @@ def export(ctx: TargetContext) -> list[Artifact]:
         from quantize import quantize_openvino
 
         ctx.step("quantizing OpenVINO (NNCF, transformer preset)")
-        model = quantize_openvino(model, ctx.source.calibration(), ctx.source.quant_options())
+        accuracy = ctx.source.accuracy_target()
+        if accuracy is not None:
+            ctx.step("quantizing OpenVINO with NNCF's accuracy control (--max-accuracy-drop)")
+        model = quantize_openvino(model, ctx.source.calibration(), ctx.source.quant_options(), accuracy=accuracy)
     _stable_names(model, ctx.request.model)
     model.outputs[0].get_tensor().set_names({"logits"})
     ov.save_model(model, str(path), compress_to_fp16=ctx.precision == "fp16")
@@ -62,5 +65,8 @@ def export(ctx: TargetContext) -> list[Artifact]:
         from .saturation import check_openvino, saturation_info
 
         info.update(saturation_info(check_openvino(path), ctx.request.full_range_int8_weights))
+        if ctx.request.max_accuracy_drop is not None:
+            info["accuracy_control"] = ctx.source.accuracy_control_info(
+                "NNCF quantize_with_accuracy_control", kept_float=info["saturation_check"]["float_weight_layers"])
     return [Artifact("openvino", None, ctx.precision, path, load_runner(path), extra_files=[path.with_suffix(".bin")],
                      info=info)]

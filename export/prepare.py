@@ -86,6 +86,60 @@ class ModelSource:
         return QuantOptions(subset_size=req.calib_size, smooth_quant_alpha=req.smooth_quant_alpha,
                             keep_float=tuple(req.keep_float), overflow_fix=fix)
 
+    @functools.cached_property
+    def search_labels(self):
+        """What --max-accuracy-drop scores against on the search images: their labels, or where any is missing
+        the faithful FP32 model's top-1 (the criterion is then agreement with FP32)."""
+        data = self.int8_data
+        labels = data.search_labels.numpy()
+        if (labels < 0).any():
+            with torch.no_grad():
+                labels = torch.cat([self.reference(data.search[i:i + 64]) for i in range(0, len(data.search), 64)])
+            labels = labels.argmax(1).numpy()
+        return labels
+
+    def accuracy_target(self):
+        """--max-accuracy-drop for NNCF's accuracy control (OpenVINO, ONNX), or None."""
+        from quantize import AccuracyTarget, calibration_list
+
+        if self.request.max_accuracy_drop is None:
+            return None
+        return AccuracyTarget(calibration_list(self.int8_data.search), self.search_labels,
+                              self.request.max_accuracy_drop)
+
+    @functools.cached_property
+    def keep_float_search(self):
+        """--max-accuracy-drop for XNNPACK's scheme (ExecuTorch, Core ML W8A8): rank the layers by what keeping
+        each float buys on the search images, keep the most sensitive float until the drop holds (run once, on the
+        graph ExecuTorch quantizes; Core ML's differs only in keeping LayerNorm whole)."""
+        from quantize.sensitivity import measure, search_keep_float, units
+
+        data = self.int8_data
+        labelled = bool((data.search_labels >= 0).all())
+        sens = measure(self.deployable(decompose_layernorm=True), data.calibration, data.search,
+                       data.search_labels.numpy() if labelled else None, self.quant_options())
+        return search_keep_float(sens, self.request.max_accuracy_drop), len(units(sens.graph))
+
+    def pt2e_quant_options(self):
+        """quant_options plus, with --max-accuracy-drop, the layers the search keeps float."""
+        from dataclasses import replace
+
+        from quantize.sensitivity import keep_float_pattern
+
+        opts = self.quant_options()
+        if self.request.max_accuracy_drop is None:
+            return opts
+        found, _ = self.keep_float_search
+        return replace(opts, keep_float=opts.keep_float + tuple(keep_float_pattern(u) for u in found.kept_float))
+
+    def accuracy_control_info(self, method: str, **extra) -> dict:
+        """What the manifest records of --max-accuracy-drop (the pipeline adds the drop measured on the artifact)."""
+        data = self.int8_data
+        criterion = ("top-1 drop vs FP32 (labels)" if bool((data.search_labels >= 0).all())
+                     else "agreement with FP32 (no labels)")
+        return {"max_drop_pp": self.request.max_accuracy_drop, "method": method, "criterion": criterion,
+                "images": data.search_source, **extra}
+
     def calibration(self):
         from quantize import calibration_list
 

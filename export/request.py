@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,9 @@ class ExportRequest:
     # OpenVINO / ONNX INT8 weights over the full 8-bit range: exact only on CPUs with VNNI / AMX (or Arm); x86 CPUs
     # without VNNI may saturate (quantize.QuantOptions.overflow_fix). Off: 7-bit weights, the same on every CPU.
     full_range_int8_weights: bool = False
+    # Accuracy-controlled INT8: the most top-1 points (or, without labels, agreement points with FP32) INT8 may
+    # lose; layers go back to float until it holds (quantize.sensitivity; NNCF's accuracy control for OV / ONNX).
+    max_accuracy_drop: float | None = None
     reset_head: bool = False
     parity_samples: int = 8
     qat_checkpoint: Path | None = None
@@ -107,6 +111,30 @@ def check_output(output: Path, overwrite: bool) -> None:
         raise ExportError(f"cannot create {output}: {probe} is a file, not a directory")
     if not os.access(probe, os.W_OK):
         raise ExportError(f"cannot write to {probe}; choose another --output directory")
+
+
+def check_accuracy_request(req: ExportRequest) -> None:
+    drop = req.max_accuracy_drop
+    if not math.isfinite(drop) or not 0 <= drop < 100:
+        raise ExportError(f"--max-accuracy-drop is in percentage points, 0 <= PP < 100; got {drop}")
+    if not any(req.precision_for(t) == "int8" for t in req.targets):
+        raise ExportError("--max-accuracy-drop applies to INT8: add --precision int8")
+    if req.int8_activations == "dynamic":
+        raise ExportError("--max-accuracy-drop searches the static INT8 scheme; drop --int8-activations dynamic "
+                          "(dynamic INT8 already keeps activations in float between linears)")
+    pt2e = [t for t in req.targets if t in ("executorch", "coreml")]
+    if pt2e and req.smooth_quant_alpha is not None and req.smooth_quant_alpha >= 0:
+        raise ExportError(f"--max-accuracy-drop for {', '.join(pt2e)} needs SmoothQuant off (its per-layer search "
+                          "switches layers back to their original float weights); pass --smooth-quant-alpha -1")
+    if req.reference_model:
+        raise ExportError("--max-accuracy-drop applies to the export-friendly model; drop --reference-model")
+    from quantize.qat import learned_ranges_file
+
+    ranges = learned_ranges_file(req.checkpoint)
+    if ranges is not None and "executorch" in req.targets:
+        raise ExportError(f"--max-accuracy-drop recalibrates, but {req.checkpoint} comes with ranges learned in QAT "
+                          f"({ranges}); export ExecuTorch without --max-accuracy-drop to use them, or move the "
+                          "ranges file away")
 
 
 def validate(req: ExportRequest) -> ExportRequest:
@@ -164,6 +192,8 @@ def validate(req: ExportRequest) -> ExportRequest:
             raise ExportError(f"--int8-activations dynamic cannot use the static ranges learned in QAT ({ranges}): "
                               "export with static activations, or move the ranges file away to quantize the QAT "
                               "weights dynamically")
+    if req.max_accuracy_drop is not None:
+        check_accuracy_request(req)
     if req.full_range_int8_weights and not any(req.precision_for(t) == "int8" for t in req.targets
                                                if t in SATURATION_TARGETS):
         raise ExportError("--full-range-int8-weights applies to INT8 OpenVINO / ONNX artifacts only: add "

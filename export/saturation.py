@@ -55,6 +55,7 @@ class SaturationReport:
     layers: int = 0
     at_risk: list[dict] = field(default_factory=list)
     unchecked: list[str] = field(default_factory=list)
+    float_layers: list[str] = field(default_factory=list)
     max_pair_sum: int = 0
 
     def add(self, name: str, rows: np.ndarray) -> None:
@@ -69,7 +70,7 @@ class SaturationReport:
         return {"saturation_safe": safe, "int8_weight_layers": self.layers, "layers_at_risk": len(self.at_risk),
                 "pairs_at_risk": sum(r["pairs"] for r in self.at_risk), "max_pair_sum": self.max_pair_sum,
                 "limit_pair_sum": INT16_MAX // U8_MAX, "at_risk": self.at_risk[:20],
-                "unchecked": self.unchecked[:20], "rule": RULE}
+                "unchecked": self.unchecked[:20], "float_weight_layers": self.float_layers, "rule": RULE}
 
 
 def _onnx_integer_weight(name: str, producer: dict, inits: dict):
@@ -143,6 +144,8 @@ def check_onnx(path: Path) -> dict:
                 # ONNX Runtime quantizes a float weight between Q/DQ activations itself at load time, over the
                 # full 8-bit range: nothing in the file bounds its pairs.
                 report.unchecked.append(name)
+            elif node.input[1] in inits:
+                report.float_layers.append(name)
             continue  # otherwise a float operand: this product runs in float
         w = _onnx_integer_weight(node.input[1], producer, inits)
         if w is None:  # an INT8 activation as the second operand: no static bound on its pairs
@@ -190,6 +193,8 @@ def check_openvino(path: Path) -> dict:
         port = op.input_value(1)
         producer = port.get_node().get_type_name()
         if producer not in ("Multiply", "Subtract", "Convert", "FakeQuantize"):
+            if producer == "Constant":
+                report.float_layers.append(op.get_friendly_name())
             continue  # float weights or an activation operand
         w = _openvino_integer_weight(port)
         name = op.get_friendly_name()

@@ -3,7 +3,7 @@
 Sits below `export` (export imports quantize, never the reverse) and knows nothing of file formats.
 """
 
-from .ptq import QuantOptions, calibration_list, quantize_onnx, quantize_openvino, quantize_pt2e, quantize_pt2e_dynamic
+from .ptq import AccuracyTarget, QuantOptions, calibration_list, quantize_onnx, quantize_openvino, quantize_pt2e, quantize_pt2e_dynamic
 
-__all__ = ["QuantOptions", "calibration_list", "quantize_onnx", "quantize_openvino", "quantize_pt2e",
+__all__ = ["AccuracyTarget", "QuantOptions", "calibration_list", "quantize_onnx", "quantize_openvino", "quantize_pt2e",
            "quantize_pt2e_dynamic"]

@@ -1,4 +1,5 @@
-"""python -m quantize qat ...: quantization-aware fine-tuning through NNCF (see quantize/qat.py)."""
+"""python -m quantize {qat,sensitivity}: quantization-aware fine-tuning through NNCF (quantize/qat.py) and per-layer
+INT8 sensitivity (quantize/sensitivity.py)."""
 
 from __future__ import annotations
 
@@ -136,12 +137,26 @@ def qat_main(argv: list[str]) -> int:
     return 0
 
 
+USAGE = """usage: python -m quantize {qat,sensitivity} [options]   (--help after a command for its options)
+
+  qat          quantization-aware fine-tuning through NNCF, resumable
+  sensitivity  per-layer INT8 sensitivity (XNNPACK scheme): table, JSON and PNG
+
+Post-training INT8 runs inside python -m export --precision int8."""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "qat":
         return qat_main(argv[1:])
-    print("usage: python -m quantize qat [--model NAME] [--checkpoint PATH] [--data DIR] [--epochs N] ...\n"
-          "(post-training INT8 runs inside python -m export --precision int8)", file=sys.stderr)
+    if argv and argv[0] == "sensitivity":
+        from .sensitivity_cli import sensitivity_main
+
+        return sensitivity_main(argv[1:])
+    if argv and argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    print(USAGE + (f"\nerror: unknown command {argv[0]!r}" if argv else ""), file=sys.stderr)
     return 2
 
 

@@ -61,24 +61,72 @@ def _ignored(opts: QuantOptions):
     return nncf.IgnoredScope(patterns=list(opts.keep_float), validate=False) if opts.keep_float else None
 
 
-def quantize_openvino(model, calibration: list[np.ndarray], opts: QuantOptions):
-    """INT8 OpenVINO model (FakeQuantize nodes the CPU plugin runs as INT8); 7-bit weights by default (see
-    QuantOptions.overflow_fix)."""
+@dataclass
+class AccuracyTarget:
+    """What `--max-accuracy-drop` asks of INT8: the largest top-1 drop in percentage points on `images` (batch-1
+    arrays), against `labels` (ground truth, or the FP32 model's top-1 where there are none: agreement then)."""
+    images: list[np.ndarray]
+    labels: np.ndarray
+    max_drop_pp: float
+
+
+def _quantize(model, calibration: list, opts: QuantOptions, transform, accuracy: AccuracyTarget | None,
+              runner_of):
+    """nncf.quantize, or with `accuracy` NNCF's quantize_with_accuracy_control (it reverts the quantizer groups
+    that cost most to float until the drop holds); `runner_of(model)` runs what NNCF hands the validation."""
     nncf = _nncf()
-    return nncf.quantize(model, nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER,
-                         subset_size=min(opts.subset_size, len(calibration)), ignored_scope=_ignored(opts),
-                         fast_bias_correction=opts.fast_bias_correction, advanced_parameters=_advanced(opts))
+    common = {"model_type": nncf.ModelType.TRANSFORMER, "subset_size": min(opts.subset_size, len(calibration)),
+              "ignored_scope": _ignored(opts), "fast_bias_correction": opts.fast_bias_correction}
+    dataset = nncf.Dataset(calibration, transform)
+    if accuracy is None:
+        return nncf.quantize(model, dataset, advanced_parameters=_advanced(opts), **common)
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    def validate(candidate, items) -> tuple[float, list[float]]:
+        run = runner_of(candidate)
+        hits = [float(np.argmax(run(x)) == y) for x, y in items]
+        return (float(np.mean(hits)) if hits else 0.0), hits
+
+    items = list(zip(accuracy.images, accuracy.labels.tolist()))
+    return nncf.quantize_with_accuracy_control(
+        model, dataset, nncf.Dataset(items, lambda item: transform(item[0])), validate,
+        max_drop=accuracy.max_drop_pp / 100.0, drop_type=nncf.DropType.ABSOLUTE,
+        advanced_quantization_parameters=_advanced(opts),
+        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+            ranking_subset_size=min(300, len(items)), num_ranking_workers=1), **common)
+
+
+def _openvino_runner(compiled):
+    return lambda x: compiled(x)[0]
+
+
+def quantize_openvino(model, calibration: list[np.ndarray], opts: QuantOptions,
+                      accuracy: AccuracyTarget | None = None):
+    """INT8 OpenVINO model (FakeQuantize nodes the CPU plugin runs as INT8); 7-bit weights by default (see
+    QuantOptions.overflow_fix). `accuracy`: NNCF's accuracy control keeps what costs most in float."""
+    return _quantize(model, calibration, opts, lambda x: x, accuracy, _openvino_runner)
+
+
+def _onnx_runner(input_name: str):
+    import onnxruntime as ort
+
+    cache: dict = {}
+
+    def runner_of(model):
+        # NNCF hands the same ModelProto for many single-item validations: one session per model.
+        if cache.get("model") is not model:
+            cache["model"] = model
+            cache["session"] = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        session = cache["session"]
+        return lambda x: session.run(None, {input_name: x})[0]
+    return runner_of
 
 
 def quantize_onnx(model, calibration: list[np.ndarray], opts: QuantOptions, input_name: str = "image",
-                  plain: bool = False):
+                  plain: bool = False, accuracy: AccuracyTarget | None = None):
     """INT8 ONNX model with QuantizeLinear/DequantizeLinear pairs (QDQ), which ONNX Runtime fuses into INT8 kernels.
-    `plain` returns NNCF's output untouched (the benchmarks' baseline)."""
-    nncf = _nncf()
-    dataset = nncf.Dataset(calibration, lambda x: {input_name: x})
-    quantized = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER,
-                              subset_size=min(opts.subset_size, len(calibration)), ignored_scope=_ignored(opts),
-                              fast_bias_correction=opts.fast_bias_correction, advanced_parameters=_advanced(opts))
+    `plain` returns NNCF's output untouched (the benchmarks' baseline); `accuracy` as in quantize_openvino."""
+    quantized = _quantize(model, calibration, opts, lambda x: {input_name: x}, accuracy, _onnx_runner(input_name))
     if plain:
         return quantized
     model = quantize_gemm_biases(keep_qdq_matmuls_integer(quantized))
@@ -388,14 +436,15 @@ def xnnpack_quantizer(scope: str = "residual", qat: bool = False, keep_float: tu
 
 
 def quantize_pt2e(module: nn.Module, example: torch.Tensor, calibration: list[np.ndarray],
-                  opts: QuantOptions) -> torch.fx.GraphModule:
-    """torch module -> INT8 quantize/dequantize graph (PT2E) calibrated by NNCF with the XNNPACK quantizer."""
+                  opts: QuantOptions, dynamic_shapes=None) -> torch.fx.GraphModule:
+    """torch module -> INT8 quantize/dequantize graph (PT2E) calibrated by NNCF with the XNNPACK quantizer.
+    `dynamic_shapes` as torch.export takes them (the sensitivity analysis evaluates batched)."""
     nncf = _nncf()
     from nncf.experimental.torch.fx import quantize_pt2e as nncf_quantize_pt2e
     from nncf.quantization.advanced_parameters import AdvancedSmoothQuantParameters
 
     with torch.no_grad():
-        graph = torch.export.export(module, (example,)).module()
+        graph = torch.export.export(module, (example,), dynamic_shapes=dynamic_shapes).module()
     smooth = opts.smooth_quant_alpha is not None and opts.smooth_quant_alpha >= 0
     dataset = nncf.Dataset(calibration, lambda x: torch.from_numpy(x))
     return nncf_quantize_pt2e(
