@@ -66,51 +66,77 @@ def load_runner(path):
     return run
 
 
-def _search_info(ctx: TargetContext) -> dict:
+# --max-accuracy-drop: after the simulated search, the .pte itself is scored on the search images; where XNNPACK's
+# kernels lose more than the simulation (about 0.1 pp on crossformer-fmnist), the search goes on with the target
+# lowered by the difference, this many times at most.
+ACCURACY_ROUNDS = 3
+
+
+def _search_info(ctx: TargetContext, rounds: list[dict] | None = None) -> dict:
     """The keep-float search's outcome for the manifest (shared with the Core ML target)."""
     found, units = ctx.source.keep_float_search
     return ctx.source.accuracy_control_info(
         "keep the most sensitive layers float (python -m quantize sensitivity ranking)", kept_float=found.kept_float,
         layers=units, simulated_drop_pp=found.drop_pp, simulated_all_int8_drop_pp=found.all_int8_drop_pp,
-        met_in_simulation=found.met)
+        met_in_simulation=found.met, **({"rounds": rounds} if rounds else {}))
+
+
+def _int8_program(ctx: TargetContext, example: torch.Tensor):
+    """The INT8 torch.export program: dynamic activations, QAT-learned ranges, or NNCF-calibrated static."""
+    from quantize import quantize_pt2e, quantize_pt2e_dynamic
+    from quantize.qat import QATError, convert_with_ranges
+
+    ranges = ctx.source.qat_ranges
+    if ctx.request.int8_activations == "dynamic":
+        ctx.step("quantizing for XNNPACK (linears' inputs quantized per row at run time)")
+        graph = quantize_pt2e_dynamic(ctx.source.deployable(decompose_layernorm=True), example,
+                                      ctx.source.quant_options())
+    elif ranges is not None:
+        ctx.step(f"quantizing for XNNPACK with the ranges learned in QAT ({ranges.name})")
+        try:
+            graph = convert_with_ranges(ctx.source.deployable(decompose_layernorm=True), ranges, example)
+        except QATError as e:
+            raise ExportError(str(e)) from e
+    else:
+        ctx.step("quantizing for XNNPACK (NNCF quantize_pt2e)")
+        graph = quantize_pt2e(ctx.source.deployable(decompose_layernorm=True), example,
+                              ctx.source.calibration(), ctx.source.pt2e_quant_options())
+    with torch.no_grad():
+        return torch.export.export(graph, (example,))
+
+
+def _accuracy_controlled(ctx: TargetContext, example: torch.Tensor, path):
+    """Search, lower, score the .pte on the search images; go on searching while the runtime misses the bound."""
+    ctx.step("ranking layers for --max-accuracy-drop (XNNPACK scheme)")
+    rounds = []
+    for _ in range(ACCURACY_ROUNDS):
+        edge = lower_xnnpack(_int8_program(ctx, example))
+        save_program(edge, path)
+        found, _ = ctx.source.keep_float_search
+        drop = ctx.source.search_drop(load_runner(path))
+        rounds.append({"kept_float": len(found.kept_float), "simulated_drop_pp": found.drop_pp,
+                       "runtime_drop_pp": drop})
+        if drop <= ctx.request.max_accuracy_drop + 1e-9 or not found.met:
+            break
+        ctx.step(f"XNNPACK measured {drop:.2f} pp (simulated {found.drop_pp:.2f}): keeping more layers float")
+        ctx.source.refine_keep_float(ctx.request.max_accuracy_drop - (drop - found.drop_pp))
+    return edge, _search_info(ctx, rounds)
 
 
 def export(ctx: TargetContext) -> list[Artifact]:
     require("executorch.exir", "executorch")
     artifacts = []
-    if ctx.precision == "int8":
-        from quantize import quantize_pt2e, quantize_pt2e_dynamic
-        from quantize.qat import QATError, convert_with_ranges
-
-        example = ctx.source.example()
-        ranges = ctx.source.qat_ranges
-        accuracy = None
-        if ctx.request.int8_activations == "dynamic":
-            ctx.step("quantizing for XNNPACK (linears' inputs quantized per row at run time)")
-            graph = quantize_pt2e_dynamic(ctx.source.deployable(decompose_layernorm=True), example,
-                                          ctx.source.quant_options())
-        elif ranges is not None:
-            ctx.step(f"quantizing for XNNPACK with the ranges learned in QAT ({ranges.name})")
-            try:
-                graph = convert_with_ranges(ctx.source.deployable(decompose_layernorm=True), ranges, example)
-            except QATError as e:
-                raise ExportError(str(e)) from e
-        else:
-            if ctx.request.max_accuracy_drop is not None:
-                ctx.step("ranking layers for --max-accuracy-drop (XNNPACK scheme)")
-                accuracy = _search_info(ctx)
-            ctx.step("quantizing for XNNPACK (NNCF quantize_pt2e)")
-            graph = quantize_pt2e(ctx.source.deployable(decompose_layernorm=True), example,
-                                  ctx.source.calibration(), ctx.source.pt2e_quant_options())
-        with torch.no_grad():
-            program = torch.export.export(graph, (example,))
-    else:
-        program = ctx.source.exported_program(decompose_layernorm=True)
-    ctx.step("lowering to ExecuTorch XNNPACK")
-    edge = lower_xnnpack(program)
-    outside = outside_delegate(edge.exported_program())
     path = ctx.file_name("executorch", "xnnpack", "pte")
-    save_program(edge, path)
+    accuracy = None
+    if ctx.precision == "int8" and ctx.request.max_accuracy_drop is not None:
+        edge, accuracy = _accuracy_controlled(ctx, ctx.source.example(), path)
+    else:
+        program = (_int8_program(ctx, ctx.source.example()) if ctx.precision == "int8"
+                   else ctx.source.exported_program(decompose_layernorm=True))
+        ctx.step("lowering to ExecuTorch XNNPACK")
+        edge = lower_xnnpack(program)
+        save_program(edge, path)
+    outside = outside_delegate(edge.exported_program())
     artifacts.append(Artifact("executorch", "xnnpack", ctx.precision, path, load_runner(path), info={
         "delegates": delegate_count(edge.exported_program()), "ops_outside_delegate": sum(outside.values()),
         "ops_outside_delegate_by_op": outside,

@@ -44,6 +44,11 @@ def parity_inputs(img_size: int, resize: dict, count: int, samples_dir: Path) ->
     return torch.stack(images[:max(count, len(images))]).numpy().astype(np.float32)
 
 
+def eight_bit(images: np.ndarray) -> np.ndarray:
+    """Images as an image input (Core ML, the apps) can represent them: 8-bit pixels, float32 in [0, 1]."""
+    return (np.round(np.asarray(images, dtype=np.float64) * 255.0) / 255.0).astype(np.float32)
+
+
 def reference_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 

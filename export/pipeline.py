@@ -90,10 +90,7 @@ def _export_into(req: ExportRequest, staging: Path, console: Console) -> dict:
     with progress_bar(console=console, transient=False) as bar:
         task = bar.add_task("loading model", total=len(req.targets) + 2)
         reference = source.reference  # loads the checkpoint: bad checkpoints fail here, before any export
-        inputs = parity.parity_inputs(req.img_size, resize_spec(req), req.parity_samples, SAMPLES)
-        # What an image input (Core ML, apps) can represent: 8-bit pixels.
-        inputs = np.round(inputs * 255.0) / 255.0
-        inputs = inputs.astype(np.float32)
+        inputs = parity.eight_bit(parity.parity_inputs(req.img_size, resize_spec(req), req.parity_samples, SAMPLES))
         expected, device = parity.reference_logits(reference, inputs)
         bar.advance(task)
         for target in req.targets:
@@ -117,10 +114,9 @@ def _export_into(req: ExportRequest, staging: Path, console: Console) -> dict:
         int8_set = None
         if any(a.precision == "int8" for a in artifacts):
             data = source.int8_data
-            held = (np.round(data.parity.numpy() * 255.0) / 255.0).astype(np.float32)
+            held = parity.eight_bit(data.parity.numpy())
             int8_set = (held, parity.reference_logits(reference, held)[0], data.parity_labels.numpy(), data.source)
-        search_set = _search_set(source, reference) if req.max_accuracy_drop is not None and artifacts else None
-        entries = [_parity_entry(art, inputs, expected, device, int8_set, search_set) for art in artifacts]
+        entries = [_parity_entry(art, inputs, expected, device, int8_set, source) for art in artifacts]
         bar.advance(task)
         bar.update(task, description="done")
     with open(staging / "labels.txt", "w", encoding="utf-8") as f:
@@ -135,22 +131,12 @@ def _export_into(req: ExportRequest, staging: Path, console: Console) -> dict:
     return manifest
 
 
-def _search_set(source: ModelSource, reference) -> tuple[np.ndarray, np.ndarray, float]:
-    """(images, labels, FP32 top-1 %) that --max-accuracy-drop is measured on (labels: FP32 top-1 if unlabelled)."""
-    images = (np.round(source.int8_data.search.numpy() * 255.0) / 255.0).astype(np.float32)
-    labels = source.search_labels
-    fp32 = parity.reference_logits(reference, images)[0]
-    return images, labels, float((fp32.argmax(1) == labels).mean() * 100)
-
-
-def _accuracy_control(art: Artifact, search_set) -> tuple[bool, str | None]:
+def _accuracy_control(art: Artifact, source: ModelSource) -> tuple[bool, str | None]:
     """Measure the drop --max-accuracy-drop asked for on the artifact itself (its runtime, the search images);
     where it cannot run here (Core ML off macOS), the search's simulation is what there is. (met, why not)"""
     control = art.info["accuracy_control"]
     if art.runner is not None:
-        images, labels, fp32_top1 = search_set
-        top1 = float((parity.run_batched(art.runner, images).argmax(1) == labels).mean() * 100)
-        control["measured_drop_pp"] = fp32_top1 - top1
+        control["measured_drop_pp"] = source.search_drop(art.runner)
         control["measured_on"] = f"{art.target} runtime"
         drop = control["measured_drop_pp"]
     else:
@@ -169,7 +155,7 @@ def _accuracy_control(art: Artifact, search_set) -> tuple[bool, str | None]:
 
 
 def _parity_entry(art: Artifact, inputs: np.ndarray, expected: np.ndarray, device: str, int8_set,
-                  search_set=None) -> dict:
+                  source: ModelSource) -> dict:
     digest, size = sha256_of(art.path)
     entry = {"target": art.target, "delegate": art.delegate, "precision": art.precision, "file": art.path.name,
              "sha256": digest, "bytes": size}
@@ -179,7 +165,7 @@ def _parity_entry(art: Artifact, inputs: np.ndarray, expected: np.ndarray, devic
         entry["bytes"] += sum(f["bytes"] for f in entry["extra_files"])
     checks = structural_checks(art)
     if "accuracy_control" in art.info:
-        met, why = _accuracy_control(art, search_set)
+        met, why = _accuracy_control(art, source)
         checks.append({"check": f"INT8 drop <= {art.info['accuracy_control']['max_drop_pp']} pp "
                                 f"(--max-accuracy-drop)", "value": why or "met", "ok": met})
     structure_ok = all(c["ok"] for c in checks)

@@ -6,6 +6,7 @@ import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,6 +25,7 @@ class ModelSource:
 
     request: ExportRequest
     _deployables: dict = field(default_factory=dict, repr=False)
+    _search: object = field(default=None, repr=False)
 
     def _create(self, **kw) -> nn.Module:
         req = self.request
@@ -87,16 +89,32 @@ class ModelSource:
                             keep_float=tuple(req.keep_float), overflow_fix=fix)
 
     @functools.cached_property
-    def search_labels(self):
+    def search_images(self) -> np.ndarray:
+        """The --max-accuracy-drop images as the artifacts see them (8-bit pixels, like every parity input)."""
+        from .parity import eight_bit
+
+        return eight_bit(self.int8_data.search.numpy())
+
+    @functools.cached_property
+    def search_labels(self) -> np.ndarray:
         """What --max-accuracy-drop scores against on the search images: their labels, or where any is missing
         the faithful FP32 model's top-1 (the criterion is then agreement with FP32)."""
-        data = self.int8_data
-        labels = data.search_labels.numpy()
-        if (labels < 0).any():
-            with torch.no_grad():
-                labels = torch.cat([self.reference(data.search[i:i + 64]) for i in range(0, len(data.search), 64)])
-            labels = labels.argmax(1).numpy()
-        return labels
+        labels = self.int8_data.search_labels.numpy()
+        return self.search_fp32.argmax(1) if (labels < 0).any() else labels
+
+    @functools.cached_property
+    def search_fp32(self) -> np.ndarray:
+        from .parity import reference_logits
+
+        return reference_logits(self.reference, self.search_images)[0]
+
+    def search_drop(self, runner) -> float:
+        """Top-1 points an artifact loses against the FP32 reference on the search images."""
+        from .parity import run_batched
+
+        labels = self.search_labels
+        fp32 = float((self.search_fp32.argmax(1) == labels).mean() * 100)
+        return fp32 - float((run_batched(runner, self.search_images).argmax(1) == labels).mean() * 100)
 
     def accuracy_target(self):
         """--max-accuracy-drop for NNCF's accuracy control (OpenVINO, ONNX), or None."""
@@ -104,21 +122,37 @@ class ModelSource:
 
         if self.request.max_accuracy_drop is None:
             return None
-        return AccuracyTarget(calibration_list(self.int8_data.search), self.search_labels,
+        return AccuracyTarget(calibration_list(torch.from_numpy(self.search_images)), self.search_labels,
                               self.request.max_accuracy_drop)
 
     @functools.cached_property
-    def keep_float_search(self):
-        """--max-accuracy-drop for XNNPACK's scheme (ExecuTorch, Core ML W8A8): rank the layers by what keeping
-        each float buys on the search images, keep the most sensitive float until the drop holds (run once, on the
-        graph ExecuTorch quantizes; Core ML's differs only in keeping LayerNorm whole)."""
-        from quantize.sensitivity import measure, search_keep_float, units
+    def _sensitivity(self):
+        from quantize.sensitivity import measure
 
         data = self.int8_data
         labelled = bool((data.search_labels >= 0).all())
-        sens = measure(self.deployable(decompose_layernorm=True), data.calibration, data.search,
-                       data.search_labels.numpy() if labelled else None, self.quant_options())
-        return search_keep_float(sens, self.request.max_accuracy_drop), len(units(sens.graph))
+        return measure(self.deployable(decompose_layernorm=True), data.calibration,
+                       torch.from_numpy(self.search_images), self.search_labels if labelled else None,
+                       self.quant_options())
+
+    @property
+    def keep_float_search(self):
+        """(SearchResult, layer count) of --max-accuracy-drop for XNNPACK's scheme (ExecuTorch, Core ML W8A8):
+        rank the layers by what keeping each float buys on the search images, keep the most sensitive float until
+        the simulated drop holds. Computed once, on the graph ExecuTorch quantizes (Core ML's differs only in
+        keeping LayerNorm whole); `refine_keep_float` continues it."""
+        from quantize.sensitivity import search_keep_float, units
+
+        if self._search is None:
+            self._search = search_keep_float(self._sensitivity, self.request.max_accuracy_drop)
+        return self._search, len(units(self._sensitivity.graph))
+
+    def refine_keep_float(self, simulated_target_pp: float) -> None:
+        """Keep more layers float, until the simulation reaches a stricter target (a runtime measured more)."""
+        from quantize.sensitivity import search_keep_float
+
+        found, _ = self.keep_float_search
+        self._search = search_keep_float(self._sensitivity, simulated_target_pp, after=found)
 
     def pt2e_quant_options(self):
         """quant_options plus, with --max-accuracy-drop, the layers the search keeps float."""

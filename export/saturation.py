@@ -10,8 +10,9 @@ weights) and the smallest -255 x (its negative weights), so a pair can leave int
 convolutions along the input channels, innermost in the (kh, kw, C) patch order of ONNX Runtime's NHWC im2col and
 of oneDNN's channel-blocked weights. Reading the file, not running it, makes the check hold on any CI machine.
 
-Products of two activations (attention's q @ k^T) are outside the check: ONNX Runtime moves both to u8 and its
-u8 x u8 kernels widen to 16 bits before multiplying (pmaddwd), which cannot saturate.
+Products of two INT8 activations (attention's q @ k^T) have no weight to bound and are only counted
+(`activation_products`): ONNX Runtime moves both operands to u8, and its u8 x u8 kernels widen to 16 bits before
+multiplying (pmaddwd), which cannot saturate; OpenVINO's fused attention is its own kernel.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class SaturationReport:
     at_risk: list[dict] = field(default_factory=list)
     unchecked: list[str] = field(default_factory=list)
     float_layers: list[str] = field(default_factory=list)
+    # Products of two INT8 activations (attention): no weight to bound; recorded, outside the check.
+    activation_products: int = 0
     max_pair_sum: int = 0
 
     def add(self, name: str, rows: np.ndarray) -> None:
@@ -66,11 +69,12 @@ class SaturationReport:
             self.at_risk.append({"layer": name, "pairs": risky, "max_pair_sum": worst})
 
     def as_dict(self) -> dict:
-        safe = not self.at_risk and not self.unchecked and self.layers > 0
+        safe = not self.at_risk and not self.unchecked  # no INT8 weight at all cannot saturate either
         return {"saturation_safe": safe, "int8_weight_layers": self.layers, "layers_at_risk": len(self.at_risk),
                 "pairs_at_risk": sum(r["pairs"] for r in self.at_risk), "max_pair_sum": self.max_pair_sum,
                 "limit_pair_sum": INT16_MAX // U8_MAX, "at_risk": self.at_risk[:20],
-                "unchecked": self.unchecked[:20], "float_weight_layers": self.float_layers, "rule": RULE}
+                "unchecked": self.unchecked[:20], "float_weight_layers": self.float_layers,
+                "activation_products": self.activation_products, "rule": RULE}
 
 
 def _onnx_integer_weight(name: str, producer: dict, inits: dict):
@@ -115,6 +119,15 @@ def _source_dequantize(name: str, producer: dict):
     return node if node is not None and node.op_type == "DequantizeLinear" else None
 
 
+def _through_shape_ops_from_dequantize(name: str, producer: dict) -> bool:
+    """An activation that left a DequantizeLinear and only went through shape ops (ONNX Runtime carries the INT8
+    value through them: attention's k after its slice and transpose)."""
+    node = producer.get(name)
+    while node is not None and node.op_type in ("Reshape", "Transpose", "Slice", "Squeeze", "Unsqueeze"):
+        node = producer.get(node.input[0])
+    return node is not None and node.op_type == "DequantizeLinear"
+
+
 def _quantized_between(node, producer: dict, consumers: dict) -> bool:
     """Input from a DequantizeLinear and output only into QuantizeLinear: ONNX Runtime runs it as an INT8 kernel."""
     after = consumers.get(node.output[0], [])
@@ -139,6 +152,8 @@ def check_onnx(path: Path) -> dict:
             continue
         dq = _source_dequantize(node.input[1], producer)
         name = node.name or node.output[0]
+        if dq is None and _source_dequantize(node.input[0], producer) is not None and node.input[1] not in inits:
+            report.activation_products += int(_through_shape_ops_from_dequantize(node.input[1], producer))
         if dq is None:
             if node.input[1] in inits and _quantized_between(node, producer, consumers):
                 # ONNX Runtime quantizes a float weight between Q/DQ activations itself at load time, over the
@@ -180,6 +195,13 @@ def _openvino_integer_weight(port):
     return q - zero if zero is not None else q
 
 
+def _fed_by_fake_quantize(port) -> bool:
+    node = port.get_node()
+    while node.get_type_name() in ("Reshape", "Transpose", "Squeeze", "Unsqueeze"):
+        node = node.input_value(0).get_node()
+    return node.get_type_name() == "FakeQuantize"
+
+
 def check_openvino(path: Path) -> dict:
     """Every MatMul / Convolution of an OpenVINO IR fed by a compressed INT8 weight."""
     import openvino as ov
@@ -188,6 +210,10 @@ def check_openvino(path: Path) -> dict:
     report = SaturationReport()
     for op in model.get_ordered_ops():
         kind = op.get_type_name()
+        if kind == "ScaledDotProductAttention" or (kind == "MatMul" and all(
+                _fed_by_fake_quantize(op.input_value(i)) for i in range(2))):
+            report.activation_products += 1
+            continue
         if kind not in ("MatMul", "Convolution", "GroupConvolution"):
             continue
         port = op.input_value(1)

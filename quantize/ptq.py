@@ -403,6 +403,26 @@ def _kept_float(node, patterns: tuple[str, ...]) -> bool:
     return any(re.search(p, _module_path(node)) or re.search(p, node.name) for p in patterns)
 
 
+def _filtered_xnnpack_quantizer():
+    """XNNPACKQuantizer whose filter also reaches `cat`: ExecuTorch 1.5.1's cat annotator ignores the filter, so a
+    concatenation the filter excludes (e.g. --keep-float on the patch embedding) still quantized its inputs, and
+    the annotation then propagated through the reshapes and LayerNorm statistics after it."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils import propagate_annotation
+
+    class FilteredXNNPACKQuantizer(XNNPACKQuantizer):
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            model = self._annotate_for_quantization_config(model)
+            if self.filter_fn is not None:
+                for node in model.graph.nodes:
+                    if node.target == torch.ops.aten.cat.default and not self.filter_fn(node):
+                        node.meta.pop("quantization_annotation", None)
+            propagate_annotation(model)
+            return model
+
+    return FilteredXNNPACKQuantizer()
+
+
 def xnnpack_quantizer(scope: str = "residual", qat: bool = False, keep_float: tuple[str, ...] = (),
                       dynamic: bool = False):
     """XNNPACK's quantizer (symmetric per-channel weights, per-tensor activations) over `scope`: "residual"
@@ -410,10 +430,9 @@ def xnnpack_quantizer(scope: str = "residual", qat: bool = False, keep_float: tu
     `keep_float` matches (module path or node name); `qat` gives fake-quantizers with moving-average ranges
     (quantization-aware training) instead of observers. `dynamic`: the linears only, their input quantized per row
     at run time (XNNPACK's qd8-f32-qc8w GEMMs: INT8 x INT8 products, FP32 out), nothing calibrated."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer, get_symmetric_quantization_config)
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
 
-    quantizer = XNNPACKQuantizer()
+    quantizer = _filtered_xnnpack_quantizer()
     patterns = tuple(keep_float)
     if dynamic:
         dyn = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True, is_qat=qat)

@@ -110,11 +110,14 @@ def test_max_accuracy_drop_bad_input(tmp_path, capsys):
 
 
 @needs_fmnist
-def test_max_accuracy_drop_every_target(tmp_path):
+def test_max_accuracy_drop_every_target(tmp_path, monkeypatch):
     """One export, four targets: OpenVINO / ONNX through NNCF's accuracy control, ExecuTorch / Core ML through the
     keep-float search; the drop is measured on each artifact's runtime (Core ML: simulated) on images outside the
     calibration set, and the manifest says what stayed float. A generous drop: CI measures the mechanism, README
     the 0.1 pp run."""
+    import export.int8
+
+    monkeypatch.setattr(export.int8, "SEARCH_IMAGES", 300)  # the mechanism, not the statistics (README: 2000)
     out = tmp_path / "ac"
     code = run_cli("--target", "all", "--precision", "int8", "--max-accuracy-drop", "1.0", "--calib-size", "64",
                    "--output", out)
@@ -124,7 +127,7 @@ def test_max_accuracy_drop_every_target(tmp_path):
     for art in int8:
         control = art["info"]["accuracy_control"]
         assert control["max_drop_pp"] == 1.0 and control["criterion"].startswith("top-1")
-        assert "outside the calibration set" in control["images"]
+        assert "300 images outside the calibration set" in control["images"]
         assert isinstance(control["kept_float"], list) and control["met"], control
         if art["target"] != "coreml":
             assert control["measured_on"] == f"{art['target']} runtime"
@@ -132,3 +135,23 @@ def test_max_accuracy_drop_every_target(tmp_path):
         else:
             assert control["measured_on"].startswith("simulation")
     assert code == 0
+
+
+def test_keep_float_reaches_concatenations():
+    """ExecuTorch's cat annotator ignores the quantizer's filter; ours applies it, so keeping the patch embedding
+    float leaves its concatenation (and what the annotation used to propagate to) unquantized."""
+    from edge_crossformer import Normalized, create_model
+    from quantize import QuantOptions, calibration_list, quantize_pt2e
+
+    model = Normalized(create_model("crossformer-fmnist", export_friendly=True, decompose_layernorm=True)).eval()
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+
+    def quantized_cats(keep_float):
+        graph = quantize_pt2e(model, images[:1], calibration_list(images), QuantOptions(subset_size=4,
+                                                                                          keep_float=keep_float))
+        cats = [n for n in graph.graph.nodes if n.op == "call_function" and n.target == torch.ops.aten.cat.default]
+        return sum(any("quantize_per" in str(u.target) for u in n.users) for n in cats), len(cats)
+
+    everything, cats = quantized_cats(())
+    assert everything == cats == 4  # patch embedding + three merges
+    assert quantized_cats((r"^model\.patch_embed$",)) == (3, 4)
