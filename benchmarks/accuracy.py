@@ -31,7 +31,9 @@ DYNAMIC = "INT8 PTQ dynamic"
 # OpenVINO and ONNX Runtime also score full-range INT8 weights (`--full-range-int8-weights`), so the cost of the
 # default 7-bit weights (saturation-safe on x86 CPUs without VNNI) is measured in the same run.
 FULL_RANGE = "INT8 PTQ full-range"
-VARIANTS = ["FP32", "INT8 PTQ", FULL_RANGE, DYNAMIC, "INT8 QAT"]
+# `--max-accuracy-drop PP` adds accuracy-controlled INT8 (python -m export --max-accuracy-drop) on every runtime.
+CONTROLLED = "INT8 PTQ accuracy-controlled"
+VARIANTS = ["FP32", "INT8 PTQ", FULL_RANGE, CONTROLLED, DYNAMIC, "INT8 QAT"]
 
 
 def _runner(target: str, path: Path):
@@ -108,6 +110,8 @@ def run(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, help="score only this many labelled images (default: all)")
     p.add_argument("--runtimes", default="onnx,openvino,executorch")
     p.add_argument("--smooth-quant-alpha", type=float, default=-1.0)
+    p.add_argument("--max-accuracy-drop", type=float, metavar="PP",
+                   help="also score INT8 exported with --max-accuracy-drop PP on every runtime")
     p.add_argument("--output", type=Path, default=Path("benchmark_results/accuracy"))
     args = p.parse_args(argv)
     console = Console(stderr=True)
@@ -121,6 +125,8 @@ def run(argv: list[str] | None = None) -> int:
     full_range = tuple(t for t in targets if t in SATURATION_TARGETS)
     if full_range:
         variants.append(("int8", args.checkpoint, FULL_RANGE, full_range, "static"))
+    if args.max_accuracy_drop is not None:
+        variants.append(("int8", args.checkpoint, CONTROLLED, targets, "static"))
     if "executorch" in targets:
         variants.append(("int8", args.checkpoint, DYNAMIC, ("executorch",), "dynamic"))
     try:
@@ -152,7 +158,8 @@ def run(argv: list[str] | None = None) -> int:
                                 num_classes=args.num_classes, precision=precision, output=out,
                                 calib_data=args.calib_data, calib_size=args.calib_size,
                                 smooth_quant_alpha=args.smooth_quant_alpha, parity_samples=4,
-                                int8_activations=activations, full_range_int8_weights=name == FULL_RANGE)
+                                int8_activations=activations, full_range_int8_weights=name == FULL_RANGE,
+                                max_accuracy_drop=args.max_accuracy_drop if name == CONTROLLED else None)
             try:
                 validate(req)
                 _, manifest = run_export(req, console)
@@ -171,6 +178,10 @@ def run(argv: list[str] | None = None) -> int:
                 entry = scores(logits, labels, fp32)
                 if "saturation_safe" in art:
                     entry["saturation_safe"] = art["saturation_safe"]
+                control = art["info"].get("accuracy_control")
+                if control:
+                    entry["accuracy_control"] = {k: control.get(k) for k in (
+                        "max_drop_pp", "met", "measured_drop_pp", "images", "kept_float")}
                 entry.update({"file": art["file"], "bytes": art["bytes"], "parity_status": art["parity"]["status"],
                               "_logits": logits, **({"checkpoint": str(ckpt)} if name == "INT8 QAT" else {})})
                 results.setdefault(key, {})[name] = entry
