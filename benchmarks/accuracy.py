@@ -221,12 +221,10 @@ def _table(console: Console, report: dict) -> None:
 
 
 def _plot(report: dict, path: Path) -> None:
-    try:
-        import matplotlib
+    from edge_crossformer.util import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     runtimes = list(report["results"])
     variants = sorted({v for per in report["results"].values() for v in per}, key=VARIANTS.index)

@@ -57,10 +57,7 @@ def export(ctx: TargetContext) -> list[Artifact]:
             "gather_ops": sum(v for k, v in ops.items() if k.startswith("Gather")),
             "quantize_linear_ops": ops.get("QuantizeLinear", 0)}
     if ctx.precision == "int8":
-        from .saturation import check_onnx, saturation_info
+        from .saturation import check_onnx, x86_int8_info
 
-        info.update(saturation_info(check_onnx(path), ctx.request.full_range_int8_weights))
-        if ctx.request.max_accuracy_drop is not None:
-            info["accuracy_control"] = ctx.source.accuracy_control_info(
-                "NNCF quantize_with_accuracy_control", kept_float=info["saturation_check"]["float_weight_layers"])
+        info.update(x86_int8_info(ctx, check_onnx(path)))
     return [Artifact("onnx", None, ctx.precision, path, load_runner(path), info=info)]

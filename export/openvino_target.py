@@ -62,11 +62,8 @@ def export(ctx: TargetContext) -> list[Artifact]:
     info = {"runtime_precision_hint": "f32", "op_histogram": dict(sorted(ops.items())),
             "fake_quantize_ops": ops.get("FakeQuantize", 0)}
     if ctx.precision == "int8":
-        from .saturation import check_openvino, saturation_info
+        from .saturation import check_openvino, x86_int8_info
 
-        info.update(saturation_info(check_openvino(path), ctx.request.full_range_int8_weights))
-        if ctx.request.max_accuracy_drop is not None:
-            info["accuracy_control"] = ctx.source.accuracy_control_info(
-                "NNCF quantize_with_accuracy_control", kept_float=info["saturation_check"]["float_weight_layers"])
+        info.update(x86_int8_info(ctx, check_openvino(path)))
     return [Artifact("openvino", None, ctx.precision, path, load_runner(path), extra_files=[path.with_suffix(".bin")],
                      info=info)]

@@ -242,6 +242,11 @@ def weight_range_info(full_range: bool) -> str:
     return "full 8-bit range (--full-range-int8-weights)" if full_range else "7-bit (NNCF overflow fix)"
 
 
-def saturation_info(check: dict, full_range: bool) -> dict:
-    """What a target adds to its artifact's info: the check, and which weight range was asked for."""
-    return {"int8_weights": weight_range_info(full_range), "saturation_check": check}
+def x86_int8_info(ctx, check: dict) -> dict:
+    """What an OpenVINO / ONNX target adds to its INT8 artifact's info: the saturation check, the weight range asked
+    for, and with --max-accuracy-drop NNCF's accuracy control (the layers it left float are the float weights)."""
+    info = {"int8_weights": weight_range_info(ctx.request.full_range_int8_weights), "saturation_check": check}
+    if ctx.request.max_accuracy_drop is not None:
+        info["accuracy_control"] = ctx.source.accuracy_control_info(
+            "NNCF quantize_with_accuracy_control", kept_float=check["float_weight_layers"])
+    return info

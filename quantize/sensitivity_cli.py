@@ -139,12 +139,10 @@ def _table(console, report: dict, top: int = 15) -> None:
 
 
 def _plot(report: dict, path: Path) -> None:
-    try:
-        import matplotlib
+    from edge_crossformer.util import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     from edge_crossformer.util import atomic_path
 
