@@ -96,11 +96,15 @@ class ModelSource:
         return eight_bit(self.int8_data.search.numpy())
 
     @functools.cached_property
+    def search_labelled(self) -> bool:
+        """Whether every search image has a label (top-1 drop) or not (agreement with FP32)."""
+        return bool((self.int8_data.search_labels >= 0).all())
+
+    @functools.cached_property
     def search_labels(self) -> np.ndarray:
         """What --max-accuracy-drop scores against on the search images: their labels, or where any is missing
         the faithful FP32 model's top-1 (the criterion is then agreement with FP32)."""
-        labels = self.int8_data.search_labels.numpy()
-        return self.search_fp32.argmax(1) if (labels < 0).any() else labels
+        return self.int8_data.search_labels.numpy() if self.search_labelled else self.search_fp32.argmax(1)
 
     @functools.cached_property
     def search_fp32(self) -> np.ndarray:
@@ -129,10 +133,8 @@ class ModelSource:
     def _sensitivity(self):
         from quantize.sensitivity import measure
 
-        data = self.int8_data
-        labelled = bool((data.search_labels >= 0).all())
-        return measure(self.deployable(decompose_layernorm=True), data.calibration,
-                       torch.from_numpy(self.search_images), self.search_labels if labelled else None,
+        return measure(self.deployable(decompose_layernorm=True), self.int8_data.calibration,
+                       torch.from_numpy(self.search_images), self.search_labels if self.search_labelled else None,
                        self.quant_options())
 
     @property
@@ -168,11 +170,9 @@ class ModelSource:
 
     def accuracy_control_info(self, method: str, **extra) -> dict:
         """What the manifest records of --max-accuracy-drop (the pipeline adds the drop measured on the artifact)."""
-        data = self.int8_data
-        criterion = ("top-1 drop vs FP32 (labels)" if bool((data.search_labels >= 0).all())
-                     else "agreement with FP32 (no labels)")
+        criterion = "top-1 drop vs FP32 (labels)" if self.search_labelled else "agreement with FP32 (no labels)"
         return {"max_drop_pp": self.request.max_accuracy_drop, "method": method, "criterion": criterion,
-                "images": data.search_source, **extra}
+                "images": self.int8_data.search_source, **extra}
 
     def calibration(self):
         from quantize import calibration_list
