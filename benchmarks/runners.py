@@ -68,10 +68,13 @@ def load_executorch(path: Path, threads: int) -> tuple[Runner, float]:
     from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime
 
-    portable_lib._unsafe_reset_threadpool(threads)
-    t = time.perf_counter()
-    method = Runtime.get().load_program(str(path)).load_method("forward")
-    load_ms = (time.perf_counter() - t) * 1e3
+    from edge_crossformer.util import captured_native_stderr
+
+    with captured_native_stderr():  # the C++ runtime's cpuinfo and "Resetting threadpool" chatter on fd 2
+        portable_lib._unsafe_reset_threadpool(threads)
+        t = time.perf_counter()
+        method = Runtime.get().load_program(str(path)).load_method("forward")
+        load_ms = (time.perf_counter() - t) * 1e3
 
     def run(x: np.ndarray) -> np.ndarray:
         return method.execute([torch.from_numpy(x)])[0].numpy()

@@ -104,7 +104,17 @@ def unwrap_state_dict(obj, source: str | Path = "checkpoint") -> dict[str, Tenso
         while k.startswith("module."):
             k = k[len("module."):]
         out[k] = v
+    check_finite(out, source)
     return out
+
+
+def check_finite(state: dict[str, Tensor], source: str | Path = "checkpoint") -> None:
+    """Refuse NaN / Inf weights: they export fine and then compute nothing (a diverged run, a damaged file)."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{source} has non-finite values (NaN or Inf) in {len(bad)} tensor(s), e.g. "
+                              f"{', '.join(bad[:3])}: the training diverged or the file is damaged; export a "
+                              "checkpoint from before the divergence")
 
 
 def drop_v1_buffers(state: dict[str, Tensor], model: nn.Module) -> int:
@@ -164,7 +174,8 @@ def load_into(model: nn.Module, state: dict[str, Tensor], *, reset_head: bool = 
                 "(--reset-head) to start a fresh head for fine-tuning"
             )
         warnings.warn(f"{source}: {ckpt_classes}-class head dropped; the new {model_classes}-class head is "
-                      "randomly initialised and must be trained before its logits mean anything", stacklevel=3)
+                      f"initialised from seed {HEAD_SEED} and must be trained before its logits mean anything",
+                      stacklevel=3)
         for key in HEAD_KEYS:
             state.pop(key, None)
         report = compare(state, model)
@@ -178,7 +189,23 @@ def load_into(model: nn.Module, state: dict[str, Tensor], *, reset_head: bool = 
             msg += f"; is this a {hint} checkpoint? try --model {hint}"
         raise CheckpointError(msg)
     model.load_state_dict(state, strict=not report.head_reset)
+    if report.head_reset:
+        seed_head(model)
     return report
+
+
+# A reset head is drawn from this seed, not from the global RNG: every model built from one checkpoint with
+# --reset-head (the parity reference, each exported spelling, a re-export) gets the same head.
+HEAD_SEED = 0
+
+
+def seed_head(model: nn.Module) -> None:
+    """Upstream's head initialisation (truncated normal, std 0.02; zero bias), from HEAD_SEED."""
+    generator = torch.Generator().manual_seed(HEAD_SEED)
+    with torch.no_grad():
+        weight = torch.randn(model.head.weight.shape, generator=generator).clamp_(-2.0, 2.0) * 0.02
+        model.head.weight.copy_(weight)
+        model.head.bias.zero_()
 
 
 def guess_variant(state: dict[str, Tensor], exclude: str = "") -> str | None:

@@ -84,9 +84,12 @@ def create_model(name: str, *, checkpoint: str | Path | None = None, img_size: i
         checkpoint = default_checkpoint(name)
         if checkpoint is not None and not checkpoint.exists():
             raise CheckpointError(f"bundled checkpoint for {name} is missing ({checkpoint}); reinstall the package")
+    # Whether --reset-head replaced the checkpoint's head (the manifest says so: its logits mean nothing yet).
+    model.head_reset = False
     if checkpoint is not None:
         state = read_state_dict(checkpoint)
-        load_into(model, state, reset_head=reset_head, model_name=name, source=str(checkpoint))
+        model.head_reset = load_into(model, state, reset_head=reset_head, model_name=name,
+                                     source=str(checkpoint)).head_reset
     model.eval()
     if export_friendly and fold:
         model = fold_position_bias(model)

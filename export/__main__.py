@@ -6,7 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from .request import DEFAULT_MODEL, INT8_ACTIVATIONS, PRECISIONS, ExportError, ExportRequest, parse_targets, validate
+from edge_crossformer.cli import MAX_IMAGES, MAX_NUM_CLASSES, float_in, img_size, int_in, regex, run_cli
+
+from .request import (DEFAULT_MODEL, INT8_ACTIVATIONS, MAX_PARITY_SAMPLES, PRECISIONS, ExportError, ExportRequest,
+                      parse_targets, validate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,17 +20,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, help="coreml, executorch, openvino, onnx or all")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"registered model name (default: {DEFAULT_MODEL})")
     p.add_argument("--checkpoint", type=Path, help=".pth/.pt/.safetensors weights (upstream layouts accepted)")
-    p.add_argument("--img-size", type=int, help="square input size, a multiple of 32 (default: the model's)")
-    p.add_argument("--num-classes", type=int, help="classes of the checkpoint's head (default: the model's)")
+    p.add_argument("--img-size", type=img_size,
+                   help="square input size, a multiple of 32 in [32, 1024] (default: the model's)")
+    p.add_argument("--num-classes", type=int_in(1, MAX_NUM_CLASSES),
+                   help=f"classes of the checkpoint's head, 1 to {MAX_NUM_CLASSES} (default: the model's)")
     p.add_argument("--labels", type=Path, help="text file, one class label per line")
     p.add_argument("--precision", choices=PRECISIONS,
                    help="default per target: coreml fp16, others fp32")
     p.add_argument("--calib-data", type=Path, help="calibration images for int8 (folder, ImageFolder or IDX)")
-    p.add_argument("--calib-size", type=int, default=300, help="int8: calibration images used (default 300)")
-    p.add_argument("--smooth-quant-alpha", type=float, default=-1.0,
-                   help="int8: SmoothQuant alpha for MatMul/Linear; negative disables (default: -1, off, by "
+    p.add_argument("--calib-size", type=int_in(1, MAX_IMAGES),
+                   help="int8: calibration images used, >= 1 (default 300)")
+    p.add_argument("--smooth-quant-alpha", type=float_in(0, 1, negative_disables=True),
+                   help="int8: SmoothQuant alpha for MatMul/Linear in [0, 1]; negative disables (default: -1, off, by "
                         "measurement: it cost OpenVINO 2 pp top-1 agreement on crossformer-fmnist)")
-    p.add_argument("--keep-float", action="append", default=[], metavar="REGEX",
+    p.add_argument("--keep-float", action="append", default=[], metavar="REGEX", type=regex,
                    help="int8: regular expression of what stays float (repeatable): OpenVINO / ONNX node names, "
                         "module paths or node names for ExecuTorch / Core ML (e.g. '^model\\.head$')")
     p.add_argument("--int8-activations", choices=INT8_ACTIVATIONS, default="static",
@@ -39,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "deployments that never leave CPUs with VNNI or AMX (or Arm): on x86 CPUs without VNNI "
                         "(AVX2, AVX-512 without VNNI) the INT8 kernels sum pairs of products in 16 bits and can "
                         "saturate; the manifest's saturation check then says saturation_safe: false")
-    p.add_argument("--max-accuracy-drop", type=float, metavar="PP",
-                   help="int8: the most top-1 percentage points INT8 may lose on held-out images (without labels: "
+    p.add_argument("--max-accuracy-drop", type=float_in(0, 100), metavar="PP",
+                   help="int8: the most top-1 percentage points (0 to 100) INT8 may lose on held-out images (without labels: "
                         "points of agreement with FP32). OpenVINO / ONNX: NNCF's accuracy control; ExecuTorch / "
                         "Core ML: the most sensitive layers (python -m quantize sensitivity) stay float until it "
                         "holds. The manifest lists what stayed float and the measured drop")
@@ -51,34 +57,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamic-batch", action="store_true", help="ONNX only: dynamic batch dimension")
     p.add_argument("--reset-head", action="store_true",
                    help="drop a checkpoint head whose class count differs (fine-tuning starting point)")
-    p.add_argument("--parity-samples", type=int, default=8, help="inputs used for the parity check (default 8)")
+    p.add_argument("--parity-samples", type=int_in(1, MAX_PARITY_SAMPLES), default=8,
+                   help=f"inputs used for the parity check, 1 to {MAX_PARITY_SAMPLES} (default 8)")
     return p
+
+
+# Flags that only shape INT8: given without an INT8 target they would silently do nothing.
+INT8_ONLY = ("calib_data", "calib_size", "smooth_quant_alpha", "keep_float")
+
+
+def request_from(args: argparse.Namespace) -> ExportRequest:
+    targets = parse_targets(args.target)
+    precisions = {args.precision} if args.precision else set()
+    if "int8" not in precisions:
+        given = [f"--{name.replace('_', '-')}" for name in INT8_ONLY if getattr(args, name) not in (None, [])]
+        if given:
+            raise ExportError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to INT8 only: add "
+                              "--precision int8, or drop the flag")
+    return ExportRequest(
+        targets=targets, model=args.model, checkpoint=args.checkpoint, img_size=args.img_size,
+        num_classes=args.num_classes, labels_source=str(args.labels) if args.labels else "",
+        precision=args.precision, output=args.output or Path("artifacts") / args.model, overwrite=args.overwrite,
+        reference_model=args.reference_model, dynamic_batch=args.dynamic_batch, calib_data=args.calib_data,
+        reset_head=args.reset_head, parity_samples=args.parity_samples,
+        calib_size=300 if args.calib_size is None else args.calib_size,
+        smooth_quant_alpha=-1.0 if args.smooth_quant_alpha is None else args.smooth_quant_alpha,
+        keep_float=tuple(args.keep_float), int8_activations=args.int8_activations,
+        full_range_int8_weights=args.full_range_int8_weights, max_accuracy_drop=args.max_accuracy_drop)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        req = ExportRequest(
-            targets=parse_targets(args.target), model=args.model, checkpoint=args.checkpoint,
-            img_size=args.img_size, num_classes=args.num_classes,
-            labels_source=str(args.labels) if args.labels else "", precision=args.precision,
-            output=args.output or Path("artifacts") / args.model, overwrite=args.overwrite,
-            reference_model=args.reference_model, dynamic_batch=args.dynamic_batch, calib_data=args.calib_data,
-            reset_head=args.reset_head, parity_samples=max(1, args.parity_samples),
-            calib_size=max(1, args.calib_size), smooth_quant_alpha=args.smooth_quant_alpha,
-            keep_float=tuple(args.keep_float), int8_activations=args.int8_activations,
-            full_range_int8_weights=args.full_range_int8_weights, max_accuracy_drop=args.max_accuracy_drop)
-        validate(req)
+
+    def body() -> int:
+        req = validate(request_from(args))
         from .pipeline import run_export
 
-        code, _ = run_export(req)
+        code, manifest = run_export(req)
+        if code == 0:
+            print_next_steps(req, argv)
         return code
-    except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
-        return 130
+
+    return run_cli(body, (ExportError,))
+
+
+def print_next_steps(req: ExportRequest, argv: list[str] | None) -> None:
+    """After the Quickstart's export: what to try next (each command works as printed, in this order)."""
+    if req.model != DEFAULT_MODEL or req.checkpoint is not None or req.precision == "int8":
+        return
+    here = Path.cwd()
+    out = req.output.relative_to(here) if req.output.is_relative_to(here) else req.output
+    print("next:\n"
+          f"  python -m export --target all --output {out.parent / 'all'} --overwrite      # every target\n"
+          f"  python -m export --target all --precision int8 --output {out.parent / 'int8'} --overwrite"
+          "   # INT8 (needs dataset-fashion-mnist)\n"
+          "  python -m benchmarks --model crossformer-fmnist --quick     # latency on this machine, every runtime\n"
+          "  README.md: INT8, QAT, accuracy, the demo apps", file=sys.stderr)
 
 
 if __name__ == "__main__":

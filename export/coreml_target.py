@@ -46,8 +46,6 @@ def export(ctx: TargetContext) -> list[Artifact]:
         # torch 2.13 (DESIGN.md).
         import torch
 
-        from quantize import quantize_pt2e
-
         ctx.step("quantizing for Core ML W8A8 (NNCF quantize_pt2e)")
         example = ctx.source.example()
         if req.max_accuracy_drop is not None:
@@ -55,8 +53,7 @@ def export(ctx: TargetContext) -> list[Artifact]:
 
             ctx.step("ranking layers for --max-accuracy-drop (XNNPACK scheme)")
             accuracy = _search_info(ctx)
-        graph = quantize_pt2e(ctx.source.deployable(), example, ctx.source.calibration(),
-                              ctx.source.pt2e_quant_options())
+        graph = ctx.source.pt2e_int8(example, decompose_layernorm=False)
         with torch.no_grad():
             program = torch.export.export(graph, (example,)).run_decompositions({})
     else:

@@ -8,6 +8,8 @@ import collections
 import numpy as np
 import torch
 
+from edge_crossformer.util import captured_native_stderr
+
 from .base import Artifact, TargetContext, require
 from .request import ExportError
 
@@ -58,7 +60,8 @@ def save_program(edge, path) -> None:
 
 def load_runner(path):
     runtime = require("executorch.runtime", "executorch")
-    method = runtime.Runtime.get().load_program(str(path)).load_method("forward")
+    with captured_native_stderr():  # the C++ runtime's cpuinfo chatter on fd 2 (first load_method in a process)
+        method = runtime.Runtime.get().load_program(str(path)).load_method("forward")
 
     def run(x: np.ndarray) -> np.ndarray:
         return method.execute([torch.from_numpy(np.ascontiguousarray(x))])[0].numpy()
@@ -83,7 +86,7 @@ def _search_info(ctx: TargetContext, rounds: list[dict] | None = None) -> dict:
 
 def _int8_program(ctx: TargetContext, example: torch.Tensor):
     """The INT8 torch.export program: dynamic activations, QAT-learned ranges, or NNCF-calibrated static."""
-    from quantize import quantize_pt2e, quantize_pt2e_dynamic
+    from quantize import quantize_pt2e_dynamic
     from quantize.qat import QATError, convert_with_ranges
 
     ranges = ctx.source.qat_ranges
@@ -99,8 +102,7 @@ def _int8_program(ctx: TargetContext, example: torch.Tensor):
             raise ExportError(str(e)) from e
     else:
         ctx.step("quantizing for XNNPACK (NNCF quantize_pt2e)")
-        graph = quantize_pt2e(ctx.source.deployable(decompose_layernorm=True), example,
-                              ctx.source.calibration(), ctx.source.pt2e_quant_options())
+        graph = ctx.source.pt2e_int8(example, decompose_layernorm=True)
     with torch.no_grad():
         return torch.export.export(graph, (example,))
 

@@ -31,6 +31,11 @@ def check_calibration_request(req: ExportRequest, cfg: CrossFormerConfig) -> Non
         same_classes = req.num_classes in (None, cfg.default_num_classes)
         if (req.checkpoint is None or same_classes) and _bundled_fallback(cfg):
             return
+        if (req.checkpoint is None or same_classes) and cfg.bundled_checkpoint and cfg.labels_file:
+            raise ExportError(
+                f"--precision int8 calibrates {req.model} on Fashion-MNIST, which is not installed: install Debian's "
+                "package (sudo apt-get install dataset-fashion-mnist), or pass --calib-data PATH (a folder of "
+                "images, an ImageFolder tree or Fashion-MNIST IDX files)")
         raise ExportError(
             f"--precision int8 needs calibration images: pass --calib-data PATH (a folder of images, an ImageFolder "
             f"tree or Fashion-MNIST IDX files); {req.model} has no bundled calibration set")

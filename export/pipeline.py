@@ -10,7 +10,6 @@ import logging
 import os
 import sys
 import shutil
-import tempfile
 import time
 import traceback
 import warnings
@@ -20,6 +19,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from edge_crossformer.checkpoint import HEAD_SEED
+from edge_crossformer.cli import disk_full
+from edge_crossformer.files import (OutputBusy, free_bytes, json_safe, output_lock, private_tmpdir, staging_dir,
+                                    sweep_stale)
 from edge_crossformer.host import host_isa
 from edge_crossformer.util import progress_bar
 
@@ -66,21 +69,52 @@ def structural_checks(art: Artifact) -> list[dict]:
 
 
 def run_export(req: ExportRequest, console: Console | None = None) -> tuple[int, dict]:
-    """Export every requested target into req.output; returns (exit code, manifest)."""
+    """Export every requested target into req.output; returns (exit code, manifest).
+
+    Everything is built in a staging directory beside the output (converters' temporary files included) that
+    replaces the output only when complete; on any way out (error, Ctrl-C, SIGTERM, full disk) it is removed, and a
+    run killed outright leaves one that the next run removes. One export at a time per output directory."""
     console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 150)
     check_backends(req.targets)
     output = Path(req.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.staging-", dir=output.parent))
-    started = time.time()
     try:
-        manifest = _export_into(req, staging, console)
-        _publish(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        with output_lock(output):
+            for stale in sweep_stale(output):
+                console.print(f"removed {stale}, left behind by a run that was killed")
+            started = time.time()
+            staging = staging_dir(output)
+            try:
+                with private_tmpdir(staging / SCRATCH):
+                    manifest = _export_into(req, staging, console)
+                _publish(staging, output)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+    except OutputBusy as e:
+        raise ExportError(str(e)) from None
     _summary(console, manifest, output, time.time() - started)
     return (0 if manifest["status"] == "pass" else 1), manifest
+
+
+# Converters' temporary files (TMPDIR) inside the staging directory: removed with it, whatever happens.
+SCRATCH = ".tmp"
+# Bytes per parameter of each target's files at each precision (Core ML and ExecuTorch FP32 write two files),
+# doubled below for the converters' temporary copies.
+BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "int8": 1.2}
+FILES_PER_TARGET = {"executorch": 1.5}
+
+
+def check_free_space(req: ExportRequest, params: int, output: Path) -> None:
+    """Refuse up front when the artifacts cannot fit (a full disk in the middle is still caught: cli.run_cli)."""
+    needed = 32 << 20
+    for target in req.targets:
+        precision = req.precision_for(target)
+        needed += int(2 * params * BYTES_PER_PARAM[precision] * FILES_PER_TARGET.get(target, 1.0))
+    free = free_bytes(output.parent)
+    if free < needed:
+        raise ExportError(f"not enough free disk space under {output.parent}: the export needs about "
+                          f"{needed / 1e6:.0f} MB, {free / 1e6:.0f} MB are free; free some space or choose another "
+                          "--output")
 
 
 def _export_into(req: ExportRequest, staging: Path, console: Console) -> dict:
@@ -90,6 +124,7 @@ def _export_into(req: ExportRequest, staging: Path, console: Console) -> dict:
     with progress_bar(console=console, transient=False) as bar:
         task = bar.add_task("loading model", total=len(req.targets) + 2)
         reference = source.reference  # loads the checkpoint: bad checkpoints fail here, before any export
+        check_free_space(req, sum(p.numel() for p in reference.parameters()), Path(req.output))
         inputs = parity.eight_bit(parity.parity_inputs(req.img_size, resize_spec(req), req.parity_samples, SAMPLES))
         expected, device = parity.reference_logits(reference, inputs)
         bar.advance(task)
@@ -97,18 +132,26 @@ def _export_into(req: ExportRequest, staging: Path, console: Console) -> dict:
             precision = req.precision_for(target)
             step = lambda message, t=target: bar.update(task, description=f"{t}: {message}")  # noqa: E731
             ctx = TargetContext(req, source, staging, precision, step)
+            before = {p.name for p in staging.iterdir()}
+            made: list[Artifact] = []
             try:
                 module = importlib.import_module(TARGET_MODULES[target])
                 with _quiet_converters():
-                    artifacts.extend(module.export(ctx))
+                    made = module.export(ctx)
             except ExportError:
                 raise
             except Exception as e:  # a converter failing on this model: recorded, the other targets go on
+                if disk_full(e):
+                    raise
                 first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
                 failures.append({"target": target, "precision": precision,
                                  "error": f"{type(e).__name__}: {first}"})
                 if os.environ.get("EDGE_CROSSFORMER_DEBUG"):
                     traceback.print_exc()
+            finally:
+                # The one rule: what a target leaves in the output is an artifact the manifest lists, or nothing.
+                _remove_unlisted(staging, before, made)
+            artifacts.extend(made)
             bar.advance(task)
         bar.update(task, description="parity")
         int8_set = None
@@ -126,9 +169,31 @@ def _export_into(req: ExportRequest, staging: Path, console: Console) -> dict:
                    "checkpoint_sha256": sha256_of(Path(ckpt))[0] if ckpt else None,
                    "exported_model": "reference" if req.reference_model else "export_friendly",
                    "parity_reference": "faithful reference model (edge_crossformer.reference), float32"}
-    manifest = build_manifest(req, entries, failures, source_info)
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    if source.head_reset:
+        source_info["head"] = (f"reset: a new {req.num_classes}-class head drawn from seed {HEAD_SEED}, to be "
+                               "fine-tuned; its logits mean nothing yet")
+    manifest = json_safe(build_manifest(req, entries, failures, source_info))
+    shutil.rmtree(staging / SCRATCH, ignore_errors=True)
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return manifest
+
+
+def _remove_unlisted(staging: Path, before: set[str], artifacts: list[Artifact]) -> None:
+    """Remove what a target wrote besides its artifacts (a failed target: everything), and its temporary files."""
+    listed = {a.path.name for a in artifacts} | {p.name for a in artifacts for p in a.extra_files}
+    for entry in staging.iterdir():
+        if entry.name == SCRATCH:
+            for leftover in entry.iterdir():
+                _remove(leftover)
+        elif entry.name not in before and entry.name not in listed:
+            _remove(entry)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _accuracy_control(art: Artifact, source: ModelSource) -> tuple[bool, str | None]:
@@ -215,7 +280,7 @@ def _quiet_converters():
 def _publish(staging: Path, output: Path) -> None:
     """Swap the finished staging directory into place; the old output disappears only after that."""
     if output.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
+        trash = staging_dir(output, "old")
         os.replace(output, trash / output.name)
         os.replace(staging, output)
         shutil.rmtree(trash, ignore_errors=True)

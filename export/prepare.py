@@ -26,6 +26,7 @@ class ModelSource:
     request: ExportRequest
     _deployables: dict = field(default_factory=dict, repr=False)
     _search: object = field(default=None, repr=False)
+    _int8_graphs: dict = field(default_factory=dict, repr=False)
 
     def _create(self, **kw) -> nn.Module:
         req = self.request
@@ -39,6 +40,11 @@ class ModelSource:
     def reference(self) -> nn.Module:
         """The faithful model with normalization in front: the oracle for parity."""
         return Normalized(self._create()).eval()
+
+    @property
+    def head_reset(self) -> bool:
+        """--reset-head replaced the checkpoint's head (with one seeded head, the same in every model built)."""
+        return bool(getattr(self.reference.model, "head_reset", False))
 
     def deployable(self, decompose_layernorm: bool = False, matmul_4d: bool = False,
                    flat_linears: bool = False, fold_norms: bool = False) -> nn.Module:
@@ -167,6 +173,20 @@ class ModelSource:
             return opts
         found, _ = self.keep_float_search
         return replace(opts, keep_float=opts.keep_float + tuple(keep_float_pattern(u) for u in found.kept_float))
+
+    def pt2e_int8(self, example: torch.Tensor, decompose_layernorm: bool) -> torch.fx.GraphModule:
+        """The NNCF-calibrated XNNPACK-scheme INT8 graph, calibrated once per spelling and set of options.
+        ExecuTorch takes LayerNorm decomposed (XNNPACK has no LayerNorm); Core ML W8A8 keeps it whole, on
+        purpose: decomposed, its variance is a square computed in FP16, which overflows (65504) once activations
+        pass about 256, where Core ML's own layer_norm stays exact."""
+        from quantize import quantize_pt2e
+
+        opts = self.pt2e_quant_options()
+        key = (decompose_layernorm, repr(opts))
+        if key not in self._int8_graphs:
+            self._int8_graphs[key] = quantize_pt2e(self.deployable(decompose_layernorm=decompose_layernorm), example,
+                                                   self.calibration(), opts)
+        return self._int8_graphs[key]
 
     def accuracy_control_info(self, method: str, **extra) -> dict:
         """What the manifest records of --max-accuracy-drop (the pipeline adds the drop measured on the artifact)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,10 +85,31 @@ def parse_targets(target: str) -> tuple[str, ...]:
     return names
 
 
+# A labels file is text: larger than this is some other file given by mistake.
+MAX_LABELS_BYTES = 16 << 20
+
+
 def read_labels(path: Path, num_classes: int) -> list[str]:
+    """One label per line, UTF-8 (a byte-order mark is fine), in class-index order; trailing blank lines ignored."""
     if not path.exists():
         raise ExportError(f"labels file not found: {path}")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    if not path.is_file():
+        raise ExportError(f"labels path {path} is {'a directory' if path.is_dir() else 'not a regular file'}; "
+                          "pass a text file with one label per line")
+    if path.stat().st_size > MAX_LABELS_BYTES:
+        raise ExportError(f"labels file {path} is {path.stat().st_size >> 20} MB, not a list of labels; pass a text "
+                          "file with one label per line")
+    raw = path.read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ExportError(f"labels file {path} is UTF-16; save it as UTF-8 (one label per line)")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ExportError(f"labels file {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                          "save it as UTF-8, one label per line") from None
+    if "\0" in text:
+        raise ExportError(f"labels file {path} holds NUL bytes: it is not a text file; pass one label per line")
+    lines = [line.strip() for line in text.splitlines()]
     while lines and not lines[-1]:
         lines.pop()
     if len(lines) != num_classes:
@@ -95,16 +117,33 @@ def read_labels(path: Path, num_classes: int) -> list[str]:
             f"labels file {path} has {len(lines)} lines but the model has {num_classes} classes; "
             "give one label per line, in class-index order"
         )
+    empty = [i + 1 for i, line in enumerate(lines) if not line]
+    if empty:
+        raise ExportError(f"labels file {path} has empty labels on line(s) {', '.join(map(str, empty[:5]))}; give "
+                          "every class a name, one per line, in class-index order")
     return lines
 
 
-def check_output(output: Path, overwrite: bool) -> None:
+def check_output(output: Path, overwrite: bool, inputs: tuple[Path | None, ...] = ()) -> None:
+    """The output is a directory this run may create or replace, without taking anything else with it."""
+    output = Path(os.path.abspath(output))
     if output.exists() and not output.is_dir():
         raise ExportError(f"output path {output} is a file; pass a directory (--output DIR)")
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise ExportError(f"output directory {output} is not empty; pass --overwrite to replace its contents")
-    parent = output.parent if not output.exists() else output
-    probe = parent
+    here = Path.cwd().resolve()
+    if output.resolve() == here or output.resolve() in here.parents:
+        raise ExportError(f"--output {output} is the current directory or contains it; the output directory is "
+                          "replaced as a whole, so choose a new directory (e.g. --output artifacts/NAME)")
+    if output.exists() and any(output.iterdir()):
+        if not overwrite:
+            raise ExportError(f"output directory {output} is not empty; pass --overwrite to replace its contents")
+        if not (output / "manifest.json").is_file():
+            raise ExportError(f"output directory {output} holds files but no manifest.json, so it is not an earlier "
+                              "export; --overwrite replaces only earlier exports: choose a new or empty directory")
+        for item in inputs:
+            if item is not None and Path(os.path.abspath(item)).is_relative_to(output):
+                raise ExportError(f"{item} is inside the output directory {output}, which --overwrite replaces; "
+                                  "move it out or choose another --output")
+    probe = output.parent if not output.exists() else output
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
@@ -149,6 +188,7 @@ def validate(req: ExportRequest) -> ExportRequest:
         check_num_classes(req.num_classes)
     except ValueError as e:
         raise ExportError(str(e)) from e
+    check_bounds(req)
     if req.checkpoint is None and cfg.bundled_checkpoint is None:
         raise ExportError(
             f"{req.model} has no bundled weights; pass --checkpoint PATH (an upstream .pth or .safetensors file). "
@@ -156,6 +196,13 @@ def validate(req: ExportRequest) -> ExportRequest:
         )
     if req.checkpoint is not None and not Path(req.checkpoint).exists():
         raise ExportError(f"checkpoint not found: {req.checkpoint}")
+    if req.checkpoint is not None and not Path(req.checkpoint).is_file():
+        raise ExportError(f"checkpoint {req.checkpoint} is not a file; pass the .pth/.pt/.safetensors file itself")
+    if req.dynamic_batch and "onnx" not in req.targets:
+        raise ExportError("--dynamic-batch applies to ONNX only: add --target onnx (or all)")
+    if req.reset_head and req.checkpoint is None:
+        raise ExportError("--reset-head replaces the head of a --checkpoint with another class count; pass "
+                          "--checkpoint and --num-classes")
     if req.checkpoint is None and req.num_classes != cfg.default_num_classes:
         raise ExportError(f"the bundled {req.model} weights have {cfg.default_num_classes} classes; "
                           "pass --checkpoint to export another head")
@@ -202,5 +249,36 @@ def validate(req: ExportRequest) -> ExportRequest:
         from .int8 import check_calibration_request
 
         check_calibration_request(req, cfg)
-    check_output(Path(req.output), req.overwrite)
+    req.output = Path(os.path.abspath(req.output))
+    check_output(req.output, req.overwrite, (req.checkpoint, req.calib_data,
+                                             Path(req.labels_source) if req.labels_source else None))
     return req
+
+
+def check_bounds(req: ExportRequest) -> None:
+    """Sizes and knobs within what the tool can do in reasonable time and memory (also for callers that build an
+    ExportRequest without the command line's argument types)."""
+    from edge_crossformer.cli import MAX_IMG_SIZE, MAX_IMAGES, MAX_NUM_CLASSES
+
+    if req.img_size > MAX_IMG_SIZE:
+        raise ExportError(f"img_size {req.img_size} is above the supported {MAX_IMG_SIZE} px (export time and memory "
+                          "grow with its square); use a size in [32, 1024]")
+    if req.num_classes > MAX_NUM_CLASSES:
+        raise ExportError(f"num_classes {req.num_classes} is above the supported {MAX_NUM_CLASSES}")
+    if not 1 <= req.parity_samples <= MAX_PARITY_SAMPLES:
+        raise ExportError(f"--parity-samples must be in [1, {MAX_PARITY_SAMPLES}], got {req.parity_samples}")
+    if not 1 <= req.calib_size <= MAX_IMAGES:
+        raise ExportError(f"--calib-size must be in [1, {MAX_IMAGES}], got {req.calib_size}")
+    alpha = req.smooth_quant_alpha
+    if alpha is not None and (not math.isfinite(alpha) or alpha > 1):
+        raise ExportError(f"--smooth-quant-alpha must be in [0, 1] (or negative to disable), got {alpha}")
+    for pattern in req.keep_float:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ExportError(f"--keep-float {pattern!r} is not a valid regular expression ({e}); escape special "
+                              "characters such as ( [ . with a backslash") from None
+
+
+# More parity inputs add time and say nothing new: INT8 is judged on held-out images anyway.
+MAX_PARITY_SAMPLES = 256

@@ -1,0 +1,166 @@
+"""What every command line shares: bounded argument types (a bad value is refused by argparse, exit 2, with the
+bound in the message) and one way out for signals, full disks and interrupts (`run_cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import math
+import re
+import signal
+import sys
+from typing import Callable, Sequence
+
+# Bounds shared by every command (each option's --help states the bound it uses).
+MAX_IMG_SIZE = 1024          # px; memory and time grow with the square (a 4096 px export ran past 7 min at 5.9 GB)
+MAX_NUM_CLASSES = 100_000    # ImageNet-22k has 21,841
+MAX_IMAGES = 10_000_000      # any image count or limit
+MAX_BATCH = 65_536           # images per training or evaluation batch
+MAX_THREADS = 1024           # beyond the cores more threads only oversubscribe
+MAX_RUNS = 1_000_000         # timed or warm-up runs per benchmark case
+MAX_SEED = 2**32 - 1         # 32-bit seeds, as numpy and the apps take them (torch would take 64 bits)
+
+
+def int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """argparse type: an integer in [low, high]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer {_range(low, high)}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {_range(low, high)}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_in(low: float, high: float | None = None, *, low_open: bool = False, negative_disables: bool = False
+             ) -> Callable[[str], float]:
+    """argparse type: a finite float in [low, high] (or (low, high] with `low_open`); with `negative_disables`
+    any negative value is accepted too (it switches the feature off)."""
+    what = _range(low, high, low_open) + (" (or negative to disable)" if negative_disables else "")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number {what}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number {what}, got {text}")
+        if negative_disables and value < 0:
+            return value
+        if value < low or (low_open and value == low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _range(low, high, low_open: bool = False) -> str:
+    if high is None:
+        return f"{'>' if low_open else '>='} {low}"
+    return f"in {'(' if low_open else '['}{low}, {high}]"
+
+
+def regex(text: str) -> str:
+    """argparse type: a valid regular expression (checked now, not deep inside a quantizer)."""
+    try:
+        re.compile(text)
+    except re.error as e:
+        raise argparse.ArgumentTypeError(f"invalid regular expression {text!r}: {e}; escape special characters "
+                                         f"such as ( [ . with a backslash") from None
+    return text
+
+
+def percentage_points(text: str) -> float:
+    """argparse type: an accuracy drop in percentage points, 0 <= PP < 100 (100 would accept any model)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of percentage points in [0, 100), got {text!r}") from None
+    if not (math.isfinite(value) and 0 <= value < 100):
+        raise argparse.ArgumentTypeError(f"must be in [0, 100) percentage points, got {text}")
+    return value
+
+
+def names(choices: Sequence[str], what: str) -> Callable[[str], tuple[str, ...]]:
+    """argparse type: a comma-separated list of `choices` (at least one; order kept, repeats dropped)."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        given = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+        unknown = [n for n in given if n not in choices]
+        if unknown or not given:
+            found = f"unknown {what}(s) {', '.join(map(repr, unknown))}" if unknown else f"no {what} given"
+            raise argparse.ArgumentTypeError(f"{found}; choose one or more of {', '.join(choices)}, "
+                                             f"separated by commas")
+        return given
+
+    parse.__name__ = f"{what} list"
+    return parse
+
+
+def img_size(text: str) -> int:
+    """argparse type: an input size, a multiple of 32 in [32, MAX_IMG_SIZE]."""
+    value = int_in(32, MAX_IMG_SIZE)(text)
+    if value % 32:
+        low = value // 32 * 32
+        raise argparse.ArgumentTypeError(f"must be a multiple of 32 (4x patch embedding, then three 2x merges), "
+                                         f"got {value}; nearest valid sizes: {max(low, 32)} or {low + 32}")
+    return value
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread so every `except BaseException` cleanup runs as for Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
+def disk_full(error: BaseException) -> OSError | None:
+    """The ENOSPC / EDQUOT error in `error` or its causes, if any (converters wrap them in their own errors)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def run_cli(main: Callable[[], int], user_errors: tuple[type[BaseException], ...] = ()) -> int:
+    """Run a command's body with SIGTERM / SIGHUP handled like Ctrl-C; exit codes: the body's, 2 with one line for
+    `user_errors` and a full disk, 130 / 143 / 129 for interrupts (their cleanups have run by then)."""
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            previous[sig] = signal.signal(sig, _raise_terminated)
+        except (ValueError, OSError):  # not the main thread, or a platform without the signal
+            pass
+    try:
+        return main()
+    except user_errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
+        print(f"interrupted ({signal.Signals(signum).name}); nothing half-written was left behind", file=sys.stderr)
+        return 128 + int(signum)
+    except OSError as e:
+        full = disk_full(e)
+        if full is None:
+            raise
+        print(f"error: the disk is full ({full.strerror}{f': {full.filename}' if full.filename else ''}); "
+              f"nothing was written: free some space or choose another output directory", file=sys.stderr)
+        return 2
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,175 @@
+"""Outputs that appear whole or not at all: staging directories named after their owner process (so a later run
+can remove what a killed one left), a lock per output, converters' temporary files kept inside the staging
+directory, free-space checks, and JSON that stays JSON."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks; the O_EXCL lock file still refuses
+    fcntl = None
+
+
+class OutputBusy(Exception):
+    """Another live process is writing the same output."""
+
+
+def _owned(kind: str, target: Path) -> str:
+    """Prefix of a scratch entry beside `target`, tagged with this process id."""
+    return f".{target.name}.{kind}-{os.getpid()}-"
+
+
+def staging_dir(target: Path, kind: str = "staging") -> Path:
+    """A fresh, empty directory beside `target` (same filesystem, so it can be renamed onto it)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=_owned(kind, target), dir=target.parent))
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # somebody else's live process
+        return True
+    return True
+
+
+def sweep_stale(target: Path) -> list[Path]:
+    """Remove the scratch entries beside `target` (staging, old, tmp) whose owner process is gone: what a run
+    killed with SIGKILL, or a power cut, left behind. Entries of live processes are left alone."""
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(staging|old|tmp)-(\d+)-")
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    for entry in target.parent.iterdir():
+        match = pattern.match(entry.name)
+        if not match or pid_alive(int(match.group(2))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+@contextlib.contextmanager
+def output_lock(target: Path, what: str = "export"):
+    """Hold an exclusive lock on `target` for the whole run; a second process is refused at once (OutputBusy)
+    instead of racing for the same directory. The lock file is removed on the way out."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    path = target.parent / f".{target.name}.lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            owner = _read_pid(path)
+            raise OutputBusy(f"another {what}{f' (pid {owner})' if owner else ''} is writing {target}; wait for it "
+                             "to finish or choose another output directory") from None
+        # The holder before us may have removed the file between our open and our lock: lock the file on disk.
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        os.close(fd)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def private_tmpdir(directory: Path):
+    """Point Python's tempfile and child libraries (TMPDIR) at `directory` while converters run, so their
+    temporary files (coremltools' tmp*.mlpackage, ...) go away with the staging directory on every way out."""
+    directory.mkdir(parents=True, exist_ok=True)
+    saved_env = {k: os.environ.get(k) for k in ("TMPDIR", "TEMP", "TMP")}
+    saved_tempdir = tempfile.tempdir
+    for key in saved_env:
+        os.environ[key] = str(directory)
+    tempfile.tempdir = str(directory)
+    try:
+        yield directory
+    finally:
+        tempfile.tempdir = saved_tempdir
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path, *, directory: bool = False):
+    """Yield a temporary path beside `target`; on success rename it onto `target`, on error remove it.
+
+    Readers see the old file or the complete new one, never a half-written one; a run killed before the rename
+    leaves an entry `sweep_stale` removes later.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        tmp = staging_dir(target, "tmp")
+    else:
+        fd, name = tempfile.mkstemp(prefix=_owned("tmp", target), suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755 if directory else 0o644)  # mkstemp/mkdtemp create owner-only entries
+        if directory and target.exists():
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        os.replace(tmp, target)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+        raise
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the filesystem that holds `path` (or its nearest existing parent)."""
+    probe = Path(os.path.abspath(path))
+    while not probe.exists():
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def json_safe(value):
+    """`value` with every NaN / Inf float replaced by None: json.dumps would write bare NaN, which is not JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
