@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from edge_crossformer.cli import run_cli
+
 # subcommand -> module with run(argv) -> exit code; no subcommand means the latency benchmark.
 SUBCOMMANDS = {
     "accuracy": "benchmarks.accuracy",
@@ -17,8 +19,12 @@ SUBCOMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
-        return importlib.import_module(SUBCOMMANDS[argv[0]]).run(argv[1:])
-    return importlib.import_module("benchmarks.latency").run(argv)
+        module, args = SUBCOMMANDS[argv[0]], argv[1:]
+    else:
+        module, args = "benchmarks.latency", argv
+    # Each subcommand reports its own input errors; run_cli adds SIGTERM / SIGHUP handled like Ctrl-C (cleanups
+    # run, exit 143 / 129) and one line for a full disk.
+    return run_cli(lambda: importlib.import_module(module).run(args))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from edge_crossformer.util import atomic_path, progress_bar
+from edge_crossformer.cli import (MAX_IMAGES, MAX_IMG_SIZE, MAX_NUM_CLASSES, float_in, img_size, int_in, names,
+                                  percentage_points)
+from edge_crossformer.files import atomic_path
+from edge_crossformer.util import progress_bar
 
 from .system import commit, machine, versions
 
@@ -89,11 +92,6 @@ def qat_assignment(checkpoints: list[Path], runtimes: tuple[str, ...]) -> dict[P
 
 
 def run(argv: list[str] | None = None) -> int:
-    from edge_crossformer.data import DataError, load_dataset
-    from export import ExportError, ExportRequest, run_export, validate
-    from export.manifest import resize_spec
-    from export.request import SATURATION_TARGETS
-
     p = argparse.ArgumentParser(prog="python -m benchmarks accuracy", description=__doc__)
     p.add_argument("--model", default="crossformer-fmnist")
     p.add_argument("--checkpoint", type=Path)
@@ -101,25 +99,32 @@ def run(argv: list[str] | None = None) -> int:
                    help="QAT fine-tuned weights (python -m quantize qat) to add; repeatable: each runtime takes the "
                         "checkpoint whose record (the .json beside it) names its target, e.g. one trained with "
                         "--target openvino and one with --target executorch")
-    p.add_argument("--num-classes", type=int)
-    p.add_argument("--img-size", type=int)
+    p.add_argument("--num-classes", type=int_in(1, MAX_NUM_CLASSES),
+                   help=f"classes of the checkpoint's head, 1 to {MAX_NUM_CLASSES:,} (default: the model's)")
+    p.add_argument("--img-size", type=img_size,
+                   help=f"input size, a multiple of 32 from 32 to {MAX_IMG_SIZE} (default: the model's)")
     p.add_argument("--data", type=Path, help="labelled images (ImageFolder or Fashion-MNIST IDX folder; "
                                              "default: Fashion-MNIST test split)")
     p.add_argument("--calib-data", type=Path, help="calibration images (default: Fashion-MNIST train split)")
-    p.add_argument("--calib-size", type=int, default=300)
-    p.add_argument("--limit", type=int, help="score only this many labelled images (default: all)")
-    p.add_argument("--runtimes", default="onnx,openvino,executorch")
-    p.add_argument("--smooth-quant-alpha", type=float, default=-1.0)
-    p.add_argument("--max-accuracy-drop", type=float, metavar="PP",
-                   help="also score INT8 exported with --max-accuracy-drop PP on every runtime")
+    p.add_argument("--calib-size", type=int_in(1, MAX_IMAGES), default=300,
+                   help="calibration images, >= 1 (default 300)")
+    p.add_argument("--limit", type=int_in(1, MAX_IMAGES),
+                   help="score only this many labelled images, >= 1 (default: all)")
+    p.add_argument("--runtimes", type=names(tuple(RUNTIMES), "runtime"), default=",".join(RUNTIMES),
+                   help="comma list of " + ", ".join(RUNTIMES) + " (default: all)")
+    p.add_argument("--smooth-quant-alpha", type=float_in(0, 1, negative_disables=True), default=-1.0,
+                   help="SmoothQuant alpha in [0, 1] for the INT8 exports; negative disables (default -1: off)")
+    p.add_argument("--max-accuracy-drop", type=percentage_points, metavar="PP",
+                   help="also score INT8 exported with --max-accuracy-drop PP (0 <= PP < 100) on every runtime")
     p.add_argument("--output", type=Path, default=Path("benchmark_results/accuracy"))
     args = p.parse_args(argv)
+    from edge_crossformer.data import DataError, load_dataset
+    from export import ExportError, ExportRequest, run_export, validate
+    from export.manifest import resize_spec
+    from export.request import SATURATION_TARGETS
+
     console = Console(stderr=True)
-    targets = tuple(t for t in args.runtimes.split(",") if t)
-    bad = [t for t in targets if t not in RUNTIMES]
-    if bad:
-        print(f"error: unknown runtime(s) {bad}; choose from {', '.join(RUNTIMES)}", file=sys.stderr)
-        return 2
+    targets = args.runtimes
     variants = [("fp32", args.checkpoint, "FP32", targets, "static"),
                 ("int8", args.checkpoint, "INT8 PTQ", targets, "static")]
     full_range = tuple(t for t in targets if t in SATURATION_TARGETS)

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from edge_crossformer.cli import MAX_RUNS, MAX_THREADS, float_in, int_in
+
 PACKAGE = "org.edgecrossformer.demo"
 ACTION = "org.edgecrossformer.demo.BENCHMARK"
 TAG = "EdgeCrossFormer"
@@ -73,10 +75,12 @@ def run(argv: list[str] | None = None) -> int:
                    help="an export folder holding manifest.json and an XNNPACK .pte")
     p.add_argument("--serial", help="adb device serial when several are connected")
     p.add_argument("--package", default=PACKAGE)
-    p.add_argument("--runs", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--threads", type=int, default=0, help="0: ExecuTorch's default")
-    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for the benchmark")
+    p.add_argument("--runs", type=int_in(1, MAX_RUNS), default=50, help="timed runs, >= 1 (default 50)")
+    p.add_argument("--warmup", type=int_in(0, MAX_RUNS), default=10, help="untimed runs, >= 0 (default 10)")
+    p.add_argument("--threads", type=int_in(0, MAX_THREADS), default=0,
+                   help=f"0 to {MAX_THREADS} (default 0: ExecuTorch's default)")
+    p.add_argument("--timeout", type=float_in(0, low_open=True), default=600,
+                   help="seconds to wait for the benchmark, > 0 (default 600)")
     p.add_argument("--output", type=Path, default=Path("benchmark_results/android/results.json"))
     args = p.parse_args(argv)
     try:
@@ -114,7 +118,7 @@ def run(argv: list[str] | None = None) -> int:
               "build, or pull it by hand: see apps/README.md", file=sys.stderr)
         return 2
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    from edge_crossformer.util import atomic_path
+    from edge_crossformer.files import atomic_path
 
     with atomic_path(args.output) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")

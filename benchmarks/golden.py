@@ -200,7 +200,7 @@ def render(golden: dict) -> str:
 
 
 def write_golden(golden: dict, output: Path) -> None:
-    from edge_crossformer.util import atomic_path
+    from edge_crossformer.files import atomic_path
 
     with atomic_path(output) as tmp:
         tmp.write_text(render(golden), encoding="utf-8")

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,7 +27,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from edge_crossformer.util import atomic_path, progress_bar
+from edge_crossformer.cli import MAX_IMG_SIZE, MAX_RUNS, MAX_THREADS, img_size, int_in, names
+from edge_crossformer.files import atomic_path
+from edge_crossformer.util import progress_bar
 
 from . import peaks as peaks_mod
 from . import system
@@ -68,13 +68,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="crossformer-t")
     p.add_argument("--checkpoint", type=Path, help="weights (latency does not depend on them; default: random "
                                                    "init, or the bundled ones)")
-    p.add_argument("--img-size", type=int, help="default: the model's (224 for upstream variants); --quick: 64")
-    p.add_argument("--quick", action="store_true", help="small input, few runs (a smoke test of the whole tool)")
-    p.add_argument("--threads", type=int, default=None, help="threads per runtime (default: all cores)")
-    p.add_argument("--warmup", type=int, help="untimed runs per case (default 10; --quick 2)")
-    p.add_argument("--runs", type=int, help="timed runs per case (default 60; --quick 6)")
-    p.add_argument("--rounds", type=int, help="interleaving rounds (default 6; --quick 2)")
-    p.add_argument("--runtimes", default=",".join(RUNTIMES), help="comma list of " + ", ".join(RUNTIMES))
+    p.add_argument("--img-size", type=img_size, help=f"a multiple of 32 from 32 to {MAX_IMG_SIZE} (default: the "
+                                                     "model's, 224 for upstream variants; --quick: 64)")
+    p.add_argument("--quick", action="store_true",
+                   help="small input, few runs, 48 calibration images, no INT8 scheme variants (a smoke test)")
+    p.add_argument("--threads", type=int_in(1, MAX_THREADS), default=None,
+                   help=f"threads per runtime, 1 to {MAX_THREADS} (default: all cores)")
+    p.add_argument("--warmup", type=int_in(0, MAX_RUNS), help="untimed runs per case, >= 0 (default 10; --quick 2)")
+    p.add_argument("--runs", type=int_in(1, MAX_RUNS), help="timed runs per case, >= 1 (default 60; --quick 6)")
+    p.add_argument("--rounds", type=int_in(1, MAX_RUNS),
+                   help="interleaving rounds, >= 1, at most --runs (default 6; --quick 2)")
+    p.add_argument("--runtimes", type=names(RUNTIMES, "runtime"), default=",".join(RUNTIMES),
+                   help="comma list of " + ", ".join(RUNTIMES) + " (default: all)")
     p.add_argument("--no-baseline", action="store_true", help="skip upstream-as-exported")
     p.add_argument("--no-memory", action="store_true", help="skip the per-case peak-memory subprocesses")
     p.add_argument("--calib-data", type=Path, help="INT8 calibration images (default: the bundled set, else 64 "
@@ -146,9 +151,10 @@ def _export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], roo
         return {}
     calib = _calibration_folder(args, model, root)
     plan = [("project", "fp32"), ("project", "int8")]
-    if "executorch" in targets:
+    # --quick is a smoke test of the whole tool: the INT8 variants that only compare schemes wait for a full run.
+    if "executorch" in targets and not args.quick:
         plan.append(("project", DYNAMIC))
-    if set(targets) & set(SATURATION_TARGETS):
+    if set(targets) & set(SATURATION_TARGETS) and not args.quick:
         plan.append(("project", FULL_RANGE))
     if not args.no_baseline:
         plan += [("baseline", "fp32"), ("baseline", "int8")]
@@ -183,7 +189,7 @@ def _export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], roo
             int8_activations="dynamic" if precision == DYNAMIC else "static",
             full_range_int8_weights=precision == FULL_RANGE,
             output=out, overwrite=True, reference_model=variant == "baseline", calib_data=calib,
-            calib_size=48 if calib is not None else 300, parity_samples=2,
+            calib_size=48 if calib is not None or args.quick else 300, parity_samples=2,
             # The baseline gets NNCF's default transformer recipe (SmoothQuant on); the project its measured one.
             smooth_quant_alpha=None if variant == "baseline" else -1.0, plain_int8=variant == "baseline")
         console.print(f"[bold]exporting {variant} {precision}[/] ({', '.join(want)}) -> {out}")
@@ -280,11 +286,11 @@ def _memory_probe(case: Case, threads: int, model: str, img_size: int, checkpoin
 # ----------------------------------------------------------------------------------------------------- main
 
 def run(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     from edge_crossformer.registry import ModelConfigError, build_model, check_img_size, get_config
     from edge_crossformer.reference import model_macs
     from export import ExportError
 
-    args = _parser().parse_args(argv)
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
     try:
         cfg = get_config(args.model)
@@ -293,11 +299,7 @@ def run(argv: list[str] | None = None) -> int:
     except ModelConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    runtimes = tuple(r for r in args.runtimes.split(",") if r)
-    bad = [r for r in runtimes if r not in RUNTIMES]
-    if bad or not runtimes:
-        print(f"error: unknown runtime(s) {bad}; choose from {', '.join(RUNTIMES)}", file=sys.stderr)
-        return 2
+    runtimes = args.runtimes
     threads = args.threads or system.machine()["cores"]
     warmup = args.warmup if args.warmup is not None else (2 if args.quick else 10)
     runs = args.runs or (6 if args.quick else 60)

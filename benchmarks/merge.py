@@ -12,7 +12,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edge_crossformer.util import atomic_path
+from edge_crossformer.files import atomic_path
 
 from .report import RUNTIME_NAMES, machine_line, markdown, plot_latency
 

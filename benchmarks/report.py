@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edge_crossformer.util import atomic_path
+from edge_crossformer.files import atomic_path
 
 RUNTIME_NAMES = {"pytorch": "PyTorch eager", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO CPU",
                  "executorch": "ExecuTorch", "coreml": "Core ML"}

@@ -154,7 +154,7 @@ def run_cli(main: Callable[[], int], user_errors: tuple[type[BaseException], ...
         signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
         print(f"interrupted ({signal.Signals(signum).name}); nothing half-written was left behind", file=sys.stderr)
         return 128 + int(signum)
-    except OSError as e:
+    except Exception as e:  # a full disk, however a converter wrapped it; anything else is a bug: traceback
         full = disk_full(e)
         if full is None:
             raise

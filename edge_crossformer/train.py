@@ -22,8 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .cli import MAX_BATCH, MAX_SEED, MAX_THREADS, float_in, int_in, run_cli
 from .preprocessing import Normalized
-from .util import atomic_path, progress_bar
+from .files import atomic_path
+from .util import progress_bar
 
 
 @dataclass
@@ -172,32 +174,39 @@ def _cpu_name() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .data import FASHION_MNIST_LABELS, DataError, load_fashion_mnist, preprocess
-    from .registry import ASSETS, build_model, get_config
-
     parser = argparse.ArgumentParser(prog="python -m edge_crossformer.train",
                                      description="Train the bundled crossformer-fmnist model on Fashion-MNIST.")
     parser.add_argument("--data", default=None, help="folder with the Fashion-MNIST IDX files (default: Debian's)")
     parser.add_argument("--workdir", default="runs/crossformer-fmnist", help="resume checkpoints go here")
-    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
-    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    parser.add_argument("--epochs", type=int_in(1), default=TrainConfig.epochs,
+                        help=f"passes over the training set, >= 1 (default {TrainConfig.epochs})")
+    parser.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=TrainConfig.batch_size,
+                        help=f"images per step, 1 to {MAX_BATCH:,} (default {TrainConfig.batch_size})")
+    parser.add_argument("--lr", type=float_in(0, low_open=True), default=TrainConfig.lr,
+                        help=f"peak learning rate, > 0 (default {TrainConfig.lr})")
+    parser.add_argument("--seed", type=int_in(0, MAX_SEED), default=TrainConfig.seed,
+                        help=f"0 to 2^32-1 (default {TrainConfig.seed})")
+    parser.add_argument("--threads", type=int_in(0, MAX_THREADS), default=0,
+                        help=f"torch threads, 0 to {MAX_THREADS} (default 0: all cores)")
     parser.add_argument("--no-resume", action="store_true", help="start over even if WORKDIR/last.pt exists")
     parser.add_argument("--publish", action="store_true",
                         help="write the FP16 checkpoint, labels and training record into edge_crossformer/assets")
     args = parser.parse_args(argv)
+    from .data import DataError
+
+    # SIGTERM / SIGHUP stop training like Ctrl-C: WORKDIR/last.pt and the published files are only replaced whole.
+    return run_cli(lambda: _train(args, argv), user_errors=(DataError,))
+
+
+def _train(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from .data import FASHION_MNIST_LABELS, load_fashion_mnist, preprocess
+    from .registry import ASSETS, build_model, get_config
 
     name = "crossformer-fmnist"
     spec = get_config(name)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, threads=args.threads)
-    try:
-        train_x, train_y = load_fashion_mnist(args.data, "train")
-        test_x, test_y = load_fashion_mnist(args.data, "test")
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    train_x, train_y = load_fashion_mnist(args.data, "train")
+    test_x, test_y = load_fashion_mnist(args.data, "test")
     # Kept single-channel in memory; expanded to RGB per batch (the model's contract is RGB).
     to_tensor = lambda a: preprocess(torch.from_numpy(a), spec.resize)[:, :1].contiguous()  # noqa: E731
     train_images, test_images = to_tensor(train_x), to_tensor(test_x)

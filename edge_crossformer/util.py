@@ -1,17 +1,13 @@
-"""Small shared helpers: atomic file writes, the progress bar style (plain lines in logs), native stderr capture."""
+"""Small shared helpers: the progress bar style (plain lines in logs), native stderr capture."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
 import tempfile
 import time
 from datetime import timedelta
-from pathlib import Path
-
-from .files import atomic_path  # noqa: F401  (re-exported: the commands import it from here)
 
 
 def progress_bar(**kw):

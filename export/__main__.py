@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from edge_crossformer.cli import MAX_IMAGES, MAX_NUM_CLASSES, float_in, img_size, int_in, regex, run_cli
+from edge_crossformer.cli import (MAX_IMAGES, MAX_NUM_CLASSES, float_in, img_size, int_in, percentage_points, regex,
+                                  run_cli)
 
 from .request import (DEFAULT_MODEL, INT8_ACTIVATIONS, MAX_PARITY_SAMPLES, PRECISIONS, ExportError, ExportRequest,
                       parse_targets, validate)
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "deployments that never leave CPUs with VNNI or AMX (or Arm): on x86 CPUs without VNNI "
                         "(AVX2, AVX-512 without VNNI) the INT8 kernels sum pairs of products in 16 bits and can "
                         "saturate; the manifest's saturation check then says saturation_safe: false")
-    p.add_argument("--max-accuracy-drop", type=float_in(0, 100), metavar="PP",
+    p.add_argument("--max-accuracy-drop", type=percentage_points, metavar="PP",
                    help="int8: the most top-1 percentage points (0 to 100) INT8 may lose on held-out images (without labels: "
                         "points of agreement with FP32). OpenVINO / ONNX: NNCF's accuracy control; ExecuTorch / "
                         "Core ML: the most sensitive layers (python -m quantize sensitivity) stay float until it "

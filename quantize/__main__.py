@@ -8,7 +8,10 @@ import json
 import sys
 from pathlib import Path
 
-from .qat import SCHEME_TARGETS, TARGET_SCHEME, QATConfig
+from edge_crossformer.cli import (MAX_BATCH, MAX_IMAGES, MAX_IMG_SIZE, MAX_NUM_CLASSES, MAX_SEED, MAX_THREADS,
+                                  float_in, img_size, int_in, regex, run_cli)
+
+from .qat import SCHEME_TARGETS, TARGET_SCHEME, QATConfig, QATError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,27 +29,36 @@ def _parser() -> argparse.ArgumentParser:
                    help="XNNPACK scheme only: activation ranges fixed at post-training INT8's (export recalibrates, "
                         "default) or learned as moving averages during training (written beside the checkpoint; "
                         "the ExecuTorch export uses them)")
-    p.add_argument("--num-classes", type=int)
-    p.add_argument("--img-size", type=int)
+    p.add_argument("--num-classes", type=int_in(1, MAX_NUM_CLASSES),
+                   help=f"classes of the checkpoint's head, 1 to {MAX_NUM_CLASSES:,} (default: the model's)")
+    p.add_argument("--img-size", type=img_size,
+                   help=f"input size, a multiple of 32 from 32 to {MAX_IMG_SIZE} (default: the model's)")
     p.add_argument("--data", type=Path,
                    help="labelled training images: an ImageFolder tree or a Fashion-MNIST IDX folder "
                         "(default: Fashion-MNIST train split from Debian's dataset-fashion-mnist)")
     p.add_argument("--val-data", type=Path,
                    help="labelled validation images (default: the Fashion-MNIST test split when --data is "
                         "Fashion-MNIST; otherwise every 10th training image is held out)")
-    p.add_argument("--epochs", type=int, default=QATConfig.epochs)
-    p.add_argument("--lr", type=float, default=QATConfig.lr)
-    p.add_argument("--batch-size", type=int, default=QATConfig.batch_size)
-    p.add_argument("--distill", type=float, default=QATConfig.distill,
-                   help="weight of distillation from the float model vs. the labels (0: labels only)")
-    p.add_argument("--calib-size", type=int, default=QATConfig.calib_size,
-                   help="images that initialise the quantizer ranges")
-    p.add_argument("--keep-float", action="append", default=[], metavar="REGEX",
-                   help="node-name pattern kept in float (repeatable)")
-    p.add_argument("--train-limit", type=int, help="use only this many training images (quick runs)")
-    p.add_argument("--val-limit", type=int, help="score only this many validation images")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
-    p.add_argument("--seed", type=int, default=QATConfig.seed)
+    p.add_argument("--epochs", type=int_in(1), default=QATConfig.epochs,
+                   help=f"passes over the training images, >= 1 (default {QATConfig.epochs})")
+    p.add_argument("--lr", type=float_in(0, low_open=True), default=QATConfig.lr,
+                   help=f"peak learning rate, > 0 (default {QATConfig.lr})")
+    p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=QATConfig.batch_size,
+                   help=f"images per step, 1 to {MAX_BATCH:,} (default {QATConfig.batch_size})")
+    p.add_argument("--distill", type=float_in(0, 1), default=QATConfig.distill,
+                   help="weight of distillation from the float model vs. the labels, in [0, 1] (0: labels only; "
+                        f"default {QATConfig.distill})")
+    p.add_argument("--calib-size", type=int_in(1, MAX_IMAGES), default=QATConfig.calib_size,
+                   help=f"images that initialise the quantizer ranges, >= 1 (default {QATConfig.calib_size})")
+    p.add_argument("--keep-float", action="append", default=[], metavar="REGEX", type=regex,
+                   help="node-name pattern (a regular expression) kept in float (repeatable)")
+    p.add_argument("--train-limit", type=int_in(1, MAX_IMAGES),
+                   help="use only this many training images, >= 1 (quick runs)")
+    p.add_argument("--val-limit", type=int_in(1, MAX_IMAGES), help="score only this many validation images, >= 1")
+    p.add_argument("--threads", type=int_in(0, MAX_THREADS), default=0,
+                   help=f"torch threads, 0 to {MAX_THREADS} (default 0: all cores)")
+    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=QATConfig.seed,
+                   help=f"0 to 2^32-1 (default {QATConfig.seed})")
     p.add_argument("--workdir", type=Path, help="resume state (default: runs/qat/<model>)")
     p.add_argument("--output", type=Path, help="checkpoint to write (default: runs/qat/<model>-qat.safetensors)")
     p.add_argument("--no-resume", action="store_true", help="start over even if WORKDIR holds a run")
@@ -54,62 +66,67 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def qat_main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    from edge_crossformer.checkpoint import CheckpointError
+    from edge_crossformer.data import DataError
+    from edge_crossformer.registry import ModelConfigError
+
+    # SIGTERM / SIGHUP stop the run like Ctrl-C: the resume state and the checkpoint are only ever replaced whole.
+    return run_cli(lambda: _qat(args, argv), user_errors=(ModelConfigError, CheckpointError, DataError, QATError))
+
+
+def _qat(args: argparse.Namespace, argv: list[str]) -> int:
     import torch
 
-    from edge_crossformer.checkpoint import CheckpointError
-    from edge_crossformer.data import DataError, is_fashion_mnist_dir, load_dataset
+    from edge_crossformer.data import is_fashion_mnist_dir, load_dataset
     from edge_crossformer.preprocessing import Normalized
-    from edge_crossformer.registry import ModelConfigError, create_model, get_config
+    from edge_crossformer.registry import create_model, get_config
 
     from .ptq import QuantOptions
-    from .qat import QATError, run_qat
+    from .qat import run_qat
 
-    args = _parser().parse_args(argv)
-    try:
-        spec = get_config(args.model)
-        cfg = QATConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, calib_size=args.calib_size,
-                        seed=args.seed, threads=args.threads, distill=args.distill)
-        if not 0 <= args.distill <= 1:
-            raise QATError(f"--distill is a weight in [0, 1], got {args.distill}")
-        if args.ranges == "learned" and TARGET_SCHEME[args.target] != "xnnpack":
-            raise QATError("--ranges learned applies to XNNPACK's scheme (--target executorch or coreml) only")
-        if args.keep_float and TARGET_SCHEME[args.target] != "nncf":
-            raise QATError("--keep-float applies to NNCF's scheme (--target openvino or onnx) only")
-        if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
-            raise QATError("--epochs and --batch-size must be >= 1 and --lr > 0")
-        if args.checkpoint is None and not spec.bundled_checkpoint:
-            raise QATError(f"{args.model} has no bundled weights; pass --checkpoint with the trained model to "
-                           "fine-tune (QAT starts from a trained model)")
-        scheme = TARGET_SCHEME[args.target]
-        # The XNNPACK scheme trains the graph ExecuTorch exports, LayerNorm decomposed (same parameters).
-        model = create_model(args.model, checkpoint=args.checkpoint, img_size=args.img_size,
-                             num_classes=args.num_classes, export_friendly=True,
-                             decompose_layernorm=scheme == "xnnpack")
-        img_size = args.img_size or spec.default_img_size
-        resize = spec.resize_for(img_size)
-        train = load_dataset(args.data, resize, split="train", limit=args.train_limit, labelled=True)
-        if not train.labelled:
-            raise QATError(f"{train.source} has no labels; QAT needs an ImageFolder tree (one sub-folder per class) "
-                           "or Fashion-MNIST IDX files")
-        if args.val_data is not None or args.data is None or is_fashion_mnist_dir(args.data):
-            val = load_dataset(args.val_data if args.val_data is not None else args.data, resize, split="test",
-                               limit=args.val_limit, labelled=True)
-            train_x, train_y = train.images, train.labels
-        else:
-            held = torch.zeros(len(train), dtype=torch.bool)
-            held[::10] = True
-            val_x, val_y = train.images[held], train.labels[held]
-            train_x, train_y = train.images[~held], train.labels[~held]
-            val = type(train)(val_x[:args.val_limit], val_y[:args.val_limit], train.classes, source=train.source)
-        num_classes = model.head.out_features
-        for name, ds in (("training", train), ("validation", val)):
-            if ds.classes and len(ds.classes) != num_classes:
-                raise QATError(f"the {name} set ({ds.source}) has {len(ds.classes)} classes but the model has "
-                               f"{num_classes}; pass --num-classes {len(ds.classes)} (and the matching checkpoint) "
-                               "or data with the model's classes")
-    except (ModelConfigError, CheckpointError, DataError, QATError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    spec = get_config(args.model)
+    cfg = QATConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, calib_size=args.calib_size,
+                    seed=args.seed, threads=args.threads, distill=args.distill)
+    if args.ranges == "learned" and TARGET_SCHEME[args.target] != "xnnpack":
+        raise QATError("--ranges learned applies to XNNPACK's scheme (--target executorch or coreml) only")
+    if args.keep_float and TARGET_SCHEME[args.target] != "nncf":
+        raise QATError("--keep-float applies to NNCF's scheme (--target openvino or onnx) only")
+    if args.checkpoint is None and not spec.bundled_checkpoint:
+        raise QATError(f"{args.model} has no bundled weights; pass --checkpoint with the trained model to "
+                       "fine-tune (QAT starts from a trained model)")
+    scheme = TARGET_SCHEME[args.target]
+    # The XNNPACK scheme trains the graph ExecuTorch exports, LayerNorm decomposed (same parameters).
+    model = create_model(args.model, checkpoint=args.checkpoint, img_size=args.img_size,
+                         num_classes=args.num_classes, export_friendly=True,
+                         decompose_layernorm=scheme == "xnnpack")
+    img_size = args.img_size or spec.default_img_size
+    resize = spec.resize_for(img_size)
+    train = load_dataset(args.data, resize, split="train", limit=args.train_limit, labelled=True)
+    if not train.labelled:
+        raise QATError(f"{train.source} has no labels; QAT needs an ImageFolder tree (one sub-folder per class) "
+                       "or Fashion-MNIST IDX files")
+    if args.val_data is not None or args.data is None or is_fashion_mnist_dir(args.data):
+        val = load_dataset(args.val_data if args.val_data is not None else args.data, resize, split="test",
+                           limit=args.val_limit, labelled=True)
+        train_x, train_y = train.images, train.labels
+    else:
+        held = torch.zeros(len(train), dtype=torch.bool)
+        held[::10] = True
+        val_x, val_y = train.images[held], train.labels[held]
+        train_x, train_y = train.images[~held], train.labels[~held]
+        val = type(train)(val_x[:args.val_limit], val_y[:args.val_limit], train.classes, source=train.source)
+    if not len(train_x):
+        raise QATError(f"no training images left: {train.source} gave {len(train)} and every 10th one is held out "
+                       "for validation; give more images (--train-limit 2 or more) or a separate --val-data")
+    if not len(val):
+        raise QATError(f"no validation images in {val.source}; pass --val-data with labelled images")
+    num_classes = model.head.out_features
+    for name, ds in (("training", train), ("validation", val)):
+        if ds.classes and len(ds.classes) != num_classes:
+            raise QATError(f"the {name} set ({ds.source}) has {len(ds.classes)} classes but the model has "
+                           f"{num_classes}; pass --num-classes {len(ds.classes)} (and the matching checkpoint) "
+                           "or data with the model's classes")
     suffix = "" if scheme == "nncf" else f"-{scheme}"
     workdir = args.workdir or Path("runs/qat") / f"{args.model}{suffix}"
     output = args.output or Path("runs/qat") / f"{args.model}-qat{suffix}.safetensors"
@@ -122,9 +139,8 @@ def qat_main(argv: list[str]) -> int:
     if args.no_resume:
         (workdir / "last.pt").unlink(missing_ok=True)
     elif (workdir / "last.pt").exists() and marker.exists() and json.loads(marker.read_text()) != settings:
-        print(f"error: {workdir} holds a QAT run with different settings; pass --no-resume to start over or "
-              "--workdir DIR for a separate run", file=sys.stderr)
-        return 2
+        raise QATError(f"{workdir} holds a QAT run with different settings; pass --no-resume to start over or "
+                       "--workdir DIR for a separate run")
     workdir.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps(settings, indent=2) + "\n")
     opts = QuantOptions(subset_size=cfg.calib_size, keep_float=tuple(args.keep_float))

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from edge_crossformer.preprocessing import Normalized
 from edge_crossformer.train import TrainConfig, TrainState, evaluate, fit, machine_description
-from edge_crossformer.util import atomic_path
+from edge_crossformer.files import atomic_path
 
 from .ptq import QuantOptions, _advanced, _ignored, _nncf
 

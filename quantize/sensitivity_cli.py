@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_crossformer.cli import MAX_BATCH, MAX_IMAGES, MAX_IMG_SIZE, MAX_NUM_CLASSES, img_size, int_in, run_cli
+
 DEFAULT_IMAGES = 1000
 
 
@@ -21,16 +23,20 @@ def _parser() -> argparse.ArgumentParser:
                     "`python -m export --max-accuracy-drop` keeps float first.")
     p.add_argument("--model", default="crossformer-fmnist")
     p.add_argument("--checkpoint", type=Path, help="trained weights (default: the bundled ones)")
-    p.add_argument("--num-classes", type=int)
-    p.add_argument("--img-size", type=int)
+    p.add_argument("--num-classes", type=int_in(1, MAX_NUM_CLASSES),
+                   help=f"classes of the checkpoint's head, 1 to {MAX_NUM_CLASSES:,} (default: the model's)")
+    p.add_argument("--img-size", type=img_size,
+                   help=f"input size, a multiple of 32 from 32 to {MAX_IMG_SIZE} (default: the model's)")
     p.add_argument("--calib-data", type=Path, help="calibration images (default for the bundled model: "
                                                   "Fashion-MNIST train split)")
-    p.add_argument("--calib-size", type=int, default=300)
+    p.add_argument("--calib-size", type=int_in(1, MAX_IMAGES), default=300,
+                   help="calibration images, >= 1 (default 300)")
     p.add_argument("--data", type=Path, help="images to score on: labelled (ImageFolder, IDX) gives top-1 drops, "
                                             "a flat folder agreement with FP32 (default: Fashion-MNIST test split)")
-    p.add_argument("--limit", type=int, default=DEFAULT_IMAGES,
-                   help=f"score this many images (default {DEFAULT_IMAGES})")
-    p.add_argument("--batch", type=int, default=100, help="evaluation batch (default 100)")
+    p.add_argument("--limit", type=int_in(2, MAX_IMAGES), default=DEFAULT_IMAGES,
+                   help=f"score this many images, >= 2 (default {DEFAULT_IMAGES})")
+    p.add_argument("--batch", type=int_in(2, MAX_BATCH), default=100,
+                   help=f"evaluation batch, 2 to {MAX_BATCH:,} (default 100)")
     p.add_argument("--output", type=Path, help="folder for sensitivity.json / .png (default: runs/sensitivity/MODEL)")
     return p
 
@@ -54,10 +60,6 @@ def _load(args):
                                f"an ImageFolder tree or Fashion-MNIST IDX files){hint}")
     if args.data is None and args.calib_data is not None and not bundled:
         raise SensitivityError("pass --data PATH: the images to score the layers on")
-    for name, value, low in (("--limit", args.limit, 2), ("--calib-size", args.calib_size, 1),
-                             ("--batch", args.batch, 2)):
-        if value < low:
-            raise SensitivityError(f"{name} must be at least {low}, got {value}")
     img_size = args.img_size or spec.default_img_size
     resize = spec.resize_for(img_size)
     model = create_model(args.model, checkpoint=args.checkpoint, img_size=img_size, num_classes=args.num_classes,
@@ -72,23 +74,28 @@ def _load(args):
 
 
 def sensitivity_main(argv: list[str]) -> int:
-    from rich.console import Console
-
+    args = _parser().parse_args(argv)
     from edge_crossformer.checkpoint import CheckpointError
     from edge_crossformer.data import DataError
     from edge_crossformer.registry import ModelConfigError
+
+    return run_cli(lambda: _sensitivity(args, argv),
+                   user_errors=(SensitivityError, ModelConfigError, CheckpointError, DataError))
+
+
+def _sensitivity(args: argparse.Namespace, argv: list[str]) -> int:
+    from rich.console import Console
+
     from edge_crossformer.util import progress_bar
 
     from .ptq import QuantOptions
     from .sensitivity import analyse
 
-    args = _parser().parse_args(argv)
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
     try:
         model, calib, images, labels, sources = _load(args)
-    except (SensitivityError, ModelConfigError, CheckpointError, DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:  # any other bad model or data input from building or loading: one line, exit 2
+        raise SensitivityError(str(e)) from e
     started = time.time()
     with progress_bar(console=console) as bar:
         task = bar.add_task("calibrating (NNCF, XNNPACK scheme)", total=None)
@@ -113,7 +120,7 @@ def sensitivity_main(argv: list[str]) -> int:
 
 
 def _write(report: dict, out: Path) -> None:
-    from edge_crossformer.util import atomic_path
+    from edge_crossformer.files import atomic_path
 
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "sensitivity.json") as tmp:
@@ -144,7 +151,7 @@ def _plot(report: dict, path: Path) -> None:
     plt = pyplot()
     if plt is None:
         return
-    from edge_crossformer.util import atomic_path
+    from edge_crossformer.files import atomic_path
 
     rows = {r["unit"]: r for r in report["layers"]}
     order = report["ranking"]

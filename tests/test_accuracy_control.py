@@ -84,8 +84,9 @@ def test_sensitivity_cli_bad_input(tmp_path, capsys, checkpoints):
     assert main(["sensitivity", "--model", "crossformer-t", "--checkpoint", str(checkpoints("crossformer-t")),
                  "--num-classes", "10", "--output", str(out)]) == 2
     assert "no calibration images for crossformer-t: pass --calib-data" in capsys.readouterr().err
-    assert main(["sensitivity", "--limit", "1", "--output", str(out)]) == 2
-    assert "--limit must be at least 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        main(["sensitivity", "--limit", "1", "--output", str(out)])
+    assert refused.value.code == 2 and "--limit: must be in [2, 10000000], got 1" in capsys.readouterr().err
     assert main(["sensitivity", "--model", "crossformer-q"]) == 2
     assert not out.exists()
     assert main(["--help"]) == 0

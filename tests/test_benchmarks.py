@@ -100,6 +100,7 @@ def test_android_helper_without_adb_is_a_clear_error(tmp_path, monkeypatch, caps
 def test_bad_benchmark_arguments(tmp_path, capsys):
     assert bench(["--model", "crossformer-q", "--output", str(tmp_path / "x")]) == 2
     assert "crossformer-q" in capsys.readouterr().err
-    assert bench(["--runtimes", "tflite", "--output", str(tmp_path / "x")]) == 2
-    assert "unknown runtime" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        bench(["--runtimes", "tflite", "--output", str(tmp_path / "x")])
+    assert refused.value.code == 2 and "unknown runtime(s) 'tflite'" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "x")
