@@ -82,7 +82,10 @@ def load_int8_data(req: ExportRequest, resize: dict) -> Int8Data:
         raise ExportError(f"calibration set {req.calib_data} has {n} readable image(s); give at least a few dozen")
     # Interleave so both halves cover every class of a sorted ImageFolder listing.
     calib_idx = [i for i in range(n) if i % 4 != 3][:req.calib_size]
-    parity_idx = [i for i in range(n) if i not in set(calib_idx)] or calib_idx
+    parity_idx = [i for i in range(n) if i not in set(calib_idx)]
+    if not parity_idx:
+        raise ExportError(f"calibration set {req.calib_data} has {n} readable images, all taken by calibration; INT8 "
+                          "parity is judged on images calibration did not see: add images (a few dozen at least)")
     data = Int8Data(everything.images[calib_idx], everything.images[parity_idx], everything.labels[parity_idx],
                     f"{req.calib_data} ({len(calib_idx)} calibration, {len(parity_idx)} held-out parity images)")
     if req.max_accuracy_drop is not None:

@@ -266,15 +266,22 @@ def _parity_entry(art: Artifact, inputs: np.ndarray, expected: np.ndarray, devic
 
 @contextlib.contextmanager
 def _quiet_converters():
-    """Converters log INFO/WARNING chatter (and set their own logger levels): silence it while they run; errors
-    still surface as exceptions and land in the manifest."""
-    logging.disable(logging.WARNING)
+    """Converters log INFO/WARNING chatter (and set their own logger levels) and draw tqdm bars: silence both while
+    they run, then restore the caller's settings; errors still surface as exceptions and land in the manifest."""
+    disabled = logging.root.manager.disable
+    tqdm = os.environ.get("TQDM_DISABLE")
+    logging.disable(max(disabled, logging.WARNING))
+    os.environ["TQDM_DISABLE"] = "1"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logging.disable(logging.NOTSET)
+        logging.disable(disabled)
+        if tqdm is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = tqdm
 
 
 def _publish(staging: Path, output: Path) -> None:
