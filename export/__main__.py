@@ -96,24 +96,23 @@ def main(argv: list[str] | None = None) -> int:
 
         code, manifest = run_export(req)
         if code == 0:
-            print_next_steps(req, argv)
+            print_next_steps(req)
         return code
 
     return run_cli(body, (ExportError,))
 
 
-def print_next_steps(req: ExportRequest, argv: list[str] | None) -> None:
-    """After the Quickstart's export: what to try next (each command works as printed, in this order)."""
+def print_next_steps(req: ExportRequest) -> None:
+    """After the Quickstart's export: what to try next (as in README's After the Quickstart, in that order)."""
     if req.model != DEFAULT_MODEL or req.checkpoint is not None or req.precision == "int8":
         return
     here = Path.cwd()
-    out = req.output.relative_to(here) if req.output.is_relative_to(here) else req.output
-    print("next:\n"
-          f"  python -m export --target all --output {out.parent / 'all'} --overwrite      # every target\n"
-          f"  python -m export --target all --precision int8 --output {out.parent / 'int8'} --overwrite"
-          "   # INT8 (needs dataset-fashion-mnist)\n"
-          "  python -m benchmarks --model crossformer-fmnist --quick     # latency on this machine, every runtime\n"
-          "  README.md: INT8, QAT, accuracy, the demo apps", file=sys.stderr)
+    out = (req.output.relative_to(here) if req.output.is_relative_to(here) else req.output).parent
+    print("next (README.md, After the Quickstart, has the rest):\n"
+          f"  python -m export --target all --output {out / 'all'}                      # every target\n"
+          f"  python -m export --target all --precision int8 --output {out / 'int8'}    # INT8, every target\n"
+          "  python -m benchmarks --model crossformer-fmnist --quick                # latency on this host",
+          file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -56,9 +56,13 @@ def checkpoints(tmp_path_factory):
 
 
 def run_cli(*args: str) -> int:
+    """python -m export in-process; its exit code (argparse refusals included)."""
     from export.__main__ import main
 
-    return main([str(a) for a in args])
+    try:
+        return main([str(a) for a in args])
+    except SystemExit as e:
+        return e.code
 
 
 def load_manifest(out: Path) -> dict:

@@ -96,8 +96,8 @@ def test_sensitivity_cli_bad_input(tmp_path, capsys, checkpoints):
 def test_max_accuracy_drop_bad_input(tmp_path, capsys):
     out = tmp_path / "o"
     cases = [
-        (["--target", "onnx", "--precision", "int8", "--max-accuracy-drop", "-1"], "0 <= PP < 100"),
-        (["--target", "onnx", "--precision", "int8", "--max-accuracy-drop", "nan"], "0 <= PP < 100"),
+        (["--target", "onnx", "--precision", "int8", "--max-accuracy-drop", "-1"], "[0, 100)"),
+        (["--target", "onnx", "--precision", "int8", "--max-accuracy-drop", "nan"], "[0, 100)"),
         (["--target", "onnx", "--max-accuracy-drop", "0.1"], "applies to INT8: add --precision int8"),
         (["--target", "executorch", "--precision", "int8", "--int8-activations", "dynamic",
           "--max-accuracy-drop", "0.1"], "drop --int8-activations dynamic"),
