@@ -79,7 +79,8 @@ def load_image(path: str | Path) -> np.ndarray:
                 background = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(background, im)
             return np.array(im.convert("RGB"), dtype=np.uint8)  # a writable copy
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    # DecompressionBombError: a "picture" whose pixels would not fit in memory (not an OSError).
+    except (Image.DecompressionBombError, UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DataError(f"cannot read image {path}: {e}") from e
 
 

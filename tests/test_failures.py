@@ -335,3 +335,13 @@ def test_reset_head_is_seeded_and_parity_passes(sandbox, checkpoints, tmp_path):
         assert "seed" in manifest["source"]["head"]
         shas.append(manifest["artifacts"][0]["sha256"])
     assert shas[0] == shas[1]
+
+
+def test_image_too_large_to_decode_is_refused(tmp_path):
+    from PIL import Image
+
+    from edge_crossformer.data import DataError, load_image
+
+    Image.new("1", (20000, 20000)).save(tmp_path / "bomb.png")  # 400 M pixels in a few kB
+    with pytest.raises(DataError, match="bomb.png"):
+        load_image(tmp_path / "bomb.png")
