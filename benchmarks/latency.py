@@ -312,10 +312,10 @@ def run(argv: list[str] | None = None) -> int:
 
     if args.checkpoint is None and not cfg.bundled_checkpoint:
         args.checkpoint = _random_checkpoint(args.model, img_size, root)
-    elif args.checkpoint is not None:
-        args.checkpoint = args.checkpoint.resolve()
         console.print(f"no --checkpoint: timing {args.model} with seeded random weights ({args.checkpoint.name}); "
                       "latency does not depend on the weights' values")
+    elif args.checkpoint is not None:
+        args.checkpoint = args.checkpoint.resolve()
     try:
         manifests = _export_sets(args, args.model, img_size, runtimes, root, console)
     except ExportError as e:

@@ -56,13 +56,16 @@ def reference_device() -> str:
 @torch.no_grad()
 def reference_logits(model: nn.Module, inputs: np.ndarray, batch: int = 8) -> tuple[np.ndarray, str]:
     device = reference_device()
-    if device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-    model = model.to(device)
-    outs = [model(torch.from_numpy(inputs[i:i + batch]).to(device)).float().cpu()
-            for i in range(0, len(inputs), batch)]
-    model.to("cpu")
+    # TF32 off for the reference (full FP32 products), then the caller's settings back.
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        model = model.to(device)
+        outs = [model(torch.from_numpy(inputs[i:i + batch]).to(device)).float().cpu()
+                for i in range(0, len(inputs), batch)]
+    finally:
+        model.to("cpu")
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
     return torch.cat(outs).numpy(), name
 
