@@ -10,6 +10,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -32,6 +33,29 @@ def staging_dir(target: Path, kind: str = "staging") -> Path:
     """A fresh, empty directory beside `target` (same filesystem, so it can be renamed onto it)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=_owned(kind, target), dir=target.parent))
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold Ctrl-C, SIGTERM and SIGHUP until the block ends: for steps that must not stop half-way (two renames
+    that swap an output into place). A signal that arrives meanwhile is raised again right after, to the handler
+    that was in place. (Python-level: a blocked signal mask is per thread, and the runtimes' threads would take it.)"""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        previous[sig] = signal.signal(sig, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(pending):
+            signal.raise_signal(sig)
 
 
 def pid_alive(pid: int) -> bool:

@@ -21,8 +21,8 @@ from rich.table import Table
 
 from edge_crossformer.checkpoint import HEAD_SEED
 from edge_crossformer.cli import disk_full
-from edge_crossformer.files import (OutputBusy, free_bytes, json_safe, output_lock, private_tmpdir, staging_dir,
-                                    sweep_stale)
+from edge_crossformer.files import (OutputBusy, free_bytes, json_safe, output_lock, private_tmpdir, signals_deferred,
+                                    staging_dir, sweep_stale)
 from edge_crossformer.host import host_isa
 from edge_crossformer.util import progress_bar
 
@@ -285,15 +285,16 @@ def _quiet_converters():
 
 
 def _publish(staging: Path, output: Path) -> None:
-    """Swap the finished staging directory into place; the old output disappears only after that."""
-    if output.exists():
-        trash = staging_dir(output, "old")
-        os.replace(output, trash / output.name)
+    """Swap the finished staging directory into place; the old output disappears only after that. A signal between
+    the two renames would lose both: signals wait until the swap is done."""
+    with signals_deferred():
+        trash = staging_dir(output, "old") if output.exists() else None
+        if trash is not None:
+            os.replace(output, trash / output.name)
         os.replace(staging, output)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(staging, output)
-    os.chmod(output, 0o755)
+        os.chmod(output, 0o755)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
 
 
 def _fmt(value, spec: str) -> str:
