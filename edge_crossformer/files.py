@@ -169,9 +169,10 @@ def atomic_path(target: str | Path, *, directory: bool = False):
     try:
         yield tmp
         os.chmod(tmp, 0o755 if directory else 0o644)  # mkstemp/mkdtemp create owner-only entries
-        if directory and target.exists():
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-        os.replace(tmp, target)
+        with signals_deferred():  # a directory is removed, then renamed: nothing may stop in between
+            if directory and target.exists():
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+            os.replace(tmp, target)
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
