@@ -48,7 +48,8 @@ def signals_deferred():
     pending: list[int] = []
     previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        previous[sig] = signal.signal(sig, lambda signum, frame: pending.append(signum))
+        if signal.getsignal(sig) is not None:  # None: a handler set outside Python, which could not be restored
+            previous[sig] = signal.signal(sig, lambda signum, frame: pending.append(signum))
     try:
         yield
     finally:
