@@ -66,13 +66,21 @@ def _range(low, high, low_open: bool = False) -> str:
     return f"in {'(' if low_open else '['}{low}, {high}]"
 
 
-def regex(text: str) -> str:
-    """argparse type: a valid regular expression (checked now, not deep inside a quantizer)."""
+def regex_problem(text: str) -> str | None:
+    """Why `text` is not a valid regular expression, or None."""
     try:
         re.compile(text)
     except re.error as e:
-        raise argparse.ArgumentTypeError(f"invalid regular expression {text!r}: {e}; escape special characters "
-                                         f"such as ( [ . with a backslash") from None
+        return (f"invalid regular expression {text!r}: {e}; escape special characters such as ( [ . with a "
+                "backslash")
+    return None
+
+
+def regex(text: str) -> str:
+    """argparse type: a valid regular expression (checked now, not deep inside a quantizer)."""
+    problem = regex_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -258,7 +257,7 @@ def validate(req: ExportRequest) -> ExportRequest:
 def check_bounds(req: ExportRequest) -> None:
     """Sizes and knobs within what the tool can do in reasonable time and memory (also for callers that build an
     ExportRequest without the command line's argument types)."""
-    from edge_crossformer.cli import MAX_IMG_SIZE, MAX_IMAGES, MAX_NUM_CLASSES
+    from edge_crossformer.cli import MAX_IMG_SIZE, MAX_IMAGES, MAX_NUM_CLASSES, regex_problem
 
     if req.img_size > MAX_IMG_SIZE:
         raise ExportError(f"img_size {req.img_size} is above the supported {MAX_IMG_SIZE} px (export time and memory "
@@ -273,11 +272,9 @@ def check_bounds(req: ExportRequest) -> None:
     if alpha is not None and (not math.isfinite(alpha) or alpha > 1):
         raise ExportError(f"--smooth-quant-alpha must be in [0, 1] (or negative to disable), got {alpha}")
     for pattern in req.keep_float:
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            raise ExportError(f"--keep-float {pattern!r} is not a valid regular expression ({e}); escape special "
-                              "characters such as ( [ . with a backslash") from None
+        problem = regex_problem(pattern)
+        if problem:
+            raise ExportError(f"--keep-float: {problem}")
 
 
 # More parity inputs add time and say nothing new: INT8 is judged on held-out images anyway.
