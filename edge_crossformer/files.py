@@ -59,6 +59,14 @@ def signals_deferred():
             signal.raise_signal(sig)
 
 
+def remove(path: Path) -> None:
+    """Remove a file, link or directory tree, if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -80,10 +88,7 @@ def sweep_stale(target: Path) -> list[Path]:
         match = pattern.match(entry.name)
         if not match or pid_alive(int(match.group(2))):
             continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+        remove(entry)
         removed.append(entry)
     return removed
 
@@ -175,10 +180,7 @@ def atomic_path(target: str | Path, *, directory: bool = False):
                 shutil.rmtree(target) if target.is_dir() else target.unlink()
             os.replace(tmp, target)
     except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
+        remove(tmp)
         raise
 
 

@@ -21,8 +21,8 @@ from rich.table import Table
 
 from edge_crossformer.checkpoint import HEAD_SEED
 from edge_crossformer.cli import disk_full
-from edge_crossformer.files import (OutputBusy, free_bytes, json_safe, output_lock, private_tmpdir, signals_deferred,
-                                    staging_dir, sweep_stale)
+from edge_crossformer.files import (OutputBusy, free_bytes, json_safe, output_lock, private_tmpdir, remove,
+                                    signals_deferred, staging_dir, sweep_stale)
 from edge_crossformer.host import host_isa
 from edge_crossformer.util import progress_bar
 
@@ -184,16 +184,9 @@ def _remove_unlisted(staging: Path, before: set[str], artifacts: list[Artifact])
     for entry in staging.iterdir():
         if entry.name == SCRATCH:
             for leftover in entry.iterdir():
-                _remove(leftover)
+                remove(leftover)
         elif entry.name not in before and entry.name not in listed:
-            _remove(entry)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+            remove(entry)
 
 
 def _accuracy_control(art: Artifact, source: ModelSource) -> tuple[bool, str | None]:
