@@ -23,10 +23,18 @@ from edge_crossformer.cli import (MAX_IMAGES, MAX_IMG_SIZE, MAX_NUM_CLASSES, flo
 from edge_crossformer.files import atomic_path
 from edge_crossformer.util import progress_bar
 
+from export import targets as registry
+
 from .system import commit, machine, versions
 
-RUNTIMES = {"onnx": ("onnx", None, "ONNX Runtime"), "openvino": ("openvino", None, "OpenVINO CPU"),
-            "executorch": ("executorch", "xnnpack", "ExecuTorch XNNPACK")}
+
+def _runtime_name(target: str) -> str:
+    t = registry.get(target)
+    return t.runtime_name + (f" {t.runtime_delegate.upper()}" if t.runtime_delegate else "")
+
+
+# Scored per export target whose artifact runs here (export.targets), named by its runtime.
+RUNTIMES = registry.names(lambda t: t.runtime is not None)
 
 
 # ExecuTorch also scores its dynamic INT8 (`--int8-activations dynamic`: linears' inputs quantized per row at run time).
@@ -37,12 +45,6 @@ FULL_RANGE = "INT8 PTQ full-range"
 # `--max-accuracy-drop PP` adds accuracy-controlled INT8 (python -m export --max-accuracy-drop) on every runtime.
 CONTROLLED = "INT8 PTQ accuracy-controlled"
 VARIANTS = ["FP32", "INT8 PTQ", FULL_RANGE, CONTROLLED, DYNAMIC, "INT8 QAT"]
-
-
-def _runner(target: str, path: Path):
-    import importlib
-
-    return importlib.import_module(f"export.{target}_target").load_runner(path)
 
 
 def evaluate_artifact(run, images: np.ndarray, labels: np.ndarray, progress=None) -> np.ndarray:
@@ -121,19 +123,19 @@ def run(argv: list[str] | None = None) -> int:
     from edge_crossformer.data import DataError, load_dataset
     from export import ExportError, ExportRequest, run_export, validate
     from export.manifest import resize_spec
-    from export.request import SATURATION_TARGETS
 
     console = Console(stderr=True)
     targets = args.runtimes
     variants = [("fp32", args.checkpoint, "FP32", targets, "static"),
                 ("int8", args.checkpoint, "INT8 PTQ", targets, "static")]
-    full_range = tuple(t for t in targets if t in SATURATION_TARGETS)
+    full_range = tuple(t for t in targets if registry.get(t).x86_pair_sums)
     if full_range:
         variants.append(("int8", args.checkpoint, FULL_RANGE, full_range, "static"))
     if args.max_accuracy_drop is not None:
         variants.append(("int8", args.checkpoint, CONTROLLED, targets, "static"))
-    if "executorch" in targets:
-        variants.append(("int8", args.checkpoint, DYNAMIC, ("executorch",), "dynamic"))
+    dynamic = tuple(t for t in targets if "dynamic" in registry.get(t).int8_activations)
+    if dynamic:
+        variants.append(("int8", args.checkpoint, DYNAMIC, dynamic, "dynamic"))
     try:
         for ckpt, runtimes in qat_assignment(args.qat_checkpoint, targets).items():
             variants.append(("int8", ckpt, "INT8 QAT", runtimes, "static"))
@@ -173,11 +175,11 @@ def run(argv: list[str] | None = None) -> int:
                 return 2
             for art in manifest["artifacts"]:
                 key = art["target"]
-                if art["target"] == "executorch" and art["delegate"] != "xnnpack":
+                if art["delegate"] != registry.get(key).runtime_delegate:
                     continue
                 with progress_bar(console=console) as bar:
-                    task = bar.add_task(f"{name} on {RUNTIMES[key][2]}", total=len(images))
-                    logits = evaluate_artifact(_runner(key, out / art["file"]), images, labels,
+                    task = bar.add_task(f"{name} on {_runtime_name(key)}", total=len(images))
+                    logits = evaluate_artifact(registry.get(key).load_runner(out / art["file"]), images, labels,
                                                lambda: bar.advance(task))
                 fp32 = results.get(key, {}).get("FP32", {}).get("_logits")
                 entry = scores(logits, labels, fp32)
@@ -218,7 +220,7 @@ def _table(console: Console, report: dict) -> None:
         table.add_column(col, justify="left" if col in ("runtime", "variant") else "right")
     for rt, per in report["results"].items():
         for v, e in per.items():
-            table.add_row(RUNTIMES[rt][2], v, f"{e['top1']:.2f}", f"{e['top5']:.2f}",
+            table.add_row(_runtime_name(rt), v, f"{e['top1']:.2f}", f"{e['top5']:.2f}",
                           "-" if "drop_pp" not in e else f"{e['drop_pp']:+.2f}",
                           "-" if "agreement_with_fp32" not in e else f"{e['agreement_with_fp32']:.2f}",
                           e["parity_status"])
@@ -239,7 +241,7 @@ def _plot(report: dict, path: Path) -> None:
         vals = [report["results"][rt].get(v, {}).get("top1", np.nan) for rt in runtimes]
         bars = ax.bar(np.arange(len(runtimes)) + i * width, vals, width, label=v)
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
-    ax.set_xticks(np.arange(len(runtimes)) + width * (len(variants) - 1) / 2, [RUNTIMES[r][2] for r in runtimes])
+    ax.set_xticks(np.arange(len(runtimes)) + width * (len(variants) - 1) / 2, [_runtime_name(r) for r in runtimes])
     low = min(e["top1"] for per in report["results"].values() for e in per.values())
     ax.set_ylim(max(0, low - 3), 100)
     ax.set_ylabel("top-1 %")

@@ -30,14 +30,16 @@ from rich.table import Table
 from edge_crossformer.cli import MAX_IMG_SIZE, MAX_RUNS, MAX_THREADS, img_size, int_in, names
 from edge_crossformer.files import atomic_path
 from edge_crossformer.util import progress_bar
+from export import targets as registry
 
 from . import peaks as peaks_mod
 from . import system
 from .runners import Case, load
 from .stats import latency_stats
 
-RUNTIMES = ("pytorch", "onnxruntime", "openvino", "executorch")
-TARGET_OF = {"onnxruntime": "onnx", "openvino": "openvino", "executorch": "executorch"}
+# PyTorch eager, then the runtime of every export target that runs here (export.targets).
+TARGET_OF = {t.runtime: t.name for t in registry.runnable()}
+RUNTIMES = ("pytorch", *TARGET_OF)
 TRIM = 0.1
 # ExecuTorch's INT8 with dynamic activations (`--int8-activations dynamic`), timed as its own precision.
 DYNAMIC = "int8-dynamic"
@@ -144,17 +146,17 @@ def _export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], roo
                  ) -> dict[tuple[str, str], dict]:
     """(variant, precision) -> manifest, exporting what OUTPUT/artifacts does not have yet."""
     from export import ExportRequest, run_export, validate
-    from export.request import SATURATION_TARGETS
-
     targets = tuple(TARGET_OF[r] for r in runtimes if r in TARGET_OF)
+    saturation = tuple(t for t in targets if registry.get(t).x86_pair_sums)
+    dynamic = tuple(t for t in targets if "dynamic" in registry.get(t).int8_activations)
     if not targets:
         return {}
     calib = _calibration_folder(args, model, root)
     plan = [("project", "fp32"), ("project", "int8")]
     # --quick is a smoke test of the whole tool: the INT8 variants that only compare schemes wait for a full run.
-    if "executorch" in targets and not args.quick:
+    if dynamic and not args.quick:
         plan.append(("project", DYNAMIC))
-    if set(targets) & set(SATURATION_TARGETS) and not args.quick:
+    if saturation and not args.quick:
         plan.append(("project", FULL_RANGE))
     if not args.no_baseline:
         plan += [("baseline", "fp32"), ("baseline", "int8")]
@@ -172,9 +174,9 @@ def _export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], roo
             if not want:
                 continue
         if precision == DYNAMIC:
-            want = ("executorch",)
+            want = dynamic
         if precision == FULL_RANGE:
-            want = tuple(t for t in targets if t in SATURATION_TARGETS)
+            want = saturation
         settings = {"model": model, "img_size": img_size, "checkpoint": ckpt_digest, "targets": want,
                     "int8_weights": "full range" if precision == FULL_RANGE else "7-bit",
                     "calib": str(calib)}
@@ -203,8 +205,6 @@ def _export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], roo
 def _cases(manifests: dict, runtimes: tuple[str, ...], root: Path, bf16: bool, baseline: bool) -> tuple[
         list[Case], list[dict]]:
     """Cases to time, and entries for those that cannot run (status failed / unsupported, with why)."""
-    from export.request import SATURATION_TARGETS
-
     cases, missing = [], []
     if "pytorch" in runtimes:
         cases.append(Case("pytorch", "fp32", "project", "eager", label="PyTorch eager (export-friendly)"))
@@ -215,20 +215,20 @@ def _cases(manifests: dict, runtimes: tuple[str, ...], root: Path, bf16: bool, b
         for runtime in runtimes:
             if runtime not in TARGET_OF or (variant, precision, runtime) == ("baseline", "int8", "executorch"):
                 continue
-            target = TARGET_OF[runtime]
-            if (precision == DYNAMIC and target != "executorch") or (
-                    precision == FULL_RANGE and target not in SATURATION_TARGETS):
+            target = registry.get(TARGET_OF[runtime])
+            if (precision == DYNAMIC and "dynamic" not in target.int8_activations) or (
+                    precision == FULL_RANGE and not target.x86_pair_sums):
                 continue
-            arts = [a for a in manifest["artifacts"] if a["target"] == target and a["precision"] == _base(precision)
-                    and a["delegate"] in (None, "xnnpack")]
+            arts = [a for a in manifest["artifacts"] if a["target"] == target.name
+                    and a["precision"] == _base(precision) and a["delegate"] == target.runtime_delegate]
             if not arts:
-                fail = [f for f in manifest.get("failures", []) if f["target"] == target]
+                fail = [f for f in manifest.get("failures", []) if f["target"] == target.name]
                 why = fail[0]["error"] if fail else "no artifact in the export"
                 missing.append({"id": f"{runtime}/{precision}/{variant}", "runtime": runtime,
                                 "precision": precision, "variant": variant, "status": "failed", "error": why})
                 continue
             art = arts[0]
-            backend = "xnnpack" if runtime == "executorch" else "CPU"
+            backend = target.runtime_delegate or "CPU"
             cases.append(Case(runtime, precision, variant, backend, folder / art["file"],
                               hint="f32" if runtime == "openvino" else None))
             if runtime == "openvino" and precision == "fp32" and bf16:

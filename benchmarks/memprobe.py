@@ -43,8 +43,9 @@ def main() -> int:
     spec = json.loads(sys.argv[1])
     c = spec["case"]
     case = Case(**{**c, "artifact": Path(c["artifact"]) if c["artifact"] else None})
-    module = {"onnxruntime": "onnxruntime", "openvino": "openvino", "executorch": "executorch.runtime",
-              "pytorch": "torch"}[case.runtime]
+    from export import targets
+
+    module = "torch" if case.runtime == "pytorch" else targets.by_runtime(case.runtime).runtime_module
     __import__(module)
     x = np.random.default_rng(0).random((1, 3, spec["img_size"], spec["img_size"]), dtype=np.float32)
     before = _rss_mib()

@@ -7,10 +7,12 @@ from pathlib import Path
 
 from edge_crossformer.files import atomic_path
 
-RUNTIME_NAMES = {"pytorch": "PyTorch eager", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO CPU",
-                 "executorch": "ExecuTorch", "coreml": "Core ML"}
+from export import targets as registry
+
+# Display names: PyTorch eager, then each target's runtime (Core ML's too: device results name it).
+RUNTIME_NAMES = {"pytorch": "PyTorch eager", **{t.runtime or t.name: t.runtime_name for t in registry.TARGETS.values()}}
 # accuracy.json keys its runtimes by export target
-ACCURACY_KEYS = {"onnxruntime": "onnx", "openvino": "openvino", "executorch": "executorch"}
+ACCURACY_KEYS = {t.runtime: t.name for t in registry.runnable()}
 
 
 def _f(value, spec: str = ".2f") -> str:

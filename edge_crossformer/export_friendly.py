@@ -8,20 +8,22 @@ What changes, and why (each rewrite names the reference computation it replaces)
 - Padding masks use -1e4 instead of -1e6: representable in FP16, still exp() == 0 after softmax in FP32.
 - Attention matmuls are 3-D `bmm` (a 4-D `@` lowers to expand_copy + bmm in ExecuTorch, and the expand stays
   outside the XNNPACK delegate); q, k and v come from a split of the last dim, not a rank-5 permute and select.
-- Optionally (`flatten_linears`, for ONNX Runtime) token linears run on 2-D [tokens, channels]: exported as Gemm
+- Each runtime's spelling is one frozen `Spelling` value, chosen by the target and passed to `create_model`:
+- Optionally (`flat_linears`, for ONNX Runtime) token linears run on 2-D [tokens, channels]: exported as Gemm
   with its bias, which ONNX Runtime's QDQ fusion turns into one INT8 QGemm with the bias inside.
-- Optionally (`decompose_layernorm=True`, for ExecuTorch XNNPACK, which has no LayerNorm) LayerNorm and the final
+- Optionally (`decompose_layernorm`, for ExecuTorch XNNPACK, which has no LayerNorm) LayerNorm and the final
   average pool are spelled as 4-D means over dims (2, 3), the only mean XNNPACK takes.
 - The cross-scale embedding and merges concatenate their convs' outputs on the NCHW channel axis, then move channels
   last once (`ChannelConcatEmbed`, `ChannelConcatMerging`).
 - Optionally (`matmul_4d`, for OpenVINO) attention is 4-D with q / k / v as three linears and the output projection
-  after the merge; `fold_norm_affine` (also OpenVINO's) moves each block's LayerNorm scale and shift into the linears
+  after the merge; `fold_norms` (`fold_norm_affine`, also OpenVINO's) moves each block's LayerNorm scale and shift into the linears
   that read the norm.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +34,29 @@ from .config import CrossFormerConfig
 
 # Finite in FP16 (max 65504) and far below any attention logit; see module docstring.
 MASK_VALUE = -1.0e4
+
+
+@dataclass(frozen=True)
+class Spelling:
+    """How the rewrite writes its ops for one runtime. Every spelling computes the same function from the same
+    state dict (tests/test_rewrites.py); each export target declares the one its runtime runs best (export.targets).
+
+    decompose_layernorm: LayerNorm and the final pool as 4-D means (ExecuTorch's XNNPACK has no LayerNorm).
+    matmul_4d: attention as 4-D q @ k^T + bias -> softmax -> @ v, projected after the merge (OpenVINO fuses it into
+        one kernel); otherwise 3-D bmm, which XNNPACK delegates whole.
+    flat_linears: token linears as 2-D GEMMs with the bias inside (ONNX Gemm -> ONNX Runtime's INT8 QGemm).
+    fold_norms: each block's LayerNorm scale and shift moved into the linears that read the norm (inference only:
+        the state dict no longer matches upstream's).
+    """
+
+    decompose_layernorm: bool = False
+    matmul_4d: bool = False
+    flat_linears: bool = False
+    fold_norms: bool = False
+
+    @property
+    def linear(self) -> type[nn.Linear]:
+        return FlatLinear if self.flat_linears else nn.Linear
 
 
 def lsda_partition(x: Tensor, group: int, interval: int) -> Tensor:
@@ -116,18 +141,6 @@ class FlatLinear(nn.Linear):
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-def flatten_linears(model: nn.Module) -> nn.Module:
-    """Swap, in place, every token linear (not the 2-D head) for `FlatLinear`, sharing its parameters."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear and name != "head":
-                flat = FlatLinear(child.in_features, child.out_features, bias=child.bias is not None,
-                                  device=child.weight.device, dtype=child.weight.dtype)
-                flat.weight, flat.bias = child.weight, child.bias
-                setattr(parent, name, flat)
-    return model
-
-
 @torch.no_grad()
 def fold_norm_affine(model: nn.Module) -> nn.Module:
     """In place: each block's norm1 / norm2 scale and shift move into the linears that read them (attn.qkv,
@@ -158,15 +171,15 @@ class FriendlyAttention(nn.Module):
     Parameter names match `reference.Attention` (`qkv`, `proj`, `pos.*`) so the same state dict loads.
     """
 
-    def __init__(self, dim: int, group: int, num_heads: int, mask: Tensor | None):
+    def __init__(self, dim: int, group: int, num_heads: int, mask: Tensor | None, spelling: Spelling = Spelling()):
         super().__init__()
         self.dim = dim
         self.group = group
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.pos = ref.DynamicPosBias(dim // 4, num_heads)
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = spelling.linear(dim, dim * 3)
+        self.proj = spelling.linear(dim, dim)
         self.register_buffer("offsets", ref.relative_offsets(group), persistent=False)
         self.register_buffer("onehot", relative_position_onehot(group), persistent=False)
         self.register_buffer("mask", mask, persistent=False)
@@ -174,7 +187,7 @@ class FriendlyAttention(nn.Module):
         self.register_buffer("attn_bias", None, persistent=False)
         # Spelling of the attention core: 3-D bmm (ExecuTorch: XNNPACK leaves a 4-D matmul's expand_copy outside)
         # or 4-D q @ k^T + bias -> softmax -> @ v, the pattern OpenVINO's CPU plugin fuses into one attention kernel.
-        self.matmul_4d = False
+        self.matmul_4d = spelling.matmul_4d
 
     def live_bias(self) -> Tensor:
         """Position bias (+ mask) from the MLP, gather-free, differentiable: used before folding (e.g. QAT)."""
@@ -231,16 +244,16 @@ class FriendlyBlock(nn.Module):
     """`reference.CrossFormerBlock` with rank-4 grouping and a constant bias; same parameter names."""
 
     def __init__(self, dim: int, resolution: int, num_heads: int, group_size: int, interval: int, lsda_flag: int,
-                 mlp_ratio: float, use_extra_conv: bool, decompose_layernorm: bool = False):
+                 mlp_ratio: float, use_extra_conv: bool, spelling: Spelling = Spelling()):
         super().__init__()
         self.resolution = resolution
         self.group, self.interval, self.padded = ref.block_geometry(resolution, group_size, interval, lsda_flag)
-        norm = lambda: ExportLayerNorm(dim, decompose=decompose_layernorm)  # noqa: E731
+        norm = lambda: ExportLayerNorm(dim, decompose=spelling.decompose_layernorm)  # noqa: E731
         self.norm1 = norm()
         mask = padding_mask(resolution, self.group, self.interval)
-        self.attn = FriendlyAttention(dim, self.group, num_heads, mask)
+        self.attn = FriendlyAttention(dim, self.group, num_heads, mask, spelling)
         self.norm2 = norm()
-        self.mlp = ref.Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = ref.Mlp(dim, int(dim * mlp_ratio), spelling.linear)
         self.use_extra_conv = use_extra_conv
         if use_extra_conv:
             self.ex_conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
@@ -292,26 +305,25 @@ class ChannelConcatMerging(ref.PatchMerging):
 
 
 class ExportFriendlyCrossFormer(ref.CrossFormer):
-    """Drop-in for `reference.CrossFormer`: same state dict, same logits, export-friendly graph."""
+    """Drop-in for `reference.CrossFormer`: same state dict, same logits, export-friendly graph, in one `Spelling`
+    fixed at construction (`fold_norms` applies after loading weights: `fold_norm_affine`)."""
+
+    embed_cls = ChannelConcatEmbed
 
     def __init__(self, cfg: CrossFormerConfig, img_size: int = 224, num_classes: int = 1000,
-                 decompose_layernorm: bool = False):
-        self.decompose_layernorm = decompose_layernorm
+                 spelling: Spelling = Spelling()):
+        self.spelling = spelling
         super().__init__(cfg, img_size, num_classes)
         # The stem, merge and final norms are plain nn.LayerNorm in the reference; swap in the same parameters.
         for parent in list(self.modules()):
             for name, child in list(parent.named_children()):
                 if type(child) is nn.LayerNorm:
-                    setattr(parent, name, ExportLayerNorm(child.normalized_shape[0], child.eps, decompose_layernorm))
-        # Behaviour-only subclasses (no state of their own), so the parameters stay where they are.
-        self.patch_embed.__class__ = ChannelConcatEmbed
-        for stage in self.layers:
-            if stage.downsample is not None:
-                stage.downsample.__class__ = ChannelConcatMerging
+                    setattr(parent, name, ExportLayerNorm(child.normalized_shape[0], child.eps,
+                                                          spelling.decompose_layernorm))
 
     def _stage(self, cfg: CrossFormerConfig, index: int, resolution: int) -> nn.Module:
-        return ref.Stage(cfg, index, resolution, block_cls=FriendlyBlock,
-                         decompose_layernorm=self.decompose_layernorm)
+        return ref.Stage(cfg, index, resolution, block_cls=FriendlyBlock, merge_cls=ChannelConcatMerging,
+                         spelling=self.spelling)
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.patch_embed(x)

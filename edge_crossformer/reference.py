@@ -21,11 +21,11 @@ NEG_INF = -1000000.0
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, linear=nn.Linear):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = linear(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -231,7 +231,8 @@ class PatchMerging(nn.Module):
 
 
 class Stage(nn.Module):
-    def __init__(self, cfg: CrossFormerConfig, index: int, resolution: int, block_cls=CrossFormerBlock, **block_kw):
+    def __init__(self, cfg: CrossFormerConfig, index: int, resolution: int, block_cls=CrossFormerBlock,
+                 merge_cls=None, **block_kw):
         super().__init__()
         dim = cfg.embed_dim * 2 ** index
         depth = cfg.depths[index]
@@ -243,7 +244,7 @@ class Stage(nn.Module):
             for i in range(depth)
         )
         last = index == len(cfg.depths) - 1
-        self.downsample = None if last else PatchMerging(resolution, dim, cfg.merge_size[index])
+        self.downsample = None if last else (merge_cls or PatchMerging)(resolution, dim, cfg.merge_size[index])
 
     def forward(self, x: Tensor) -> Tensor:
         for blk in self.blocks:
@@ -254,12 +255,15 @@ class Stage(nn.Module):
 class CrossFormer(nn.Module):
     """Faithful CrossFormer / CrossFormer++ classifier (ImageNet-normalized NCHW in, logits out)."""
 
+    # Subclasses spell the stem differently (same parameters).
+    embed_cls = PatchEmbed
+
     def __init__(self, cfg: CrossFormerConfig, img_size: int = 224, num_classes: int = 1000):
         super().__init__()
         self.cfg = cfg
         self.img_size = img_size
         self.num_classes = num_classes
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim)
+        self.patch_embed = self.embed_cls(cfg.patch_size, cfg.in_chans, cfg.embed_dim)
         base = img_size // cfg.patch_size[0]
         self.layers = nn.ModuleList(self._stage(cfg, i, base // 2 ** i) for i in range(len(cfg.depths)))
         self.num_features = cfg.embed_dim * 2 ** (len(cfg.depths) - 1)

@@ -8,7 +8,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, load_into, read_state_dict
 from .config import VARIANTS, CrossFormerConfig
-from .export_friendly import ExportFriendlyCrossFormer, fold_position_bias
+from .export_friendly import ExportFriendlyCrossFormer, Spelling, fold_norm_affine, fold_position_bias
 from .reference import CrossFormer
 
 ASSETS = Path(__file__).parent / "assets"
@@ -48,15 +48,15 @@ def check_num_classes(num_classes: int) -> None:
 
 
 def build_model(name: str, *, img_size: int | None = None, num_classes: int | None = None,
-                export_friendly: bool = False, decompose_layernorm: bool = False) -> nn.Module:
+                export_friendly: bool = False, spelling: Spelling | None = None) -> nn.Module:
     """An untrained (randomly initialised) model; `create_model` is the user-facing entry point."""
     cfg = get_config(name)
     img_size = cfg.default_img_size if img_size is None else img_size
     num_classes = cfg.default_num_classes if num_classes is None else num_classes
     check_img_size(img_size)
     check_num_classes(num_classes)
-    if export_friendly:
-        model = ExportFriendlyCrossFormer(cfg, img_size, num_classes, decompose_layernorm=decompose_layernorm)
+    if export_friendly or spelling is not None:
+        model = ExportFriendlyCrossFormer(cfg, img_size, num_classes, spelling or Spelling())
     else:
         model = CrossFormer(cfg, img_size, num_classes)
     model.model_name = name
@@ -70,16 +70,19 @@ def default_checkpoint(name: str) -> Path | None:
 
 def create_model(name: str, *, checkpoint: str | Path | None = None, img_size: int | None = None,
                  num_classes: int | None = None, export_friendly: bool = False, reset_head: bool = False,
-                 decompose_layernorm: bool = False, fold: bool = True) -> nn.Module:
+                 spelling: Spelling | None = None, fold: bool = True) -> nn.Module:
     """A CrossFormer in eval mode: ImageNet-normalized NCHW float in, logits out.
 
     img_size / num_classes default to 224 / 1000 for upstream variants and to the bundled model's own values for
     `crossformer-fmnist`, whose trained weights load when no checkpoint is given. `export_friendly=True` returns the
     rewrite (same state dict, same logits) with the position bias folded to constants (`fold=False` keeps the
-    MLP live, for training). `decompose_layernorm` spells LayerNorm in ops ExecuTorch's XNNPACK delegate takes.
+    MLP live, for training). `spelling` (implies the rewrite) picks how it writes its ops for one runtime
+    (`export_friendly.Spelling`; each export target declares its own).
     """
+    if spelling is not None and spelling.fold_norms and not fold:
+        raise ValueError("Spelling(fold_norms=True) changes the weights for inference; it needs fold=True")
     model = build_model(name, img_size=img_size, num_classes=num_classes, export_friendly=export_friendly,
-                        decompose_layernorm=decompose_layernorm)
+                        spelling=spelling)
     if checkpoint is None:
         checkpoint = default_checkpoint(name)
         if checkpoint is not None and not checkpoint.exists():
@@ -91,6 +94,8 @@ def create_model(name: str, *, checkpoint: str | Path | None = None, img_size: i
         model.head_reset = load_into(model, state, reset_head=reset_head, model_name=name,
                                      source=str(checkpoint)).head_reset
     model.eval()
-    if export_friendly and fold:
+    if isinstance(model, ExportFriendlyCrossFormer) and fold:
         model = fold_position_bias(model)
+        if model.spelling.fold_norms:
+            fold_norm_affine(model)
     return model

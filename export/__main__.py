@@ -9,8 +9,10 @@ from pathlib import Path
 from edge_crossformer.cli import (MAX_IMAGES, MAX_NUM_CLASSES, float_in, img_size, int_in, percentage_points, regex,
                                   run_cli)
 
-from .request import (DEFAULT_MODEL, INT8_ACTIVATIONS, MAX_PARITY_SAMPLES, PRECISIONS, ExportError, ExportRequest,
-                      parse_targets, validate)
+from . import targets
+from .request import (DEFAULT_MODEL, INT8_ACTIVATIONS, MAX_PARITY_SAMPLES, ExportError, ExportRequest, parse_targets,
+                      validate)
+from .targets import PRECISIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m export",
         description="Export a CrossFormer to Core ML, ExecuTorch, OpenVINO and/or ONNX, check every artifact "
                     "against the PyTorch reference, and write manifest.json.")
-    p.add_argument("--target", required=True, help="coreml, executorch, openvino, onnx or all")
+    p.add_argument("--target", required=True, help=f"{', '.join(targets.TARGETS)}, all, or a comma-separated list")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"registered model name (default: {DEFAULT_MODEL})")
     p.add_argument("--checkpoint", type=Path, help=".pth/.pt/.safetensors weights (upstream layouts accepted)")
     p.add_argument("--img-size", type=img_size,
@@ -27,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"classes of the checkpoint's head, 1 to {MAX_NUM_CLASSES} (default: the model's)")
     p.add_argument("--labels", type=Path, help="text file, one class label per line")
     p.add_argument("--precision", choices=PRECISIONS,
-                   help="default per target: coreml fp16, others fp32")
+                   help="default per target: " + ", ".join(f"{t.name} {t.default_precision}"
+                                                           for t in targets.TARGETS.values()))
     p.add_argument("--calib-data", type=Path, help="calibration images for int8 (folder, ImageFolder or IDX)")
     p.add_argument("--calib-size", type=int_in(1, MAX_IMAGES),
                    help="int8: calibration images used, >= 1 (default 300)")

@@ -9,19 +9,9 @@ from typing import Callable
 
 import numpy as np
 
+from . import targets
 from .prepare import ModelSource
 from .request import ExportError, ExportRequest
-
-INSTALL_HINT = {
-    "coremltools": "pip install 'edge-crossformer[coreml]'  (coremltools==9.0)",
-    "executorch": "pip install 'edge-crossformer[executorch]'  (executorch==1.5.1)",
-    "openvino": "pip install 'edge-crossformer[openvino]'  (openvino, nncf)",
-    "onnx": "pip install 'edge-crossformer[onnx]'  (onnx, onnxruntime, onnxscript)",
-    "onnxruntime": "pip install 'edge-crossformer[onnx]'  (onnx, onnxruntime, onnxscript)",
-    "onnxscript": "pip install 'edge-crossformer[onnx]'  (onnx, onnxruntime, onnxscript)",
-    "nncf": "pip install 'edge-crossformer[openvino]'  (openvino, nncf)",
-}
-
 
 def require(module: str, target: str):
     """Import a backend lazily; a missing one is a clear error with the install command."""
@@ -30,7 +20,7 @@ def require(module: str, target: str):
     except ImportError as e:
         top = module.split(".")[0]
         raise ExportError(f"target {target} needs the '{top}' package, which is not installed: "
-                          f"{INSTALL_HINT.get(top, f'pip install {top}')}") from e
+                          f"{targets.install_hint(top)}") from e
 
 
 @dataclass
@@ -48,11 +38,16 @@ class Artifact:
 
 @dataclass
 class TargetContext:
+    target: targets.Target
     request: ExportRequest
     source: ModelSource
     staging: Path
     precision: str
     step: Callable[[str], None] = lambda message: None
+
+    def deployable(self):
+        """The model in this target's spelling (export.targets)."""
+        return self.source.deployable(self.target.spelling)
 
     def file_name(self, target: str, delegate: str | None, ext: str, precision: str | None = None) -> Path:
         """`<model>_<target>-<delegate>_<precision>.<ext>` inside the staging directory."""

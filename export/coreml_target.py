@@ -53,11 +53,11 @@ def export(ctx: TargetContext) -> list[Artifact]:
 
             ctx.step("ranking layers for --max-accuracy-drop (XNNPACK scheme)")
             accuracy = _search_info(ctx)
-        graph = ctx.source.pt2e_int8(example, decompose_layernorm=False)
+        graph = ctx.source.pt2e_int8(example, ctx.target.spelling)
         with torch.no_grad():
             program = torch.export.export(graph, (example,)).run_decompositions({})
     else:
-        program = ctx.source.exported_program().run_decompositions({})
+        program = ctx.source.exported_program(ctx.target.spelling).run_decompositions({})
     mlmodel = ct.convert(
         program,
         inputs=[ct.ImageType(name="image", shape=(1, 3, size, size), scale=1.0 / 255.0,

@@ -10,6 +10,7 @@ import torch
 
 from edge_crossformer.util import captured_native_stderr
 
+from . import targets
 from .base import Artifact, TargetContext, require
 from .request import ExportError
 
@@ -58,9 +59,16 @@ def save_program(edge, path) -> None:
     path.write_bytes(program.buffer)
 
 
-def load_runner(path):
+def load_runner(path, threads: int | None = None):
+    """A .pte's `forward` on ExecuTorch's runtime: [1, 3, S, S] float32 -> logits. `threads` resizes the
+    process-wide XNNPACK thread pool (the runtime has no per-program setting)."""
     runtime = require("executorch.runtime", "executorch")
-    with captured_native_stderr():  # the C++ runtime's cpuinfo chatter on fd 2 (first load_method in a process)
+    # The C++ runtime's cpuinfo and "Resetting threadpool" chatter on fd 2.
+    with captured_native_stderr():
+        if threads:
+            from executorch.extension.pybindings import portable_lib
+
+            portable_lib._unsafe_reset_threadpool(threads)
         method = runtime.Runtime.get().load_program(str(path)).load_method("forward")
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -92,17 +100,17 @@ def _int8_program(ctx: TargetContext, example: torch.Tensor):
     ranges = ctx.source.qat_ranges
     if ctx.request.int8_activations == "dynamic":
         ctx.step("quantizing for XNNPACK (linears' inputs quantized per row at run time)")
-        graph = quantize_pt2e_dynamic(ctx.source.deployable(decompose_layernorm=True), example,
+        graph = quantize_pt2e_dynamic(ctx.deployable(), example,
                                       ctx.source.quant_options())
     elif ranges is not None:
         ctx.step(f"quantizing for XNNPACK with the ranges learned in QAT ({ranges.name})")
         try:
-            graph = convert_with_ranges(ctx.source.deployable(decompose_layernorm=True), ranges, example)
+            graph = convert_with_ranges(ctx.deployable(), ranges, example)
         except QATError as e:
             raise ExportError(str(e)) from e
     else:
         ctx.step("quantizing for XNNPACK (NNCF quantize_pt2e)")
-        graph = ctx.source.pt2e_int8(example, decompose_layernorm=True)
+        graph = ctx.source.pt2e_int8(example, ctx.target.spelling)
     with torch.no_grad():
         return torch.export.export(graph, (example,))
 
@@ -134,7 +142,7 @@ def export(ctx: TargetContext) -> list[Artifact]:
         edge, accuracy = _accuracy_controlled(ctx, ctx.source.example(), path)
     else:
         program = (_int8_program(ctx, ctx.source.example()) if ctx.precision == "int8"
-                   else ctx.source.exported_program(decompose_layernorm=True))
+                   else ctx.source.exported_program(ctx.target.spelling))
         ctx.step("lowering to ExecuTorch XNNPACK")
         edge = lower_xnnpack(program)
         save_program(edge, path)
@@ -154,7 +162,8 @@ def export(ctx: TargetContext) -> list[Artifact]:
     ctx.step("lowering to ExecuTorch Core ML delegate")
     # The Core ML delegate computes in FP16 (what the Neural Engine runs), whatever the XNNPACK precision.
     coreml_precision = "fp16"
-    edge = lower_coreml(ctx.source.exported_program(), coreml_precision)
+    # The delegate runs Core ML: Core ML's spelling.
+    edge = lower_coreml(ctx.source.exported_program(targets.get("coreml").spelling), coreml_precision)
     outside = outside_delegate(edge.exported_program())
     path = ctx.file_name("executorch", "coreml", "pte", precision=coreml_precision)
     save_program(edge, path)

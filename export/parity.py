@@ -2,7 +2,7 @@
 
 Inputs: the sample images shipped in `export/samples/` (resized as the manifest says) plus seeded image-like inputs
 (smooth random fields, not white noise, so attention sees structure). Reference: the faithful model on CUDA when
-present (TF32 off), else CPU, in float32. Gates: DESIGN.md's parity table.
+present (TF32 off), else CPU, in float32. Gates: docs/parity.md.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Relative to max |reference logit|; fp16 by PSNR; int8 by top-1 agreement on real labelled images.
-FP32_GATES = {"onnx": 1e-4, "openvino": 1e-3, "executorch": 1e-3, "coreml": 1e-3}
+from . import targets
+
+# The gates (docs/parity.md): FP32 relative to max |reference logit|, per target (export.targets); FP16 by PSNR;
+# INT8 by top-1 agreement and accuracy drop on real labelled images.
 FP16_PSNR_DB = 60.0
 FP16_TOP1 = 0.99
 INT8_TOP1 = 0.98
@@ -101,7 +103,7 @@ def compare(got: np.ndarray, ref: np.ndarray) -> ParityResult:
 def gate(target: str, precision: str, result: ParityResult) -> tuple[str, str]:
     """('pass' | 'fail', the rule applied)."""
     if precision == "fp32":
-        limit = FP32_GATES[target]
+        limit = targets.get(target).fp32_gate
         ok = result.rel_max <= limit and result.top1_agreement == 1.0
         return ("pass" if ok else "fail"), f"max_abs <= {limit:g} x max|ref| and same top-1"
     if precision == "fp16":

@@ -26,27 +26,42 @@ from edge_crossformer.files import (OutputBusy, free_bytes, json_safe, output_lo
 from edge_crossformer.host import host_isa
 from edge_crossformer.util import progress_bar
 
-from . import parity
+from . import parity, targets
 from .base import Artifact, TargetContext
 from .manifest import build_manifest, resize_spec, sha256_of
 from .prepare import SAMPLES, ModelSource
 from .request import ExportError, ExportRequest
 
-TARGET_MODULES = {"coreml": "export.coreml_target", "executorch": "export.executorch_target",
-                  "openvino": "export.openvino_target", "onnx": "export.onnx_target"}
-BACKENDS = {"coreml": ("coremltools",), "executorch": ("executorch", "coremltools"),
-            "openvino": ("openvino",), "onnx": ("onnx", "onnxruntime", "onnxscript")}
 
 
-def check_backends(targets: tuple[str, ...]) -> None:
-    """Fail before any work when a target's package is missing, naming the install command."""
-    from .base import INSTALL_HINT
-
-    for target in targets:
-        for package in BACKENDS[target]:
+def check_backends(req: ExportRequest) -> None:
+    """Fail before any work when a target's package (or INT8's quantizer) is missing, naming the install command."""
+    for name in req.targets:
+        packages = targets.get(name).packages
+        if req.precision_for(name) == "int8" and req.int8_activations == "static":
+            packages += (targets.QUANTIZER[0],)
+        for package in packages:
             if importlib.util.find_spec(package) is None:
-                raise ExportError(f"target {target} needs the '{package}' package, which is not installed: "
-                                  f"{INSTALL_HINT.get(package, f'pip install {package}')}")
+                raise ExportError(f"target {name} needs the '{package}' package, which is not installed: "
+                                  f"{targets.install_hint(package)}")
+
+
+# This project's own code: an error of the kinds below raised on one of its lines is a bug, not a converter's
+# verdict on the model, and propagates with its traceback.
+OWN_CODE = tuple(str(Path(__file__).resolve().parents[1] / package) + os.sep
+                 for package in ("edge_crossformer", "export", "quantize"))
+BUG_TYPES = (NameError, AttributeError, TypeError, KeyError, IndexError, AssertionError, ZeroDivisionError)
+
+
+def raised_by_converter(error: BaseException) -> bool:
+    """Whether a target's exception is a converter or runtime failing on this model (recorded in the manifest, the
+    other targets go on) rather than a programming error in this project (raised). Errors raised inside a
+    converter's Python code, and any other error a native call raises through ours (RuntimeError, ValueError, a
+    converter's own types), count as the converter's."""
+    tb, filename = error.__traceback__, ""
+    while tb is not None:
+        filename, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
+    return not (isinstance(error, BUG_TYPES) and os.path.abspath(filename).startswith(OWN_CODE))
 
 
 def structural_checks(art: Artifact) -> list[dict]:
@@ -75,7 +90,7 @@ def run_export(req: ExportRequest, console: Console | None = None) -> tuple[int,
     replaces the output only when complete; on any way out (error, Ctrl-C, SIGTERM, full disk) it is removed, and a
     run killed outright leaves one that the next run removes. One export at a time per output directory."""
     console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 150)
-    check_backends(req.targets)
+    check_backends(req)
     output = Path(req.output)
     try:
         with output_lock(output):
@@ -84,7 +99,7 @@ def run_export(req: ExportRequest, console: Console | None = None) -> tuple[int,
             started = time.time()
             staging = staging_dir(output)
             try:
-                with private_tmpdir(staging / SCRATCH):
+                with private_tmpdir(staging / SCRATCH), _converters_quiet():
                     manifest = _export_into(req, staging, console)
                 _publish(staging, output)
             except BaseException:
@@ -98,18 +113,16 @@ def run_export(req: ExportRequest, console: Console | None = None) -> tuple[int,
 
 # Converters' temporary files (TMPDIR) inside the staging directory: removed with it, whatever happens.
 SCRATCH = ".tmp"
-# Bytes per parameter of each target's files at each precision (Core ML and ExecuTorch FP32 write two files),
-# doubled below for the converters' temporary copies.
+# Bytes per parameter of a target's file at each precision (times the target's files_per_param), doubled below for
+# the converters' temporary copies.
 BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "int8": 1.2}
-FILES_PER_TARGET = {"executorch": 1.5}
 
 
 def check_free_space(req: ExportRequest, params: int, output: Path) -> None:
     """Refuse up front when the artifacts cannot fit (a full disk in the middle is still caught: cli.run_cli)."""
     needed = 32 << 20
-    for target in req.targets:
-        precision = req.precision_for(target)
-        needed += int(2 * params * BYTES_PER_PARAM[precision] * FILES_PER_TARGET.get(target, 1.0))
+    for name in req.targets:
+        needed += int(2 * params * BYTES_PER_PARAM[req.precision_for(name)] * targets.get(name).files_per_param)
     free = free_bytes(output.parent)
     if free < needed:
         raise ExportError(f"not enough free disk space under {output.parent}: the export needs about "
@@ -131,17 +144,17 @@ def _export_into(req: ExportRequest, staging: Path, console: Console) -> dict:
         for target in req.targets:
             precision = req.precision_for(target)
             step = lambda message, t=target: bar.update(task, description=f"{t}: {message}")  # noqa: E731
-            ctx = TargetContext(req, source, staging, precision, step)
+            ctx = TargetContext(targets.get(target), req, source, staging, precision, step)
             before = {p.name for p in staging.iterdir()}
             made: list[Artifact] = []
             try:
-                module = importlib.import_module(TARGET_MODULES[target])
+                module = targets.get(target).backend()
                 with _quiet_converters():
                     made = module.export(ctx)
             except ExportError:
                 raise
             except Exception as e:  # a converter failing on this model: recorded, the other targets go on
-                if disk_full(e):
+                if disk_full(e) or not raised_by_converter(e):
                     raise
                 first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
                 failures.append({"target": target, "precision": precision,
@@ -205,8 +218,9 @@ def _accuracy_control(art: Artifact, source: ModelSource) -> tuple[bool, str | N
     if met:
         return True, None
     floats = control.get("kept_float") or []
-    hint = ("; ExecuTorch's --int8-activations dynamic keeps activations float between linears (0.02 pp on "
-            "crossformer-fmnist)" if art.target == "executorch" else "")
+    target = targets.get(art.target)
+    hint = (f"; {target.runtime_name}'s --int8-activations dynamic keeps activations float between linears (0.02 pp "
+            "on crossformer-fmnist with ExecuTorch)" if "dynamic" in target.int8_activations else "")
     return False, (f"--max-accuracy-drop {control['max_drop_pp']} not met: drop {drop:.2f} pp on {control['images']}"
                    f" with {len(floats)} layer(s) kept float" + (f" (e.g. {', '.join(floats[:3])})" if floats else "")
                    + f"; allow a larger drop or fine-tune with python -m quantize qat{hint}")
@@ -257,6 +271,38 @@ def _parity_entry(art: Artifact, inputs: np.ndarray, expected: np.ndarray, devic
     return entry
 
 
+# Converters that log INFO chatter and warn on every conversion: this tool shows one progress display and a summary.
+CONVERTER_LOGGERS = ("executorch", "coremltools", "torch.onnx", "torch._export", "nncf", "torchao")
+CONVERTER_WARNINGS = r"(coremltools|executorch|torchao|torch\.onnx|onnxscript|nncf)(\..*)?"
+
+
+@contextlib.contextmanager
+def _converters_quiet():
+    """For a whole export: converters' loggers at ERROR, their warnings and tqdm bars off; the caller's settings
+    come back afterwards."""
+    loggers = {name: logging.getLogger(name) for name in CONVERTER_LOGGERS}
+    levels = {name: log.level for name, log in loggers.items()}
+    tqdm = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=CONVERTER_WARNINGS)
+            for log in loggers.values():
+                log.setLevel(logging.ERROR)
+            yield
+    finally:
+        for name, log in loggers.items():
+            log.setLevel(levels[name])
+        _restore_env("TQDM_DISABLE", tqdm)
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
 @contextlib.contextmanager
 def _quiet_converters():
     """Converters log INFO/WARNING chatter (and set their own logger levels) and draw tqdm bars: silence both while
@@ -271,10 +317,7 @@ def _quiet_converters():
             yield
     finally:
         logging.disable(disabled)
-        if tqdm is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = tqdm
+        _restore_env("TQDM_DISABLE", tqdm)
 
 
 def _publish(staging: Path, output: Path) -> None:

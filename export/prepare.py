@@ -10,13 +10,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge_crossformer import Normalized, create_model, strip_position_mlp
-from edge_crossformer.export_friendly import FriendlyAttention, flatten_linears, fold_norm_affine
+from edge_crossformer import Normalized, Spelling, create_model, strip_position_mlp
 from edge_crossformer.checkpoint import CheckpointError
 
+from . import targets
 from .request import ExportError, ExportRequest
 
 SAMPLES = Path(__file__).parent / "samples"
+# The spelling the XNNPACK-scheme INT8 tools (keep-float search, sensitivity) work on: the graph ExecuTorch lowers.
+PT2E_SPELLING = targets.get("executorch").spelling
 
 
 @dataclass
@@ -46,29 +48,14 @@ class ModelSource:
         """--reset-head replaced the checkpoint's head (with one seeded head, the same in every model built)."""
         return bool(getattr(self.reference.model, "head_reset", False))
 
-    def deployable(self, decompose_layernorm: bool = False, matmul_4d: bool = False,
-                   flat_linears: bool = False, fold_norms: bool = False) -> nn.Module:
-        """What gets exported: the rewrite (or, on request, the faithful model), normalization inside.
-
-        `matmul_4d` spells attention as 4-D q @ k^T -> softmax -> @ v (OpenVINO fuses it into one kernel);
-        the default 3-D bmm spelling is the one XNNPACK delegates whole. `flat_linears` runs token linears as 2-D
-        GEMMs with the bias inside (ONNX Gemm, which ONNX Runtime fuses into an INT8 QGemm). `fold_norms` moves
-        the blocks' LayerNorm scale and shift into the linears after them (`fold_norm_affine`).
-        """
+    def deployable(self, spelling: Spelling = Spelling()) -> nn.Module:
+        """What gets exported: the rewrite in a target's spelling (or, on request, the faithful model), position MLP
+        stripped, normalization inside; built once per spelling."""
         if self.request.reference_model:
             return self.reference
-        key = (decompose_layernorm, matmul_4d, flat_linears, fold_norms)
-        if key not in self._deployables:
-            model = strip_position_mlp(self._create(export_friendly=True, decompose_layernorm=decompose_layernorm))
-            if flat_linears:
-                flatten_linears(model)
-            if fold_norms:
-                fold_norm_affine(model)
-            for module in model.modules():
-                if isinstance(module, FriendlyAttention):
-                    module.matmul_4d = matmul_4d
-            self._deployables[key] = Normalized(model).eval()
-        return self._deployables[key]
+        if spelling not in self._deployables:
+            self._deployables[spelling] = Normalized(strip_position_mlp(self._create(spelling=spelling))).eval()
+        return self._deployables[spelling]
 
     @functools.cached_property
     def qat_ranges(self) -> Path | None:
@@ -139,7 +126,7 @@ class ModelSource:
     def _sensitivity(self):
         from quantize.sensitivity import measure
 
-        return measure(self.deployable(decompose_layernorm=True), self.int8_data.calibration,
+        return measure(self.deployable(PT2E_SPELLING), self.int8_data.calibration,
                        torch.from_numpy(self.search_images), self.search_labels if self.search_labelled else None,
                        self.quant_options())
 
@@ -174,7 +161,7 @@ class ModelSource:
         found, _ = self.keep_float_search
         return replace(opts, keep_float=opts.keep_float + tuple(keep_float_pattern(u) for u in found.kept_float))
 
-    def pt2e_int8(self, example: torch.Tensor, decompose_layernorm: bool) -> torch.fx.GraphModule:
+    def pt2e_int8(self, example: torch.Tensor, spelling: Spelling) -> torch.fx.GraphModule:
         """The NNCF-calibrated XNNPACK-scheme INT8 graph, calibrated once per spelling and set of options.
         ExecuTorch takes LayerNorm decomposed (XNNPACK has no LayerNorm); Core ML W8A8 keeps it whole, on
         purpose: decomposed, its variance is a square computed in FP16, which overflows (65504) once activations
@@ -182,10 +169,9 @@ class ModelSource:
         from quantize import quantize_pt2e
 
         opts = self.pt2e_quant_options()
-        key = (decompose_layernorm, repr(opts))
+        key = (spelling, repr(opts))
         if key not in self._int8_graphs:
-            self._int8_graphs[key] = quantize_pt2e(self.deployable(decompose_layernorm=decompose_layernorm), example,
-                                                   self.calibration(), opts)
+            self._int8_graphs[key] = quantize_pt2e(self.deployable(spelling), example, self.calibration(), opts)
         return self._int8_graphs[key]
 
     def accuracy_control_info(self, method: str, **extra) -> dict:
@@ -203,6 +189,6 @@ class ModelSource:
         size = self.request.img_size
         return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
 
-    def exported_program(self, decompose_layernorm: bool = False) -> torch.export.ExportedProgram:
+    def exported_program(self, spelling: Spelling) -> torch.export.ExportedProgram:
         with torch.no_grad():
-            return torch.export.export(self.deployable(decompose_layernorm), (self.example(),))
+            return torch.export.export(self.deployable(spelling), (self.example(),))

@@ -10,25 +10,13 @@ from pathlib import Path
 from edge_crossformer import get_config
 from edge_crossformer.registry import ASSETS, check_img_size, check_num_classes
 
-TARGETS = ("coreml", "executorch", "openvino", "onnx")
-PRECISIONS = ("fp32", "fp16", "int8")
-DEFAULT_MODEL = "crossformer-fmnist"
+from . import targets
 
-# Which precisions each target can produce, and its default when --precision is not given.
-SUPPORTED = {
-    "coreml": ("fp16", "fp32", "int8"),
-    "executorch": ("fp32", "int8"),
-    "openvino": ("fp32", "fp16", "int8"),
-    "onnx": ("fp32", "int8"),
-}
-DEFAULT_PRECISION = {"coreml": "fp16", "executorch": "fp32", "openvino": "fp32", "onnx": "fp32"}
+TARGETS = targets.names()
+DEFAULT_MODEL = "crossformer-fmnist"
 # How INT8 activations get their ranges: calibrated once (static, every target) or per row at run time (dynamic,
-# ExecuTorch XNNPACK only).
+# where the target's runtime has it).
 INT8_ACTIVATIONS = ("static", "dynamic")
-DYNAMIC_INT8_TARGETS = ("executorch",)
-# Targets whose x86 INT8 kernels sum u8 x s8 pairs in int16 on CPUs without VNNI (export/saturation.py); XNNPACK
-# and Core ML do not.
-SATURATION_TARGETS = ("openvino", "onnx")
 
 
 class ExportError(Exception):
@@ -69,7 +57,7 @@ class ExportRequest:
     plain_int8: bool = False
 
     def precision_for(self, target: str) -> str:
-        return self.precision or DEFAULT_PRECISION[target]
+        return self.precision or targets.get(target).default_precision
 
 
 def parse_targets(target: str) -> tuple[str, ...]:
@@ -160,7 +148,7 @@ def check_accuracy_request(req: ExportRequest) -> None:
     if req.int8_activations == "dynamic":
         raise ExportError("--max-accuracy-drop searches the static INT8 scheme; drop --int8-activations dynamic "
                           "(dynamic INT8 already keeps activations in float between linears)")
-    pt2e = [t for t in req.targets if t in ("executorch", "coreml")]
+    pt2e = [t for t in req.targets if targets.get(t).int8_scheme == "xnnpack"]
     if pt2e and req.smooth_quant_alpha is not None and req.smooth_quant_alpha >= 0:
         raise ExportError(f"--max-accuracy-drop for {', '.join(pt2e)} needs SmoothQuant off (its per-layer search "
                           "switches layers back to their original float weights); pass --smooth-quant-alpha -1")
@@ -169,10 +157,11 @@ def check_accuracy_request(req: ExportRequest) -> None:
     from quantize.qat import learned_ranges_file
 
     ranges = learned_ranges_file(req.checkpoint)
-    if ranges is not None and "executorch" in req.targets:
+    learned = [t for t in req.targets if targets.get(t).uses_learned_ranges]
+    if ranges is not None and learned:
         raise ExportError(f"--max-accuracy-drop recalibrates, but {req.checkpoint} comes with ranges learned in QAT "
-                          f"({ranges}); export ExecuTorch without --max-accuracy-drop to use them, or move the "
-                          "ranges file away")
+                          f"({ranges}); export {', '.join(learned)} without --max-accuracy-drop to use them, or "
+                          "move the ranges file away")
 
 
 def validate(req: ExportRequest) -> ExportRequest:
@@ -188,6 +177,24 @@ def validate(req: ExportRequest) -> ExportRequest:
     except ValueError as e:
         raise ExportError(str(e)) from e
     check_bounds(req)
+    check_weights(req, cfg)
+    check_precisions(req)
+    req.labels, req.labels_source = labels_for(req, cfg)
+    check_int8_activations(req)
+    if req.max_accuracy_drop is not None:
+        check_accuracy_request(req)
+    if any(req.precision_for(t) == "int8" for t in req.targets):
+        from .int8 import check_calibration_request
+
+        check_calibration_request(req, cfg)
+    req.output = Path(os.path.abspath(req.output))
+    check_output(req.output, req.overwrite, (req.checkpoint, req.calib_data,
+                                             Path(req.labels_source) if req.labels_source else None))
+    return req
+
+
+def check_weights(req: ExportRequest, cfg) -> None:
+    """A checkpoint that exists (or bundled weights), and a head the request can have."""
     if req.checkpoint is None and cfg.bundled_checkpoint is None:
         raise ExportError(
             f"{req.model} has no bundled weights; pass --checkpoint PATH (an upstream .pth or .safetensors file). "
@@ -197,61 +204,68 @@ def validate(req: ExportRequest) -> ExportRequest:
         raise ExportError(f"checkpoint not found: {req.checkpoint}")
     if req.checkpoint is not None and not Path(req.checkpoint).is_file():
         raise ExportError(f"checkpoint {req.checkpoint} is not a file; pass the .pth/.pt/.safetensors file itself")
-    if req.dynamic_batch and "onnx" not in req.targets:
-        raise ExportError("--dynamic-batch applies to ONNX only: add --target onnx (or all)")
     if req.reset_head and req.checkpoint is None:
         raise ExportError("--reset-head replaces the head of a --checkpoint with another class count; pass "
                           "--checkpoint and --num-classes")
     if req.checkpoint is None and req.num_classes != cfg.default_num_classes:
         raise ExportError(f"the bundled {req.model} weights have {cfg.default_num_classes} classes; "
                           "pass --checkpoint to export another head")
-    for target in req.targets:
-        precision = req.precision_for(target)
-        if precision not in SUPPORTED[target]:
-            able = [t for t in TARGETS if precision in SUPPORTED[t]]
+
+
+def _able(where) -> str:
+    return ", ".join(targets.names(where))
+
+
+def check_precisions(req: ExportRequest) -> None:
+    """Each target can produce the precision asked of it; target-only options name a target that takes them."""
+    if req.dynamic_batch and not any(targets.get(t).dynamic_batch for t in req.targets):
+        raise ExportError(f"--dynamic-batch applies to {_able(lambda t: t.dynamic_batch)} only: add --target "
+                          f"{_able(lambda t: t.dynamic_batch)} (or all)")
+    for name in req.targets:
+        precision, target = req.precision_for(name), targets.get(name)
+        if not target.supports(precision):
             raise ExportError(
-                f"--precision {precision} is not supported for target {target} "
-                f"(it supports {', '.join(SUPPORTED[target])}); {precision} is available for: {', '.join(able)}"
+                f"--precision {precision} is not supported for target {name} "
+                f"(it supports {', '.join(target.precisions)}); {precision} is available for: "
+                f"{_able(lambda t: t.supports(precision))}"
             )
+    if req.full_range_int8_weights and not any(req.precision_for(t) == "int8" for t in req.targets
+                                               if targets.get(t).x86_pair_sums):
+        able = _able(lambda t: t.x86_pair_sums)
+        raise ExportError(f"--full-range-int8-weights applies to INT8 {able} artifacts only (x86 INT8 kernels that "
+                          f"sum pairs in int16): add --precision int8 and --target {able} or all")
+
+
+def labels_for(req: ExportRequest, cfg) -> tuple[list[str], str]:
+    """(labels, where they came from): --labels, the bundled model's own, or class_0 ... class_{K-1}."""
     if req.labels_source:
-        req.labels = read_labels(Path(req.labels_source), req.num_classes)
-    elif cfg.labels_file and req.checkpoint is None:
-        req.labels = read_labels(ASSETS / cfg.labels_file, req.num_classes)
-        req.labels_source = str(ASSETS / cfg.labels_file)
-    else:
-        req.labels = [f"class_{i}" for i in range(req.num_classes)]
+        return read_labels(Path(req.labels_source), req.num_classes), req.labels_source
+    if cfg.labels_file and req.checkpoint is None:
+        return read_labels(ASSETS / cfg.labels_file, req.num_classes), str(ASSETS / cfg.labels_file)
+    return [f"class_{i}" for i in range(req.num_classes)], ""
+
+
+def check_int8_activations(req: ExportRequest) -> None:
     if req.int8_activations not in INT8_ACTIVATIONS:
         raise ExportError(f"--int8-activations must be one of {', '.join(INT8_ACTIVATIONS)}, "
                           f"got {req.int8_activations!r}")
-    if req.int8_activations == "dynamic":
-        int8 = [t for t in req.targets if req.precision_for(t) == "int8"]
-        other = [t for t in int8 if t not in DYNAMIC_INT8_TARGETS]
-        if not int8:
-            raise ExportError("--int8-activations dynamic applies to INT8 only: add --precision int8")
-        if other:
-            raise ExportError(f"--int8-activations dynamic is supported by {', '.join(DYNAMIC_INT8_TARGETS)} only, "
-                              f"not {', '.join(other)}; export those targets in a separate command (static INT8)")
-        from quantize.qat import learned_ranges_file
+    if req.int8_activations == "static":
+        return
+    int8 = [t for t in req.targets if req.precision_for(t) == "int8"]
+    other = [t for t in int8 if req.int8_activations not in targets.get(t).int8_activations]
+    if not int8:
+        raise ExportError(f"--int8-activations {req.int8_activations} applies to INT8 only: add --precision int8")
+    if other:
+        able = _able(lambda t: req.int8_activations in t.int8_activations)
+        raise ExportError(f"--int8-activations {req.int8_activations} is supported by {able} only, not "
+                          f"{', '.join(other)}; export those targets in a separate command (static INT8)")
+    from quantize.qat import learned_ranges_file
 
-        ranges = None if req.reference_model else learned_ranges_file(req.checkpoint)
-        if ranges is not None:
-            raise ExportError(f"--int8-activations dynamic cannot use the static ranges learned in QAT ({ranges}): "
-                              "export with static activations, or move the ranges file away to quantize the QAT "
-                              "weights dynamically")
-    if req.max_accuracy_drop is not None:
-        check_accuracy_request(req)
-    if req.full_range_int8_weights and not any(req.precision_for(t) == "int8" for t in req.targets
-                                               if t in SATURATION_TARGETS):
-        raise ExportError("--full-range-int8-weights applies to INT8 OpenVINO / ONNX artifacts only: add "
-                          "--precision int8 and --target openvino, onnx or all")
-    if any(req.precision_for(t) == "int8" for t in req.targets):
-        from .int8 import check_calibration_request
-
-        check_calibration_request(req, cfg)
-    req.output = Path(os.path.abspath(req.output))
-    check_output(req.output, req.overwrite, (req.checkpoint, req.calib_data,
-                                             Path(req.labels_source) if req.labels_source else None))
-    return req
+    ranges = None if req.reference_model else learned_ranges_file(req.checkpoint)
+    if ranges is not None:
+        raise ExportError(f"--int8-activations dynamic cannot use the static ranges learned in QAT ({ranges}): "
+                          "export with static activations, or move the ranges file away to quantize the QAT "
+                          "weights dynamically")
 
 
 def check_bounds(req: ExportRequest) -> None:

@@ -1,5 +1,8 @@
 """python -m quantize {qat,sensitivity}: quantization-aware fine-tuning through NNCF (quantize/qat.py) and per-layer
-INT8 sensitivity (quantize/sensitivity.py)."""
+INT8 sensitivity (quantize/sensitivity.py).
+
+The library below knows INT8 schemes only; this command line resolves `--target` to a scheme and a spelling through
+export's target registry (export.targets), the one place targets are described."""
 
 from __future__ import annotations
 
@@ -11,7 +14,14 @@ from pathlib import Path
 from edge_crossformer.cli import (MAX_BATCH, MAX_IMAGES, MAX_IMG_SIZE, MAX_NUM_CLASSES, MAX_SEED, MAX_THREADS,
                                   float_in, img_size, int_in, regex, run_cli)
 
-from .qat import SCHEME_TARGETS, TARGET_SCHEME, QATConfig, QATError
+from export import targets as registry
+
+from .qat import QATConfig, QATError
+
+
+def _served(scheme: str) -> tuple[str, ...]:
+    """The targets whose INT8 a scheme simulates."""
+    return registry.names(lambda t: t.int8_scheme == scheme)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,9 +32,10 @@ def _parser() -> argparse.ArgumentParser:
                     "exports.")
     p.add_argument("--model", default="crossformer-fmnist", help="model name (python -m export --help lists them)")
     p.add_argument("--checkpoint", type=Path, help="trained weights to start from (default: the bundled ones)")
-    p.add_argument("--target", default="openvino", choices=sorted(TARGET_SCHEME),
-                   help="the target whose INT8 scheme is simulated: openvino and onnx share NNCF's transformer "
-                        "scheme, executorch and coreml XNNPACK's (default: openvino)")
+    p.add_argument("--target", default="openvino", choices=sorted(registry.TARGETS),
+                   help="the target whose INT8 scheme is simulated: " + "; ".join(
+                       f"{', '.join(_served(scheme))} share the {scheme} scheme" for scheme in ("nncf", "xnnpack"))
+                   + " (default: openvino)")
     p.add_argument("--ranges", choices=("calibrated", "learned"), default="calibrated",
                    help="XNNPACK scheme only: activation ranges fixed at post-training INT8's (export recalibrates, "
                         "default) or learned as moving averages during training (written beside the checkpoint; "
@@ -88,18 +99,19 @@ def _qat(args: argparse.Namespace, argv: list[str]) -> int:
     spec = get_config(args.model)
     cfg = QATConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, calib_size=args.calib_size,
                     seed=args.seed, threads=args.threads, distill=args.distill)
-    if args.ranges == "learned" and TARGET_SCHEME[args.target] != "xnnpack":
-        raise QATError("--ranges learned applies to XNNPACK's scheme (--target executorch or coreml) only")
-    if args.keep_float and TARGET_SCHEME[args.target] != "nncf":
-        raise QATError("--keep-float applies to NNCF's scheme (--target openvino or onnx) only")
+    target = registry.get(args.target)
+    scheme = target.int8_scheme
+    if args.ranges == "learned" and scheme != "xnnpack":
+        raise QATError(f"--ranges learned applies to XNNPACK's scheme (--target {' or '.join(_served('xnnpack'))}) "
+                       "only")
+    if args.keep_float and scheme != "nncf":
+        raise QATError(f"--keep-float applies to NNCF's scheme (--target {' or '.join(_served('nncf'))}) only")
     if args.checkpoint is None and not spec.bundled_checkpoint:
         raise QATError(f"{args.model} has no bundled weights; pass --checkpoint with the trained model to "
                        "fine-tune (QAT starts from a trained model)")
-    scheme = TARGET_SCHEME[args.target]
-    # The XNNPACK scheme trains the graph ExecuTorch exports, LayerNorm decomposed (same parameters).
+    # The target's QAT spelling (XNNPACK's scheme trains the graph ExecuTorch exports: LayerNorm decomposed).
     model = create_model(args.model, checkpoint=args.checkpoint, img_size=args.img_size,
-                         num_classes=args.num_classes, export_friendly=True,
-                         decompose_layernorm=scheme == "xnnpack")
+                         num_classes=args.num_classes, spelling=target.qat_spelling)
     img_size = args.img_size or spec.default_img_size
     resize = spec.resize_for(img_size)
     train = load_dataset(args.data, resize, split="train", limit=args.train_limit, labelled=True)
@@ -145,10 +157,11 @@ def _qat(args: argparse.Namespace, argv: list[str]) -> int:
     marker.write_text(json.dumps(settings, indent=2) + "\n")
     opts = QuantOptions(subset_size=cfg.calib_size, keep_float=tuple(args.keep_float))
     meta = {"model": args.model, "checkpoint": settings["checkpoint"], "img_size": img_size, "data": train.source,
-            "val_data": val.source, "command": "python -m quantize qat " + " ".join(argv)}
+            "val_data": val.source, "targets": list(_served(scheme)),
+            "command": "python -m quantize qat " + " ".join(argv)}
     run_qat(Normalized(model), (train_x, train_y), (val.images, val.labels), cfg, workdir=workdir, output=output,
             opts=opts, resume=not args.no_resume, meta=meta, scheme=scheme, ranges=args.ranges)
-    print(f"next: python -m export --target {','.join(SCHEME_TARGETS[scheme])} --model {args.model} "
+    print(f"next: python -m export --target {','.join(_served(scheme))} --model {args.model} "
           f"--checkpoint {output} --precision int8")
     return 0
 

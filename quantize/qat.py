@@ -42,9 +42,8 @@ from edge_crossformer.files import atomic_path
 from .ptq import QuantOptions, _advanced, _ignored, _nncf
 
 NNCF_HOOK_PREFIX = "__nncf_hooks"
-# Which INT8 scheme each target's export uses (see the module docstring).
-SCHEME_TARGETS = {"nncf": ("openvino", "onnx"), "xnnpack": ("executorch", "coreml")}
-TARGET_SCHEME = {t: scheme for scheme, targets in SCHEME_TARGETS.items() for t in targets}
+# The INT8 schemes QAT simulates (see the module docstring); which target uses which is export.targets' to say.
+SCHEMES = ("nncf", "xnnpack")
 RANGES_SUFFIX = ".ranges.safetensors"
 FAKE_QUANT_PREFIX = "activation_post_process_"
 
@@ -262,7 +261,8 @@ def run_qat(model: nn.Module, train: tuple[Tensor, Tensor], val: tuple[Tensor, T
             workdir: Path, output: Path, opts: QuantOptions | None = None, resume: bool = True,
             meta: dict | None = None, scheme: str = "nncf", ranges: str = "calibrated") -> dict:
     """Fine-tune `model` (a [0, 1]-input module, e.g. `Normalized(export-friendly model)`) with INT8 simulated the
-    way `scheme` ("nncf" or "xnnpack", see SCHEME_TARGETS) quantizes.
+    way `scheme` ("nncf" or "xnnpack", see SCHEMES) quantizes; `meta` goes into the record (the command line
+    puts the model, the data and the targets the scheme serves there).
 
     Writes `output` (float safetensors) and `output` with suffix `.json` (the record) atomically, only at the end;
     `workdir/last.pt` carries the resumable state between epochs. Returns the record.
@@ -273,8 +273,8 @@ def run_qat(model: nn.Module, train: tuple[Tensor, Tensor], val: tuple[Tensor, T
     started = time.time()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if scheme not in SCHEME_TARGETS:
-        raise QATError(f"unknown QAT scheme {scheme!r}; choose one of {', '.join(SCHEME_TARGETS)}")
+    if scheme not in SCHEMES:
+        raise QATError(f"unknown QAT scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
     fp32 = evaluate(model, *val)
     teacher = copy.deepcopy(model).eval() if cfg.distill > 0 else None
     inner = model.model if isinstance(model, Normalized) else model
@@ -297,7 +297,7 @@ def run_qat(model: nn.Module, train: tuple[Tensor, Tensor], val: tuple[Tensor, T
                                                                  if ranges == "calibrated" else
                                                                  "moving-average activation ranges, exported)")}[scheme]
     record = {
-        "method": method, "scheme": scheme, "targets": list(SCHEME_TARGETS[scheme]),
+        "method": method, "scheme": scheme,
         **({"ranges": ranges} if scheme == "xnnpack" else {}),
         **(meta or {}),
         "qat_config": asdict(cfg),

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from edge_crossformer import Spelling
 from edge_crossformer.data import find_fashion_mnist
 
 from conftest import load_manifest, run_cli
@@ -20,8 +21,8 @@ def fmnist_graph():
     from quantize import QuantOptions
     from quantize.sensitivity import calibrated_graph
 
-    model = Normalized(strip_position_mlp(create_model("crossformer-fmnist", export_friendly=True,
-                                                       decompose_layernorm=True))).eval()
+    model = create_model("crossformer-fmnist", spelling=Spelling(decompose_layernorm=True))
+    model = Normalized(strip_position_mlp(model)).eval()
     calibration = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     return model, calibrated_graph(model, calibration, QuantOptions(subset_size=16))
 
@@ -144,7 +145,7 @@ def test_keep_float_reaches_concatenations():
     from edge_crossformer import Normalized, create_model
     from quantize import QuantOptions, calibration_list, quantize_pt2e
 
-    model = Normalized(create_model("crossformer-fmnist", export_friendly=True, decompose_layernorm=True)).eval()
+    model = Normalized(create_model("crossformer-fmnist", spelling=Spelling(decompose_layernorm=True))).eval()
     images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
 
     def quantized_cats(keep_float):

@@ -9,13 +9,11 @@ GATHERS = ("index", "gather", "embedding", "take", "index_select", "select")
 
 
 def _graph(name, size, decompose=False, matmul_4d=False):
-    from edge_crossformer.export_friendly import FriendlyAttention
+    from edge_crossformer import Spelling
 
-    model = build_model(name, img_size=size, num_classes=10, export_friendly=True, decompose_layernorm=decompose)
+    spelling = Spelling(decompose_layernorm=decompose, matmul_4d=matmul_4d)
+    model = build_model(name, img_size=size, num_classes=10, spelling=spelling)
     deploy = Normalized(strip_position_mlp(fold_position_bias(model.eval()))).eval()
-    for module in deploy.modules():
-        if isinstance(module, FriendlyAttention):
-            module.matmul_4d = matmul_4d
     return torch.export.export(deploy, (torch.rand(1, 3, size, size),)).run_decompositions({})
 
 

@@ -3,8 +3,7 @@
 import pytest
 
 from conftest import load_manifest, run_cli
-
-GATES = {"onnx": 1e-4, "openvino": 1e-3, "executorch": 1e-3}
+from export import targets
 
 
 @pytest.mark.heavy
@@ -17,8 +16,9 @@ def test_all_targets(name, size, checkpoints, tmp_path):
     assert not m["failures"]
     for art in m["artifacts"]:
         p = art["parity"]
-        if art["target"] in GATES and art["delegate"] in (None, "xnnpack"):
-            assert p["rel_max"] <= GATES[art["target"]] and p["top1_agreement"] == 1.0
+        target = targets.get(art["target"])
+        if target.runtime is not None and art["delegate"] == target.runtime_delegate:
+            assert p["rel_max"] <= target.fp32_gate and p["top1_agreement"] == 1.0
         if art["delegate"] == "xnnpack":
             assert art["info"]["ops_outside_delegate"] == 0
         if art["target"] == "coreml":

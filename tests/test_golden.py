@@ -154,11 +154,9 @@ def test_fp32_artifacts_reproduce_golden(golden, artifacts, target, delegate):
     assert manifest["labels"] == golden["labels"]
     art = next(a for a in manifest["artifacts"] if a["target"] == target and a["delegate"] == delegate)
     assert art["precision"] == "fp32"
-    if target == "onnx":
-        from export.onnx_target import load_runner
-    else:
-        from export.executorch_target import load_runner
-    runner = load_runner(out / art["file"])
+    from export import targets
+
+    runner = targets.get(target).load_runner(out / art["file"])
     tol = golden["tolerances"]
     for image in golden["images"]:
         x = preprocess(torch.from_numpy(load_image(gold.DEFAULT_SAMPLES / image["file"]))[None],

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from edge_crossformer import ModelConfigError, build_model, create_model, list_models
+from edge_crossformer import ModelConfigError, Spelling, build_model, create_model, list_models
 from edge_crossformer.reference import model_macs
 
 from conftest import perturb, rel_err
@@ -96,8 +96,8 @@ def test_export_friendly_matches_reference_with_padding(name, size, seeded_input
 
 def test_decomposed_layernorm_model_matches_reference(seeded_input):
     reference = perturb(build_model("crossformerpp-s", img_size=64, num_classes=5)).eval()
-    friendly = build_model("crossformerpp-s", img_size=64, num_classes=5, export_friendly=True,
-                           decompose_layernorm=True)
+    friendly = build_model("crossformerpp-s", img_size=64, num_classes=5,
+                           spelling=Spelling(decompose_layernorm=True))
     friendly.load_state_dict(reference.state_dict())
     x = seeded_input(64)
     with torch.no_grad():

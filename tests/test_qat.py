@@ -118,7 +118,7 @@ def test_qat_xnnpack_scheme_trains_the_executorch_graph(xnnpack_run):
     code, out = xnnpack_run
     assert code == 0 and out.exists()
     record = json.loads(out.with_suffix(".json").read_text())
-    assert record["scheme"] == "xnnpack" and record["targets"] == ["executorch", "coreml"]
+    assert record["scheme"] == "xnnpack" and sorted(record["targets"]) == ["coreml", "executorch"]
     from quantize.qat import ranges_path
 
     assert ranges_path(out).is_file()
@@ -137,9 +137,10 @@ def test_qat_xnnpack_checkpoint_exports_to_executorch(xnnpack_run, tmp_path):
     m = load_manifest(out)
     art = next(a for a in m["artifacts"] if a["delegate"] == "xnnpack")
     assert art["info"]["int8_ranges"] == "learned in QAT"
-    # Ranges learned on 512 images for one epoch may miss the release gate (98% agreement, 0.5 pp on 500 images;
-    # code 1 says so), but ranges that landed on the wrong quantizers would not classify at all.
-    assert code in (0, 1) and art["parity"]["top1_agreement"] >= 0.9, art["parity"]
+    # Ranges learned on 512 images for one epoch may miss the release gate (98% agreement, 0.5 pp on 500 images),
+    # and the exit code must then say so; ranges that landed on the wrong quantizers would not classify at all.
+    assert code == (0 if m["status"] == "pass" else 1), (code, m["status"])
+    assert art["parity"]["top1_agreement"] >= 0.9, art["parity"]
 
 
 @needs_fmnist

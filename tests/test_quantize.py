@@ -2,6 +2,7 @@
 
 import pytest
 
+from edge_crossformer import Spelling
 from edge_crossformer.data import find_fashion_mnist
 
 from conftest import load_manifest, run_cli
@@ -100,7 +101,7 @@ def test_keep_float_reaches_the_xnnpack_quantizer():
     from edge_crossformer import Normalized, create_model
     from quantize import QuantOptions, calibration_list, quantize_pt2e
 
-    model = Normalized(create_model("crossformer-fmnist", export_friendly=True, decompose_layernorm=True)).eval()
+    model = Normalized(create_model("crossformer-fmnist", spelling=Spelling(decompose_layernorm=True))).eval()
     images = torch.rand(8, 3, 32, 32)
 
     def int8_weight_linears(keep_float):
@@ -136,7 +137,7 @@ def test_dynamic_int8_quantizes_every_linear_at_run_time():
     from edge_crossformer import Normalized, create_model
     from quantize import QuantOptions, quantize_pt2e_dynamic
 
-    model = Normalized(create_model("crossformer-fmnist", export_friendly=True, decompose_layernorm=True)).eval()
+    model = Normalized(create_model("crossformer-fmnist", spelling=Spelling(decompose_layernorm=True))).eval()
     x = torch.rand(1, 3, 32, 32)
 
     def ancestors(node, depth):

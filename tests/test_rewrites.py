@@ -1,9 +1,12 @@
 """Each export-friendly rewrite against the reference computation it replaces."""
 
+import tempfile
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from edge_crossformer import Spelling
 from edge_crossformer import reference as ref
 from edge_crossformer.export_friendly import (
     MASK_VALUE, ExportLayerNorm, FriendlyAttention, lsda_merge, lsda_partition, padding_mask,
@@ -83,9 +86,8 @@ def test_attention_matches_reference_and_folding_matches_live_bias(resolution, g
     for p in ref_attn.parameters():
         torch.nn.init.normal_(p, std=0.2)
     mask = padding_mask(resolution, group, interval)
-    ours = FriendlyAttention(dim, group, heads, mask)
+    ours = FriendlyAttention(dim, group, heads, mask, Spelling(matmul_4d=matmul_4d))
     ours.load_state_dict(ref_attn.state_dict())
-    ours.matmul_4d = matmul_4d
     hp = resolution + ref.padding_for(resolution, group * interval)
     grid = torch.randn(batch, hp, hp, dim)
     with torch.no_grad():
@@ -103,7 +105,7 @@ def test_attention_matches_reference_and_folding_matches_live_bias(resolution, g
 
 def test_flat_linears_compute_the_same_with_the_same_parameters():
     from edge_crossformer import create_model
-    from edge_crossformer.export_friendly import FlatLinear, flatten_linears
+    from edge_crossformer.export_friendly import FlatLinear
 
     torch.manual_seed(0)
     model = create_model("crossformer-fmnist", export_friendly=True).eval()
@@ -111,7 +113,7 @@ def test_flat_linears_compute_the_same_with_the_same_parameters():
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         before = model(x)
-        flat = flatten_linears(model)
+        flat = create_model("crossformer-fmnist", spelling=Spelling(flat_linears=True)).eval()
         after = flat(x)
     assert list(flat.state_dict()) == keys
     assert sum(isinstance(m, FlatLinear) for m in flat.modules()) > 10
@@ -126,20 +128,21 @@ def test_openvino_spelling_matches_reference(name, size):
     non-trivial norms and biases (upstream's init, LayerNorm (1, 0) and zero biases, would hide folding errors).
     CrossFormer-T at 96 px pads stages 1-3 (24, 12, 6 tokens a side with groups of 7), so the crop comes first."""
     from edge_crossformer import create_model
-    from edge_crossformer.export_friendly import ChannelConcatEmbed, fold_norm_affine, strip_position_mlp
+    from edge_crossformer.export_friendly import ChannelConcatEmbed, ChannelConcatMerging, strip_position_mlp
 
     torch.manual_seed(0)
     reference = create_model(name, img_size=size, num_classes=10).eval()
     with torch.no_grad():
         for p in reference.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    ours = create_model(name, export_friendly=True, img_size=size, num_classes=10)
-    ours.load_state_dict(reference.state_dict())
-    ours = fold_norm_affine(strip_position_mlp(ours)).eval()
-    for module in ours.modules():
-        if isinstance(module, FriendlyAttention):
-            module.matmul_4d = True
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(reference.state_dict(), f"{tmp}/ckpt.pth")
+        ours = create_model(name, checkpoint=f"{tmp}/ckpt.pth", img_size=size, num_classes=10,
+                            spelling=Spelling(matmul_4d=True, fold_norms=True))
+    ours = strip_position_mlp(ours).eval()
+    assert all(m.matmul_4d for m in ours.modules() if isinstance(m, FriendlyAttention))
     assert isinstance(ours.patch_embed, ChannelConcatEmbed)
+    assert all(isinstance(stage.downsample, ChannelConcatMerging) for stage in ours.layers[:-1])
     assert all(not blk.norm1.elementwise_affine for stage in ours.layers for blk in stage.blocks)
     x = torch.rand(2, 3, size, size)
     with torch.no_grad():

@@ -1,0 +1,133 @@
+"""The target registry: everything the tool knows about a target, in one `Target` entry each.
+
+Every other table of targets (the command line's choices, precisions and defaults, install hints, parity gates,
+benchmark runtimes, QAT schemes) is derived from `TARGETS`. Adding a target means its module (`export(ctx)` and
+`load_runner(path, threads)`), one entry here, its pip extra, its tests and README lines (README, "Adding a
+target"). Importing this module imports no converter or runtime.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+from edge_crossformer.export_friendly import Spelling
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    # Its module: `export(ctx) -> [Artifact]` and `load_runner(path, threads=None) -> run(x) -> logits`.
+    module: str
+    # Packages the export imports (checked before any work) and the pip extra that installs them.
+    packages: tuple[str, ...]
+    extra: str
+    pins: str
+    precisions: tuple[str, ...]
+    default_precision: str
+    # FP32 parity gate: max |artifact - reference| / max |reference| (docs/parity.md).
+    fp32_gate: float
+    # How the export-friendly model spells its ops for this runtime, and how QAT spells it for this target's scheme
+    # (same state dict: no inference-only folds).
+    spelling: Spelling
+    qat_spelling: Spelling
+    # Its INT8 recipe, which QAT simulates too (quantize.qat): "nncf" (nncf.quantize on the runtime's own graph) or
+    # "xnnpack" (NNCF's quantize_pt2e with XNNPACK's quantizer on the torch.export graph).
+    int8_scheme: str
+    # INT8 activation schemes: "static" (calibrated ranges) and, where the runtime has it, "dynamic" (per row at
+    # run time).
+    int8_activations: tuple[str, ...] = ("static",)
+    # Exports INT8 with the activation ranges an XNNPACK-scheme QAT run learned, when the checkpoint has them.
+    uses_learned_ranges: bool = False
+    # Can export a batch dimension chosen at run time (--dynamic-batch).
+    dynamic_batch: bool = False
+    # x86 INT8 kernels that sum u8 x s8 pairs in int16 on CPUs without VNNI (export/saturation.py).
+    x86_pair_sums: bool = False
+    # The runtime that runs its artifact here (benchmarks' key and display name), or None where none can (Core ML
+    # needs macOS); the delegate of the artifact that runtime runs; the module that loads the runtime.
+    runtime: str | None = None
+    runtime_name: str = ""
+    runtime_delegate: str | None = None
+    runtime_module: str | None = None
+    # Files written per parameter, relative to one file (free-space check before an export).
+    files_per_param: float = 1.0
+
+    def backend(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+    def load_runner(self, path, threads: int | None = None, **options):
+        """The artifact on its runtime, as `run(x: [1, 3, S, S] float32 in [0, 1]) -> logits` (parity, accuracy and
+        latency all load through this); `options` are the runtime's own (OpenVINO: precision_hint)."""
+        return self.backend().load_runner(path, threads, **options)
+
+    @property
+    def install_hint(self) -> str:
+        return f"pip install 'edge-crossformer[{self.extra}]'  ({self.pins})"
+
+    def supports(self, precision: str) -> bool:
+        return precision in self.precisions
+
+
+TARGETS: dict[str, Target] = {t.name: t for t in (
+    Target("coreml", "export.coreml_target", ("coremltools",), "coreml", "coremltools==9.0",
+           precisions=("fp16", "fp32", "int8"), default_precision="fp16", fp32_gate=1e-3,
+           spelling=Spelling(), qat_spelling=Spelling(decompose_layernorm=True), int8_scheme="xnnpack",
+           runtime_name="Core ML"),
+    Target("executorch", "export.executorch_target", ("executorch", "coremltools"), "executorch", "executorch==1.5.1",
+           precisions=("fp32", "int8"), default_precision="fp32", fp32_gate=1e-3,
+           spelling=Spelling(decompose_layernorm=True), qat_spelling=Spelling(decompose_layernorm=True),
+           int8_scheme="xnnpack", int8_activations=("static", "dynamic"),
+           uses_learned_ranges=True,
+           runtime="executorch", runtime_name="ExecuTorch", runtime_delegate="xnnpack",
+           runtime_module="executorch.runtime", files_per_param=1.5),
+    Target("openvino", "export.openvino_target", ("openvino",), "openvino", "openvino, nncf",
+           precisions=("fp32", "fp16", "int8"), default_precision="fp32", fp32_gate=1e-3,
+           spelling=Spelling(matmul_4d=True, fold_norms=True), qat_spelling=Spelling(), int8_scheme="nncf",
+           x86_pair_sums=True,
+           runtime="openvino", runtime_name="OpenVINO CPU", runtime_module="openvino"),
+    Target("onnx", "export.onnx_target", ("onnx", "onnxruntime", "onnxscript"), "onnx", "onnx, onnxruntime, onnxscript",
+           precisions=("fp32", "int8"), default_precision="fp32", fp32_gate=1e-4,
+           spelling=Spelling(flat_linears=True), qat_spelling=Spelling(), int8_scheme="nncf", x86_pair_sums=True,
+           dynamic_batch=True,
+           runtime="onnxruntime", runtime_name="ONNX Runtime", runtime_module="onnxruntime"),
+)}
+# The quantizer every INT8 export runs (not a target of its own).
+QUANTIZER = ("nncf", "int8", "nncf")
+
+
+def get(name: str) -> Target:
+    """The target called `name`; an unknown name is a clear error listing the known ones."""
+    if name not in TARGETS:
+        raise KeyError(f"unknown target '{name}'; choose one of: {', '.join(TARGETS)}")
+    return TARGETS[name]
+
+
+def install_hint(package: str) -> str:
+    """How to install a package a target (or INT8) imports."""
+    if package == QUANTIZER[0]:
+        return f"pip install 'edge-crossformer[{QUANTIZER[1]}]'  ({QUANTIZER[2]})"
+    for target in TARGETS.values():
+        if package in target.packages:
+            return target.install_hint
+    return f"pip install {package}"
+
+
+def by_runtime(runtime: str) -> Target:
+    """The target whose artifacts a benchmark runtime runs (e.g. 'onnxruntime' -> onnx)."""
+    for target in TARGETS.values():
+        if target.runtime == runtime:
+            return target
+    raise KeyError(f"no target runs on runtime '{runtime}'")
+
+
+def runnable() -> tuple[Target, ...]:
+    """Targets whose artifacts a runtime on this kind of host runs (benchmarks, accuracy)."""
+    return tuple(t for t in TARGETS.values() if t.runtime is not None)
+
+
+def names(where=None) -> tuple[str, ...]:
+    """Target names, all or those where `where(target)` holds (e.g. `lambda t: t.x86_pair_sums`)."""
+    return tuple(name for name, target in TARGETS.items() if where is None or where(target))
