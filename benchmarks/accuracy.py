@@ -120,11 +120,37 @@ def run(argv: list[str] | None = None) -> int:
                    help="also score INT8 exported with --max-accuracy-drop PP (0 <= PP < 100) on every runtime")
     p.add_argument("--output", type=Path, default=Path("benchmark_results/accuracy"))
     args = p.parse_args(argv)
-    from edge_crossformer.data import DataError, load_dataset
-    from export import ExportError, ExportRequest, run_export, validate
-    from export.manifest import resize_spec
-
     console = Console(stderr=True)
+    started = time.time()
+    try:
+        variants = _variants(args)
+        with tempfile.TemporaryDirectory(prefix="accuracy-") as tmp:
+            data = _labelled_data(args, Path(tmp))
+            images = (np.round(data.images.numpy() * 255.0) / 255.0).astype(np.float32)
+            labels = data.labels.numpy()
+            results: dict = {}
+            for n, variant in enumerate(variants):
+                _score_variant(args, variant, Path(tmp) / f"{n}_{variant[2].replace(' ', '_')}", images, labels,
+                               results, console)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    report = _report(args, data.source, labels, results, time.time() - started)
+    args.output.mkdir(parents=True, exist_ok=True)
+    with atomic_path(args.output / "accuracy.json") as tmp_json:
+        tmp_json.write_text(json.dumps(report, indent=2) + "\n")
+    _plot(report, args.output / "accuracy.png")
+    _table(console, report)
+    console.print(f"wrote {args.output / 'accuracy.json'} and {args.output / 'accuracy.png'}")
+    return 0
+
+
+class UsageError(Exception):
+    """Bad input to the accuracy tool: printed as one line, exit code 2."""
+
+
+def _variants(args) -> list[tuple]:
+    """(precision, checkpoint, variant name, targets, INT8 activations) for every export to score."""
     targets = args.runtimes
     variants = [("fp32", args.checkpoint, "FP32", targets, "static"),
                 ("int8", args.checkpoint, "INT8 PTQ", targets, "static")]
@@ -140,76 +166,77 @@ def run(argv: list[str] | None = None) -> int:
         for ckpt, runtimes in qat_assignment(args.qat_checkpoint, targets).items():
             variants.append(("int8", ckpt, "INT8 QAT", runtimes, "static"))
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    started = time.time()
-    results: dict = {}
-    with tempfile.TemporaryDirectory(prefix="accuracy-") as tmp:
-        try:
-            base = ExportRequest(targets=targets, model=args.model, checkpoint=args.checkpoint,
-                                 img_size=args.img_size, num_classes=args.num_classes, output=Path(tmp) / "probe")
-            validate(base)
-            data = load_dataset(args.data, resize_spec(base), split="test", limit=args.limit, labelled=True)
-        except (ExportError, DataError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        if len(data.classes) and len(data.classes) != base.num_classes:
-            print(f"error: {data.source} has {len(data.classes)} classes but {args.model} has {base.num_classes}; "
-                  "give a labelled set with the model's classes", file=sys.stderr)
-            return 2
-        images = (np.round(data.images.numpy() * 255.0) / 255.0).astype(np.float32)
-        labels = data.labels.numpy()
-        for n, (precision, ckpt, name, runtimes, activations) in enumerate(variants):
-            out = Path(tmp) / f"{n}_{name.replace(' ', '_')}"
-            req = ExportRequest(targets=runtimes, model=args.model, checkpoint=ckpt, img_size=args.img_size,
-                                num_classes=args.num_classes, precision=precision, output=out,
-                                calib_data=args.calib_data, calib_size=args.calib_size,
-                                smooth_quant_alpha=args.smooth_quant_alpha, parity_samples=4,
-                                int8_activations=activations, full_range_int8_weights=name == FULL_RANGE,
-                                max_accuracy_drop=args.max_accuracy_drop if name == CONTROLLED else None)
-            try:
-                validate(req)
-                _, manifest = run_export(req, console)
-            except ExportError as e:
-                print(f"error: {e}", file=sys.stderr)
-                return 2
-            for art in manifest["artifacts"]:
-                key = art["target"]
-                if art["delegate"] != registry.get(key).runtime_delegate:
-                    continue
-                with progress_bar(console=console) as bar:
-                    task = bar.add_task(f"{name} on {_runtime_name(key)}", total=len(images))
-                    logits = evaluate_artifact(registry.get(key).load_runner(out / art["file"]), images, labels,
-                                               lambda: bar.advance(task))
-                fp32 = results.get(key, {}).get("FP32", {}).get("_logits")
-                entry = scores(logits, labels, fp32)
-                if "saturation_safe" in art:
-                    entry["saturation_safe"] = art["saturation_safe"]
-                control = art["info"].get("accuracy_control")
-                if control:
-                    entry["accuracy_control"] = {k: control.get(k) for k in (
-                        "max_drop_pp", "met", "measured_drop_pp", "images", "kept_float")}
-                entry.update({"file": art["file"], "bytes": art["bytes"], "parity_status": art["parity"]["status"],
-                              "_logits": logits, **({"checkpoint": str(ckpt)} if name == "INT8 QAT" else {})})
-                results.setdefault(key, {})[name] = entry
+        raise UsageError(str(e)) from None
+    return variants
+
+
+def _labelled_data(args, tmp: Path):
+    """The labelled test set, resized as the model's manifest says, with the model's number of classes."""
+    from edge_crossformer.data import DataError, load_dataset
+    from export import ExportError, ExportRequest, validate
+    from export.manifest import resize_spec
+
+    try:
+        base = validate(ExportRequest(targets=args.runtimes, model=args.model, checkpoint=args.checkpoint,
+                                      img_size=args.img_size, num_classes=args.num_classes, output=tmp / "probe"))
+        data = load_dataset(args.data, resize_spec(base), split="test", limit=args.limit, labelled=True)
+    except (ExportError, DataError) as e:
+        raise UsageError(str(e)) from None
+    if len(data.classes) and len(data.classes) != base.num_classes:
+        raise UsageError(f"{data.source} has {len(data.classes)} classes but {args.model} has {base.num_classes}; "
+                         "give a labelled set with the model's classes")
+    return data
+
+
+def _score_variant(args, variant: tuple, out: Path, images: np.ndarray, labels: np.ndarray, results: dict,
+                   console: Console) -> None:
+    """Export one variant and score each of its artifacts on its runtime; entries land in results[target][name]."""
+    from export import ExportError, ExportRequest, run_export, validate
+
+    precision, ckpt, name, runtimes, activations = variant
+    req = ExportRequest(targets=runtimes, model=args.model, checkpoint=ckpt, img_size=args.img_size,
+                        num_classes=args.num_classes, precision=precision, output=out,
+                        calib_data=args.calib_data, calib_size=args.calib_size,
+                        smooth_quant_alpha=args.smooth_quant_alpha, parity_samples=4,
+                        int8_activations=activations, full_range_int8_weights=name == FULL_RANGE,
+                        max_accuracy_drop=args.max_accuracy_drop if name == CONTROLLED else None)
+    try:
+        _, manifest = run_export(validate(req), console)
+    except ExportError as e:
+        raise UsageError(str(e)) from None
+    for art in manifest["artifacts"]:
+        key = art["target"]
+        if art["delegate"] != registry.get(key).runtime_delegate:
+            continue
+        with progress_bar(console=console) as bar:
+            task = bar.add_task(f"{name} on {_runtime_name(key)}", total=len(images))
+            logits = evaluate_artifact(registry.get(key).load_runner(out / art["file"]), images, labels,
+                                       lambda: bar.advance(task))
+        entry = scores(logits, labels, results.get(key, {}).get("FP32", {}).get("_logits"))
+        if "saturation_safe" in art:
+            entry["saturation_safe"] = art["saturation_safe"]
+        control = art["info"].get("accuracy_control")
+        if control:
+            entry["accuracy_control"] = {k: control.get(k) for k in (
+                "max_drop_pp", "met", "measured_drop_pp", "images", "kept_float")}
+        entry.update({"file": art["file"], "bytes": art["bytes"], "parity_status": art["parity"]["status"],
+                      "_logits": logits, **({"checkpoint": str(ckpt)} if name == "INT8 QAT" else {})})
+        results.setdefault(key, {})[name] = entry
+
+
+def _report(args, source: str, labels: np.ndarray, results: dict, seconds: float) -> dict:
     report = {"model": args.model, "checkpoint": str(args.checkpoint) if args.checkpoint else "bundled",
-              "data": data.source, "images": int(len(labels)), "calibration": str(args.calib_data or "default"),
-              "calib_size": args.calib_size, "seconds": round(time.time() - started, 1),
+              "data": source, "images": int(len(labels)), "calibration": str(args.calib_data or "default"),
+              "calib_size": args.calib_size, "seconds": round(seconds, 1),
               # INT8 results depend on the CPU (VNNI or not): every figure names the machine it came from.
               "machine": machine(), "versions": versions(), "commit": commit(),
               "results": {rt: {v: {k: x for k, x in e.items() if not k.startswith("_")} for v, e in per.items()}
                           for rt, per in results.items()}}
-    for rt, per in report["results"].items():
+    for per in report["results"].values():
         for v, e in per.items():
             if v != "FP32":
                 e["drop_pp"] = per["FP32"]["top1"] - e["top1"]
-    args.output.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.output / "accuracy.json") as tmp_json:
-        tmp_json.write_text(json.dumps(report, indent=2) + "\n")
-    _plot(report, args.output / "accuracy.png")
-    _table(console, report)
-    console.print(f"wrote {args.output / 'accuracy.json'} and {args.output / 'accuracy.png'}")
-    return 0
+    return report
 
 
 def _table(console: Console, report: dict) -> None:

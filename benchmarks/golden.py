@@ -120,8 +120,8 @@ def build_golden(model_name: str = DEFAULT_MODEL, samples: Path = DEFAULT_SAMPLE
     from edge_crossformer import Normalized, create_model, get_config
     from edge_crossformer.data import load_image, preprocess
     from edge_crossformer.registry import ASSETS, default_checkpoint
-    from export.manifest import build_manifest
-    from export.request import ExportRequest, read_labels
+    from export.manifest import input_section, output_section
+    from export.request import read_labels
 
     cfg = get_config(model_name)
     checkpoint = default_checkpoint(model_name)
@@ -133,9 +133,7 @@ def build_golden(model_name: str = DEFAULT_MODEL, samples: Path = DEFAULT_SAMPLE
         raise GoldenError(f"no sample images (*.png) in {samples}; pass --samples DIR")
     img_size, num_classes = cfg.default_img_size, cfg.default_num_classes
     labels = read_labels(ASSETS / cfg.labels_file, num_classes)
-    req = ExportRequest(targets=("onnx",), model=model_name, img_size=img_size, num_classes=num_classes,
-                        labels=labels)
-    contract = build_manifest(req, [], [], {})
+    contract = {"input": input_section(model_name, img_size), "output": output_section(num_classes)}
     resize = contract["input"]["resize"]
 
     model = Normalized(create_model(model_name)).double().eval()

@@ -299,7 +299,6 @@ def run(argv: list[str] | None = None) -> int:
     except ModelConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    runtimes = args.runtimes
     threads = args.threads or system.machine()["cores"]
     warmup = args.warmup if args.warmup is not None else (2 if args.quick else 10)
     runs = args.runs or (6 if args.quick else 60)
@@ -307,17 +306,11 @@ def run(argv: list[str] | None = None) -> int:
     output = args.output or Path("benchmark_results") / f"{args.model}_{img_size}"
     root = (output / "artifacts").resolve()  # absolute: the memory probes run from the repository root
     root.mkdir(parents=True, exist_ok=True)
-    baseline = not args.no_baseline
     started = time.time()
 
-    if args.checkpoint is None and not cfg.bundled_checkpoint:
-        args.checkpoint = _random_checkpoint(args.model, img_size, root)
-        console.print(f"no --checkpoint: timing {args.model} with seeded random weights ({args.checkpoint.name}); "
-                      "latency does not depend on the weights' values")
-    elif args.checkpoint is not None:
-        args.checkpoint = args.checkpoint.resolve()
+    args.checkpoint = _weights(args, cfg, img_size, root, console)
     try:
-        manifests = _export_sets(args, args.model, img_size, runtimes, root, console)
+        manifests = _export_sets(args, args.model, img_size, args.runtimes, root, console)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -327,13 +320,58 @@ def run(argv: list[str] | None = None) -> int:
     bf16 = peaks_mod.host_has_bf16()
     console.print(f"measuring this host's GEMM peaks ({threads} threads)")
     peaks = peaks_mod.measure_all(threads, quick=args.quick)
-    cases, missing = _cases(manifests, runtimes, root, bf16, baseline)
+    cases, missing = _cases(manifests, args.runtimes, root, bf16, not args.no_baseline)
 
     x = np.random.default_rng(0).random((1, 3, img_size, img_size), dtype=np.float32)
+    loaded, entries = _load_cases(cases, threads, args, img_size, x)
+    samples = _time_cases(loaded, x, warmup, runs, rounds, console)
+    del loaded
+
+    counted = build_model(args.model, img_size=img_size)
+    macs, params = model_macs(counted), sum(p.numel() for p in counted.parameters())
+    _add_stats(entries, samples, macs, peaks)
+    if not args.no_memory:
+        _add_memory(entries, cases, threads, args, img_size, console)
+    results = list(entries.values()) + missing
+    report = {
+        "schema": "edge-crossformer/results", "schema_version": 1,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "source": "host",
+        "machine": system.machine(), "versions": system.versions(), "commit": system.commit(),
+        "settings": {"model": args.model, "img_size": img_size, "batch": 1, "threads": threads, "warmup": warmup,
+                     "runs": runs, "rounds": rounds, "trim": TRIM, "quick": args.quick,
+                     "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+                     "openvino_bf16": bf16, "seconds": round(time.time() - started, 1)},
+        "model": {"name": args.model, "img_size": img_size, "macs": int(macs), "params": int(params)},
+        "peaks": peaks, "results": results, "ratios": _ratios(results), "delegation": _delegation(manifests),
+        "accuracy": _accuracy(args, output),
+    }
+    from .report import write_report
+
+    write_report(report, output)
+    _print_table(console, report)
+    console.print(f"wrote {output / 'results.json'}, results.md and plots ({report['settings']['seconds']:.0f} s)")
+    return 0
+
+
+def _weights(args, cfg, img_size: int, root: Path, console: Console) -> Path | None:
+    """The checkpoint to time: --checkpoint (absolute: the memory probes run elsewhere), the bundled weights (None),
+    or, for a model without bundled weights, seeded random ones (latency does not depend on the values)."""
+    if args.checkpoint is not None:
+        return args.checkpoint.resolve()
+    if cfg.bundled_checkpoint:
+        return None
+    path = _random_checkpoint(args.model, img_size, root)
+    console.print(f"no --checkpoint: timing {args.model} with seeded random weights ({path.name}); latency does "
+                  "not depend on the weights' values")
+    return path
+
+
+def _load_cases(cases: list[Case], threads: int, args, img_size: int, x: np.ndarray) -> tuple[list, dict]:
+    """Load every case and run it once: (loaded (case, run) pairs, result entry per case id). A runtime refusing an
+    artifact is a result (status failed, with why), not a crash."""
     loaded, entries = [], {}
     for case in cases:
-        key = case.id
-        entry = {"id": key, "runtime": case.runtime, "backend": case.backend, "precision": case.precision,
+        entry = {"id": case.id, "runtime": case.runtime, "backend": case.backend, "precision": case.precision,
                  "variant": case.variant, "artifact": case.artifact.name if case.artifact else None,
                  "artifact_bytes": _artifact_bytes(case), "status": "ok", "error": None}
         try:
@@ -346,15 +384,15 @@ def run(argv: list[str] | None = None) -> int:
                 raise RuntimeError("non-finite logits")
             entry["load_ms"] = round(load_ms, 2)
             loaded.append((case, run_fn))
-        except Exception as e:  # noqa: BLE001 - a runtime refusing an artifact is a result, not a crash
+        except Exception as e:  # noqa: BLE001 - see the docstring
             entry.update(status="failed", error=f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
                          if str(e).strip() else type(e).__name__)
-        entries[key] = entry
-    samples = _time_cases(loaded, x, warmup, runs, rounds, console)
-    del loaded
+        entries[case.id] = entry
+    return loaded, entries
 
-    counted = build_model(args.model, img_size=img_size)
-    macs, params = model_macs(counted), sum(p.numel() for p in counted.parameters())
+
+def _add_stats(entries: dict, samples: dict, macs: int, peaks: dict) -> None:
+    """Latency statistics, the samples, and the fraction of this host's GEMM peak (roofline) per timed case."""
     for key, s in samples.items():
         stats = latency_stats(s, TRIM)
         entry = entries[key]
@@ -363,41 +401,20 @@ def run(argv: list[str] | None = None) -> int:
         peak = peaks.get(_base(entry["precision"]))
         if peak:
             entry["roofline_fraction"] = round(macs / (stats["median"] / 1e3) / (peak["gmacs_per_s"] * 1e9), 4)
-    if not args.no_memory:
-        with progress_bar(console=console) as bar:
-            task = bar.add_task("peak memory (one process per case)", total=len(cases))
-            for case in cases:
-                key = case.id
-                if entries[key]["status"] == "ok":
-                    probe = _memory_probe(case, threads, args.model, img_size, args.checkpoint)
-                    if "peak_rss_mib" in probe:
-                        entries[key]["peak_rss_mib"] = probe["peak_rss_mib"]
-                    else:
-                        entries[key].setdefault("notes", []).append(f"memory probe: {probe.get('error')}")
-                bar.advance(task)
-    results = list(entries.values()) + missing
-    report = {
-        "schema": "edge-crossformer/results", "schema_version": 1,
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "source": "host",
-        "machine": system.machine(), "versions": system.versions(), "commit": system.commit(),
-        "settings": {"model": args.model, "img_size": img_size, "batch": 1, "threads": threads, "warmup": warmup,
-                     "runs": runs, "rounds": rounds, "trim": TRIM, "quick": args.quick,
-                     "checkpoint": str(args.checkpoint) if args.checkpoint else None,
-                     "openvino_bf16": bf16, "seconds": None},
-        "model": {"name": args.model, "img_size": img_size, "macs": int(macs), "params": int(params)},
-        "peaks": peaks,
-        "results": results,
-        "ratios": _ratios(results),
-        "delegation": _delegation(manifests),
-        "accuracy": _accuracy(args, output),
-    }
-    report["settings"]["seconds"] = round(time.time() - started, 1)
-    from .report import write_report
 
-    write_report(report, output)
-    _print_table(console, report)
-    console.print(f"wrote {output / 'results.json'}, results.md and plots ({report['settings']['seconds']:.0f} s)")
-    return 0
+
+def _add_memory(entries: dict, cases: list[Case], threads: int, args, img_size: int, console: Console) -> None:
+    """Peak memory of each case that loaded, measured in a process of its own."""
+    with progress_bar(console=console) as bar:
+        task = bar.add_task("peak memory (one process per case)", total=len(cases))
+        for case in cases:
+            if entries[case.id]["status"] == "ok":
+                probe = _memory_probe(case, threads, args.model, img_size, args.checkpoint)
+                if "peak_rss_mib" in probe:
+                    entries[case.id]["peak_rss_mib"] = probe["peak_rss_mib"]
+                else:
+                    entries[case.id].setdefault("notes", []).append(f"memory probe: {probe.get('error')}")
+            bar.advance(task)
 
 
 def _base(precision: str) -> str:

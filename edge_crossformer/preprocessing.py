@@ -1,4 +1,4 @@
-"""Input contract shared by the model, the exporters and the apps."""
+"""The input contract shared by the model, the exporters' manifests, the apps' golden file and the tests."""
 
 from __future__ import annotations
 
@@ -20,3 +20,15 @@ class Normalized(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model((x - self.mean) * self.inv_std)
+
+
+def input_contract(resize: dict, img_size: int) -> dict:
+    """What every artifact takes, as the manifest states it to apps: an RGB float32 NCHW image in [0, 1] of
+    img_size x img_size, resized and cropped as `resize` says (`CrossFormerConfig.resize_for`), normalized inside
+    the model."""
+    return {
+        "name": "image", "shape": [1, 3, img_size, img_size], "layout": "NCHW", "dtype": "float32",
+        "range": [0.0, 1.0], "color": "RGB",
+        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "applied": "in_model"},
+        "resize": resize,
+    }

@@ -7,7 +7,8 @@ import importlib.metadata
 import platform
 from pathlib import Path
 
-from edge_crossformer import IMAGENET_MEAN, IMAGENET_STD, get_config
+from edge_crossformer import get_config
+from edge_crossformer.preprocessing import input_contract
 
 from .request import ExportRequest
 
@@ -45,6 +46,16 @@ def resize_spec(req: ExportRequest) -> dict:
     return get_config(req.model).resize_for(req.img_size)
 
 
+def input_section(model: str, img_size: int) -> dict:
+    """The manifest's `input`: the model's input contract, plus how Core ML's image input feeds it."""
+    return {**input_contract(get_config(model).resize_for(img_size), img_size),
+            "coreml": "image input (RGB); Core ML scales pixels by 1/255"}
+
+
+def output_section(num_classes: int) -> dict:
+    return {"name": "logits", "shape": [1, num_classes], "activation": "none (apply softmax)"}
+
+
 def build_manifest(req: ExportRequest, artifacts: list[dict], failures: list[dict], source: dict) -> dict:
     status = "pass" if artifacts and not failures and all(
         a["parity"]["status"] in ("pass", "skipped") for a in artifacts) else "fail"
@@ -53,14 +64,8 @@ def build_manifest(req: ExportRequest, artifacts: list[dict], failures: list[dic
         "model": req.model,
         "img_size": req.img_size,
         "num_classes": req.num_classes,
-        "input": {
-            "name": "image", "shape": [1, 3, req.img_size, req.img_size], "layout": "NCHW", "dtype": "float32",
-            "range": [0.0, 1.0], "color": "RGB",
-            "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "applied": "in_model"},
-            "resize": resize_spec(req),
-            "coreml": "image input (RGB); Core ML scales pixels by 1/255",
-        },
-        "output": {"name": "logits", "shape": [1, req.num_classes], "activation": "none (apply softmax)"},
+        "input": input_section(req.model, req.img_size),
+        "output": output_section(req.num_classes),
         "labels": list(req.labels),
         "labels_file": "labels.txt",
         "artifacts": artifacts,

@@ -87,9 +87,6 @@ def qat_main(argv: list[str]) -> int:
 
 
 def _qat(args: argparse.Namespace, argv: list[str]) -> int:
-    import torch
-
-    from edge_crossformer.data import is_fashion_mnist_dir, load_dataset
     from edge_crossformer.preprocessing import Normalized
     from edge_crossformer.registry import create_model, get_config
 
@@ -101,11 +98,7 @@ def _qat(args: argparse.Namespace, argv: list[str]) -> int:
                     seed=args.seed, threads=args.threads, distill=args.distill)
     target = registry.get(args.target)
     scheme = target.int8_scheme
-    if args.ranges == "learned" and scheme != "xnnpack":
-        raise QATError(f"--ranges learned applies to XNNPACK's scheme (--target {' or '.join(_served('xnnpack'))}) "
-                       "only")
-    if args.keep_float and scheme != "nncf":
-        raise QATError(f"--keep-float applies to NNCF's scheme (--target {' or '.join(_served('nncf'))}) only")
+    _check_scheme_options(args, scheme)
     if args.checkpoint is None and not spec.bundled_checkpoint:
         raise QATError(f"{args.model} has no bundled weights; pass --checkpoint with the trained model to "
                        "fine-tune (QAT starts from a trained model)")
@@ -113,7 +106,42 @@ def _qat(args: argparse.Namespace, argv: list[str]) -> int:
     model = create_model(args.model, checkpoint=args.checkpoint, img_size=args.img_size,
                          num_classes=args.num_classes, spelling=target.qat_spelling)
     img_size = args.img_size or spec.default_img_size
-    resize = spec.resize_for(img_size)
+    train, (train_x, train_y), val = _qat_data(args, spec.resize_for(img_size), model.head.out_features)
+    suffix = "" if scheme == "nncf" else f"-{scheme}"
+    workdir = args.workdir or Path("runs/qat") / f"{args.model}{suffix}"
+    output = args.output or Path("runs/qat") / f"{args.model}-qat{suffix}.safetensors"
+    settings = {"model": args.model, "checkpoint": str(args.checkpoint or "bundled"), "scheme": scheme,
+                "ranges": args.ranges,
+                "img_size": img_size,
+                "data": train.source, "train_images": int(len(train_x)), **{k: v for k, v in vars(cfg).items()},
+                "keep_float": args.keep_float}
+    _claim_workdir(workdir, settings, resume=not args.no_resume)
+    opts = QuantOptions(subset_size=cfg.calib_size, keep_float=tuple(args.keep_float))
+    meta = {"model": args.model, "checkpoint": settings["checkpoint"], "img_size": img_size, "data": train.source,
+            "val_data": val.source, "targets": list(_served(scheme)),
+            "command": "python -m quantize qat " + " ".join(argv)}
+    run_qat(Normalized(model), (train_x, train_y), (val.images, val.labels), cfg, workdir=workdir, output=output,
+            opts=opts, resume=not args.no_resume, meta=meta, scheme=scheme, ranges=args.ranges)
+    print(f"next: python -m export --target {','.join(_served(scheme))} --model {args.model} "
+          f"--checkpoint {output} --precision int8")
+    return 0
+
+
+def _check_scheme_options(args: argparse.Namespace, scheme: str) -> None:
+    if args.ranges == "learned" and scheme != "xnnpack":
+        raise QATError(f"--ranges learned applies to XNNPACK's scheme (--target {' or '.join(_served('xnnpack'))}) "
+                       "only")
+    if args.keep_float and scheme != "nncf":
+        raise QATError(f"--keep-float applies to NNCF's scheme (--target {' or '.join(_served('nncf'))}) only")
+
+
+def _qat_data(args: argparse.Namespace, resize: dict, num_classes: int):
+    """(training set, (train images, labels), validation set): a separate validation split when there is one,
+    else every 10th training image; both labelled, with the model's classes."""
+    import torch
+
+    from edge_crossformer.data import is_fashion_mnist_dir, load_dataset
+
     train = load_dataset(args.data, resize, split="train", limit=args.train_limit, labelled=True)
     if not train.labelled:
         raise QATError(f"{train.source} has no labels; QAT needs an ImageFolder tree (one sub-folder per class) "
@@ -133,37 +161,24 @@ def _qat(args: argparse.Namespace, argv: list[str]) -> int:
                        "for validation; give more images (--train-limit 2 or more) or a separate --val-data")
     if not len(val):
         raise QATError(f"no validation images in {val.source}; pass --val-data with labelled images")
-    num_classes = model.head.out_features
     for name, ds in (("training", train), ("validation", val)):
         if ds.classes and len(ds.classes) != num_classes:
             raise QATError(f"the {name} set ({ds.source}) has {len(ds.classes)} classes but the model has "
                            f"{num_classes}; pass --num-classes {len(ds.classes)} (and the matching checkpoint) "
                            "or data with the model's classes")
-    suffix = "" if scheme == "nncf" else f"-{scheme}"
-    workdir = args.workdir or Path("runs/qat") / f"{args.model}{suffix}"
-    output = args.output or Path("runs/qat") / f"{args.model}-qat{suffix}.safetensors"
-    settings = {"model": args.model, "checkpoint": str(args.checkpoint or "bundled"), "scheme": scheme,
-                "ranges": args.ranges,
-                "img_size": img_size,
-                "data": train.source, "train_images": int(len(train_x)), **{k: v for k, v in vars(cfg).items()},
-                "keep_float": args.keep_float}
+    return train, (train_x, train_y), val
+
+
+def _claim_workdir(workdir: Path, settings: dict, resume: bool) -> None:
+    """A resumable run continues only with the settings it started with (recorded in settings.json)."""
     marker = workdir / "settings.json"
-    if args.no_resume:
+    if not resume:
         (workdir / "last.pt").unlink(missing_ok=True)
     elif (workdir / "last.pt").exists() and marker.exists() and json.loads(marker.read_text()) != settings:
         raise QATError(f"{workdir} holds a QAT run with different settings; pass --no-resume to start over or "
                        "--workdir DIR for a separate run")
     workdir.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps(settings, indent=2) + "\n")
-    opts = QuantOptions(subset_size=cfg.calib_size, keep_float=tuple(args.keep_float))
-    meta = {"model": args.model, "checkpoint": settings["checkpoint"], "img_size": img_size, "data": train.source,
-            "val_data": val.source, "targets": list(_served(scheme)),
-            "command": "python -m quantize qat " + " ".join(argv)}
-    run_qat(Normalized(model), (train_x, train_y), (val.images, val.labels), cfg, workdir=workdir, output=output,
-            opts=opts, resume=not args.no_resume, meta=meta, scheme=scheme, ranges=args.ranges)
-    print(f"next: python -m export --target {','.join(_served(scheme))} --model {args.model} "
-          f"--checkpoint {output} --precision int8")
-    return 0
 
 
 USAGE = """usage: python -m quantize {qat,sensitivity} [options]   (--help after a command for its options)

@@ -39,7 +39,7 @@ def _nncf():
     try:
         import nncf
     except ImportError as e:
-        raise ImportError("INT8 needs NNCF: pip install 'edge-crossformer[openvino]'") from e
+        raise ImportError("INT8 needs NNCF: pip install 'edge-crossformer[int8]'") from e
     return nncf
 
 

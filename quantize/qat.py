@@ -257,6 +257,14 @@ def calibration_subset(images: Tensor, size: int) -> Tensor:
     return images[::step][:size]
 
 
+def _method(scheme: str, ranges: str) -> str:
+    if scheme == "nncf":
+        return "NNCF quantization-aware training (nncf.quantize, ModelType.TRANSFORMER, fake-quantizers trained)"
+    return ("PT2E quantization-aware training (prepare_qat_pt2e, XNNPACKQuantizer is_qat over linears, convs and "
+            "residual adds; " + ("activation ranges fixed at post-training INT8's)" if ranges == "calibrated" else
+                                 "moving-average activation ranges, exported)"))
+
+
 def run_qat(model: nn.Module, train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor], cfg: QATConfig, *,
             workdir: Path, output: Path, opts: QuantOptions | None = None, resume: bool = True,
             meta: dict | None = None, scheme: str = "nncf", ranges: str = "calibrated") -> dict:
@@ -290,14 +298,8 @@ def run_qat(model: nn.Module, train: tuple[Tensor, Tensor], val: tuple[Tensor, T
                             resume=resume, loss_fn=distillation_loss(teacher, cfg) if teacher is not None else None)
     int8_after = evaluate(qmodel, *val)
     weights = float_weights(qmodel, start)
-    method = {"nncf": "NNCF quantization-aware training (nncf.quantize, ModelType.TRANSFORMER, fake-quantizers "
-                      "trained)",
-              "xnnpack": "PT2E quantization-aware training (prepare_qat_pt2e, XNNPACKQuantizer is_qat over "
-                         "linears, convs and residual adds; " + ("activation ranges fixed at post-training INT8's)"
-                                                                 if ranges == "calibrated" else
-                                                                 "moving-average activation ranges, exported)")}[scheme]
     record = {
-        "method": method, "scheme": scheme,
+        "method": _method(scheme, ranges), "scheme": scheme,
         **({"ranges": ranges} if scheme == "xnnpack" else {}),
         **(meta or {}),
         "qat_config": asdict(cfg),
