@@ -43,7 +43,7 @@ def export(ctx: TargetContext) -> list[Artifact]:
         # W8A8: NNCF calibrates a PT2E quantize/dequantize graph, coremltools turns it into INT8 weights and
         # activations (iOS 17 / A17 and later run INT8 activations on the Neural Engine). coremltools' own
         # activation calibration would need the Core ML runtime (macOS); its CoreMLQuantizer fails to import with
-        # torch 2.13 (DESIGN.md).
+        # torch 2.13 (docs/parity.md).
         import torch
 
         ctx.step("quantizing for Core ML W8A8 (NNCF quantize_pt2e)")

@@ -48,12 +48,16 @@ def export(ctx: TargetContext) -> list[Artifact]:
     if ctx.precision == "int8":
         from quantize import quantize_onnx
 
+        from .onnx_qdq import fix_for_onnxruntime
+
         ctx.step("quantizing ONNX (NNCF, QDQ)")
         accuracy = ctx.source.accuracy_target()
         if accuracy is not None:
             ctx.step("quantizing ONNX with NNCF's accuracy control (--max-accuracy-drop)")
-        model = quantize_onnx(model, ctx.source.calibration(), ctx.source.quant_options(),
-                              plain=ctx.request.plain_int8, accuracy=accuracy)
+        opts = ctx.source.quant_options()
+        model = quantize_onnx(model, ctx.source.calibration(), opts, accuracy=accuracy)
+        if not ctx.request.plain_int8:
+            model = fix_for_onnxruntime(model, ctx.source.calibration(), opts.subset_size)
         onnx.save(model, str(path))
     onnx.checker.check_model(model, full_check=True)
     ops: dict[str, int] = {}

@@ -1,5 +1,5 @@
 """OpenVINO: IR `.xml` + `.bin` (FP16 weight compression for fp16); parity on the CPU plugin with the f32 hint
-(this CPU otherwise runs bf16, see DESIGN.md)."""
+(CPUs with BF16 otherwise run bf16, docs/parity.md)."""
 
 from __future__ import annotations
 
@@ -41,8 +41,6 @@ def export(ctx: TargetContext) -> list[Artifact]:
     with torch.no_grad():
         # From the module (OpenVINO's own tracing): its ExportedProgram path mis-infers shapes in a reshape pass
         # on single-token groups (OpenVINO 2026.4, crossformer-fmnist stage 4).
-        # 4-D attention: the CPU plugin fuses it into one (INT8) attention kernel; CrossFormer-T 224 INT8 measured
-        # 9% faster than the 3-D bmm spelling; LayerNorm affine folded into the next linears (README, Performance).
         model = ov.convert_model(ctx.deployable(),
                                  example_input=ctx.source.example())
     model.inputs[0].get_tensor().set_names({"image"})

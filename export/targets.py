@@ -85,6 +85,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            runtime_module="executorch.runtime", files_per_param=1.5),
     Target("openvino", "export.openvino_target", ("openvino",), "openvino", "openvino, nncf",
            precisions=("fp32", "fp16", "int8"), default_precision="fp32", fp32_gate=1e-3,
+           # 4-D attention: the CPU plugin fuses it into one (INT8) attention kernel, CrossFormer-T 224 INT8 measured
+           # 9% faster than the 3-D bmm spelling; LayerNorm affine folded into the next linears (README, Performance).
            spelling=Spelling(matmul_4d=True, fold_norms=True), qat_spelling=Spelling(), int8_scheme="nncf",
            x86_pair_sums=True,
            runtime="openvino", runtime_name="OpenVINO CPU", runtime_module="openvino"),

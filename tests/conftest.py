@@ -25,7 +25,7 @@ def perturb(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a - b| relative to the largest |reference| logit (DESIGN.md's parity measure)."""
+    """max |a - b| relative to the largest |reference| logit (docs/parity.md's measure)."""
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
