@@ -4,6 +4,7 @@ import android.app.ActivityManager
 import android.content.Context
 import android.os.Build
 import android.os.Bundle
+import android.os.SystemClock
 import android.util.Log
 import androidx.activity.ComponentActivity
 import androidx.activity.compose.setContent
@@ -47,7 +48,13 @@ class BenchmarkActivity : ComponentActivity() {
             return
         }
         lifecycleScope.launch {
-            val file = runAndWrite(this@BenchmarkActivity, settings) { done -> status = "run $done / ${settings.runs}" }
+            // Whatever goes wrong must still end in a BENCHMARK_ line: the host helper waits for one.
+            val file = try {
+                runAndWrite(this@BenchmarkActivity, settings) { done -> status = "run $done / ${settings.runs}" }
+            } catch (e: Exception) {
+                fail("${e.javaClass.simpleName}: ${e.message}")
+                return@launch
+            }
             status = "wrote $file"
             finish()
         }
@@ -72,13 +79,15 @@ class BenchmarkActivity : ComponentActivity() {
         /** Runs the benchmark off the main thread and writes the report; also used by the app's own button. */
         suspend fun runAndWrite(context: Context, settings: BenchmarkSettings, onProgress: (Int) -> Unit): File {
             val outcome = withContext(Dispatchers.Default) {
-                Benchmark.run({ Classifier.load(context, settings.threads) }, settings) { done ->
+                val load = { Classifier.load(context, settings.threads) }
+                Benchmark.run(load, settings, SystemClock::elapsedRealtimeNanos) { done ->
                     if (done % 10 == 0) Log.i(TAG, "run $done / ${settings.runs}")
                 }
             }
             onProgress(outcome.samplesMs.size)
             val file = resultsFile(context)
-            val json = BenchmarkReport.toJson(outcome, deviceInfo(context), appVersion(context))
+            val json =
+                BenchmarkReport.toJson(outcome, deviceInfo(context), appVersion(context), BuildConfig.EXECUTORCH_VERSION)
             withContext(Dispatchers.IO) { BenchmarkReport.write(json, file) }
             if (outcome.error == null) {
                 val s = outcome.stats!!

@@ -12,6 +12,8 @@ data class ModelManifest(
     val pteFile: String,
     val precision: String,
     val artifactBytes: Long,
+    /** The .pte's sha256 as the exporter recorded it (lowercase hex); null when the manifest has none. */
+    val sha256: String?,
     val tools: Map<String, String>,
 ) {
     companion object {
@@ -45,6 +47,7 @@ data class ModelManifest(
                 pteFile = pte.getString("file"),
                 precision = pte.getString("precision"),
                 artifactBytes = pte.optLong("bytes"),
+                sha256 = pte.optString("sha256").lowercase().takeIf { it.isNotEmpty() },
                 tools = tools?.keys()?.asSequence()?.filter { !tools.isNull(it) }
                     ?.associateWith { tools.getString(it) }.orEmpty(),
             )

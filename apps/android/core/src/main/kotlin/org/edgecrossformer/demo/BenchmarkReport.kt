@@ -16,8 +16,18 @@ data class DeviceInfo(val name: String, val os: String, val cpu: String?, val co
 object BenchmarkReport {
     const val SCHEMA = "edge-crossformer/results"
 
-    fun toJson(outcome: BenchmarkOutcome, device: DeviceInfo, appVersion: String, created: Instant = Instant.now()):
-        JSONObject {
+    /** What one timed sample covers (the input tensor is allocated once; each run copies the input into it). */
+    const val NOTE_TIMED =
+        "timed: input copied into the preallocated input tensor + Module.forward, preprocessing excluded"
+
+    /** [executorchVersion]: the runtime the app links (BuildConfig.EXECUTORCH_VERSION in the app). */
+    fun toJson(
+        outcome: BenchmarkOutcome,
+        device: DeviceInfo,
+        appVersion: String,
+        executorchVersion: String,
+        created: Instant = Instant.now(),
+    ): JSONObject {
         val manifest = outcome.manifest
         val s = outcome.settings
         val precision = manifest?.precision ?: "fp32"
@@ -38,8 +48,8 @@ object BenchmarkReport {
                     .put("min", it.min).put("max", it.max).put("n", it.n)
             } ?: JSONObject.NULL)
             .put("samples_ms", JSONArray(outcome.samplesMs))
-            .put("notes", JSONArray(listOf("timed: Module.forward on a preallocated input, preprocessing excluded")))
-        val versions = JSONObject().put("executorch-android", BuildConfig.EXECUTORCH_VERSION).put("app", appVersion)
+            .put("notes", JSONArray(listOf(NOTE_TIMED)))
+        val versions = JSONObject().put("executorch-android", executorchVersion).put("app", appVersion)
         manifest?.tools?.forEach { (k, v) -> versions.put("export:$k", v) }
         return JSONObject()
             .put("schema", SCHEMA)
