@@ -16,7 +16,7 @@ JAVA_LIBS=/usr/share/java
 JSON_JAR="$JAVA_LIBS/com.android.json.jar"   # Debian's libandroid-json-java: Android's own org.json
 TEST_JARS="$JAVA_LIBS/junit4.jar:$JAVA_LIBS/hamcrest-core.jar:$JSON_JAR"
 
-need() { [ -e "$1" ] || { echo "missing $1 ($2); run .ci/apps-toolchains" >&2; exit 3; }; }
+need() { [ -e "$1" ] || [ -L "$1" ] || { echo "missing $1 ($2); run .ci/apps-toolchains" >&2; exit 3; }; }
 
 kotlinc() {
     need "$KOTLIN_HOME/bin/kotlinc" "JetBrains' Kotlin compiler, npm kotlin-compiler"
