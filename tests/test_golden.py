@@ -213,8 +213,8 @@ def test_ios_project_bundles_manifest_and_uses_the_swift_package():
 
 
 @pytest.mark.parametrize("writer,source", [
-    ("ios/CrossFormerKit/Sources/CrossFormerKit/BenchmarkReport.swift", "ios-app"),
-    ("android/app/src/main/java/org/edgecrossformer/demo/BenchmarkReport.kt", "android-app"),
+    ("ios/CrossFormerKit/Sources/CrossFormerCore/BenchmarkReport.swift", "ios-app"),
+    ("android/core/src/main/kotlin/org/edgecrossformer/demo/BenchmarkReport.kt", "android-app"),
 ])
 def test_benchmark_writers_emit_the_results_schema(writer, source):
     text = (APPS / writer).read_text()
@@ -228,7 +228,7 @@ def test_benchmark_writers_emit_the_results_schema(writer, source):
 
 
 def test_apps_read_the_golden_file():
-    android_tests = "\n".join(p.read_text() for p in (APPS / "android" / "app" / "src").rglob("*Test.kt"))
+    android_tests = "\n".join(p.read_text() for p in (APPS / "android" / "core" / "src" / "test").rglob("*.kt"))
     ios_tests = "\n".join(p.read_text() for p in (APPS / "ios" / "CrossFormerKit" / "Tests").rglob("*.swift"))
     for name, text in (("android", android_tests), ("ios", ios_tests)):
         assert "golden.json" in text, f"the {name} app's tests do not read golden.json"
