@@ -17,10 +17,10 @@ import androidx.compose.runtime.setValue
 import androidx.compose.ui.Modifier
 import androidx.compose.ui.unit.dp
 import androidx.lifecycle.lifecycleScope
-import java.io.File
 import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.launch
 import kotlinx.coroutines.withContext
+import java.io.File
 
 /**
  * Benchmark mode, startable from a host:
@@ -87,12 +87,24 @@ class BenchmarkActivity : ComponentActivity() {
             onProgress(outcome.samplesMs.size)
             val file = resultsFile(context)
             val json =
-                BenchmarkReport.toJson(outcome, deviceInfo(context), appVersion(context), BuildConfig.EXECUTORCH_VERSION)
+                BenchmarkReport.toJson(
+                    outcome,
+                    deviceInfo(context),
+                    appVersion(context),
+                    BuildConfig.EXECUTORCH_VERSION,
+                )
             withContext(Dispatchers.IO) { BenchmarkReport.write(json, file) }
             if (outcome.error == null) {
                 val s = outcome.stats!!
-                Log.i(TAG, "median %.2f ms, p90 %.2f ms, trimmed mean %.2f ms (n=%d)".format(
-                    s.median, s.p90, s.trimmedMean, s.n))
+                Log.i(
+                    TAG,
+                    "median %.2f ms, p90 %.2f ms, trimmed mean %.2f ms (n=%d)".format(
+                        s.median,
+                        s.p90,
+                        s.trimmedMean,
+                        s.n,
+                    ),
+                )
                 Log.i(TAG, "BENCHMARK_DONE ${file.absolutePath}")
             } else {
                 Log.e(TAG, "BENCHMARK_FAILED ${outcome.error} (report written to ${file.absolutePath})")

@@ -36,8 +36,11 @@ class Classifier private constructor(
         /** The pushed export when there is one (manifest.json + .pte in [pushedDir]), else the bundled assets. */
         fun load(context: Context, threads: Int = 0): Classifier {
             val dir = pushedDir(context)
-            return if (dir != null && File(dir, ModelManifest.FILE).isFile) fromDirectory(dir, threads)
-            else fromAssets(context, threads)
+            return if (dir != null && File(dir, ModelManifest.FILE).isFile) {
+                fromDirectory(dir, threads)
+            } else {
+                fromAssets(context, threads)
+            }
         }
 
         fun fromDirectory(dir: File, threads: Int = 0): Classifier {
@@ -55,7 +58,9 @@ class Classifier private constructor(
             } catch (e: java.io.IOException) {
                 throw IllegalStateException(
                     "no ${ModelManifest.FILE} in the app's assets; run apps/copy_artifacts.sh after " +
-                        "`python -m export --target executorch`, then rebuild", e)
+                        "`python -m export --target executorch`, then rebuild",
+                    e,
+                )
             }
             val manifest = ModelManifest.parse(manifestJson)
             return load(assetToFile(context, manifest), manifest, threads)

@@ -1,10 +1,10 @@
 package org.edgecrossformer.demo
 
-import java.io.Closeable
-import java.nio.FloatBuffer
 import org.pytorch.executorch.EValue
 import org.pytorch.executorch.Module
 import org.pytorch.executorch.Tensor
+import java.io.Closeable
+import java.nio.FloatBuffer
 
 /**
  * Every call this app makes into ExecuTorch (org.pytorch:executorch-android), and nothing of android.*, so CI can

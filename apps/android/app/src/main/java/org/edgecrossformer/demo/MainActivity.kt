@@ -68,8 +68,11 @@ class MainActivity : ComponentActivity() {
                     bitmap = picked
                     result = classification
                     message = classifier.manifest.let { m ->
-                        "${m.model} · ${m.pteFile}" + if (m.resize.isExact) "" else
+                        "${m.model} · ${m.pteFile}" + if (m.resize.isExact) {
+                            ""
+                        } else {
                             " · ${m.resize.interpolation} resize approximated with bilinear"
+                        }
                     }
                 }.onFailure { message = "failed: ${it.message}" }
             }

@@ -1,11 +1,11 @@
 package org.edgecrossformer.demo
 
-import java.io.File
-import java.nio.file.Files
 import org.junit.Assert.assertArrayEquals
 import org.junit.Assert.assertFalse
 import org.junit.Assert.assertTrue
 import org.junit.Test
+import java.io.File
+import java.nio.file.Files
 
 /** The bundled .pte is copied again whenever the manifest's sha256 changes, even at the same size. */
 class ArtifactCopyTest {

@@ -1,10 +1,10 @@
 package org.edgecrossformer.demo
 
-import java.time.Instant
 import org.junit.Assert.assertEquals
 import org.junit.Assert.assertNull
 import org.junit.Assert.assertTrue
 import org.junit.Test
+import java.time.Instant
 
 /** The benchmark loop, its settings and its report, with a fake model and a fake clock (no phone needed). */
 class BenchmarkTest {
@@ -72,8 +72,10 @@ class BenchmarkTest {
         val outcome = Benchmark.run({ model }, BenchmarkSettings(runs = 3, warmup = 0), { model.now })
         val device = DeviceInfo("Pixel Test", "Android 15 (API 35)", "Tensor G4", 8, 7.6)
         val json = BenchmarkReport.toJson(outcome, device, "0.1.0", "1.5.1", Instant.parse("2026-11-25T12:00:00.5Z"))
-        for (key in listOf("schema", "schema_version", "created", "source", "machine", "versions", "settings",
-            "model", "results")) {
+        for (key in listOf(
+            "schema", "schema_version", "created", "source", "machine", "versions", "settings",
+            "model", "results",
+        )) {
             assertTrue("report lacks $key", json.has(key))
         }
         assertEquals(BenchmarkReport.SCHEMA, json.getString("schema"))

@@ -1,11 +1,11 @@
 package org.edgecrossformer.demo
 
-import kotlin.math.abs
-import kotlin.math.sqrt
 import org.json.JSONObject
 import org.junit.Assert.assertEquals
 import org.junit.Assert.assertTrue
 import org.junit.Test
+import kotlin.math.abs
+import kotlin.math.sqrt
 
 /** The app's preprocessing reproduces what the exporter feeds the model, per golden.json. */
 class PreprocessingGoldenTest {
