@@ -4,13 +4,13 @@ For the bundled model and the shipped sample images it records what a correct ap
 (per-channel statistics and pixels at fixed coordinates, so an app can check its resize exactly), the logits and the
 top-5. Two synthetic images (an upscale and an antialiased downscale, both non-square so the center crop matters)
 pin the resize path that the 28x28 samples never take. The logits come from the faithful reference model in float64,
-so regenerating the file on another machine gives the same digits;
-the decoded pixels of each sample are written beside it as a binary PPM (`images[].pixels_file`), so the apps' core
-tests need no image decoder (and no colour matching) to start from exactly the exporter's RGB bytes; the fp32 artifacts match them within
-`tolerances.logits_abs.fp32`. Re-running gives byte-identical JSON.
+so regenerating the file on another machine gives the same digits; the fp32 artifacts match them within
+`tolerances.logits_abs.fp32`. Re-running gives byte-identical JSON. Each sample's decoded pixels are written beside
+the file as a binary PPM (`images[].pixels_file`): the apps' core tests start from exactly the exporter's RGB bytes,
+with no image decoder and no colour management.
 
     python -m benchmarks golden             # (re)writes apps/golden/golden.json and apps/golden/samples/*.ppm
-    python -m benchmarks golden --check     # exit 1 when the committed file is stale
+    python -m benchmarks golden --check     # exit 1 when a committed file is stale
 """
 
 from __future__ import annotations
@@ -167,7 +167,8 @@ def build_golden(model_name: str = DEFAULT_MODEL, samples: Path = DEFAULT_SAMPLE
             logits = model(x[None].double())[0]
         index = label_of(path, labels)
         images.append({
-            "file": path.name, "pixels_file": pixels_file(path), "label": labels[index] if index is not None else None, "label_index": index,
+            "file": path.name, "pixels_file": pixels_file(path),
+            "label": labels[index] if index is not None else None, "label_index": index,
             "source": {"width": int(arr.shape[1]), "height": int(arr.shape[0]), "mode": "gray"
                        if bool((arr == arr[..., :1]).all()) else "rgb"},
             "input": input_record(x),

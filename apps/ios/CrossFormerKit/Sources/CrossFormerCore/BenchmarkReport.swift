@@ -23,8 +23,10 @@ public struct BenchmarkOutcome: Sendable {
     public let error: String?
     public var stats: LatencyStats? { LatencyStats(samplesMs: samplesMs, trim: settings.trim) }
 
-    public init(settings: BenchmarkSettings, manifest: ModelManifest, loadMs: Double?, firstInferenceMs: Double?,
-                samplesMs: [Double], error: String?) {
+    public init(
+        settings: BenchmarkSettings, manifest: ModelManifest, loadMs: Double?, firstInferenceMs: Double?,
+        samplesMs: [Double], error: String?
+    ) {
         self.settings = settings; self.manifest = manifest; self.loadMs = loadMs
         self.firstInferenceMs = firstInferenceMs; self.samplesMs = samplesMs; self.error = error
     }
@@ -44,30 +46,36 @@ public struct DeviceInfo: Sendable {
         let process = ProcessInfo.processInfo
         let v = process.operatingSystemVersion
         #if os(iOS)
-        let osName = "iOS"
+            let osName = "iOS"
         #elseif os(macOS)
-        let osName = "macOS"
+            let osName = "macOS"
         #else
-        let osName = "Linux"  // the core's tests on CI
+            let osName = "Linux"  // the core's tests on CI
         #endif
-        return DeviceInfo(name: machine, os: "\(osName) \(v.majorVersion).\(v.minorVersion).\(v.patchVersion)",
-                          cores: process.activeProcessorCount,
-                          memoryGib: Double(process.physicalMemory) / 1_073_741_824)
+        return DeviceInfo(
+            name: machine, os: "\(osName) \(v.majorVersion).\(v.minorVersion).\(v.patchVersion)",
+            cores: process.activeProcessorCount,
+            memoryGib: Double(process.physicalMemory) / 1_073_741_824)
     }
 }
 
 /// results.json in docs/results_schema.md's format (version 1, source "ios-app"), for
 /// `python -m benchmarks merge host/results.json phone.json`.
 public enum BenchmarkReport {
-    public static func json(_ outcome: BenchmarkOutcome, device: DeviceInfo = .current, appVersion: String,
-                            created: Date = Date()) -> [String: Any] {
+    public static func json(
+        _ outcome: BenchmarkOutcome, device: DeviceInfo = .current, appVersion: String,
+        created: Date = Date()
+    ) -> [String: Any] {
         let m = outcome.manifest
         let s = outcome.settings
         let units = s.computeUnits.rawValue
         var latency: Any = NSNull()
         if let st = outcome.stats {
-            latency = ["median": st.median, "p90": st.p90, "trimmed_mean": st.trimmedMean, "min": st.min,
-                       "max": st.max, "n": st.n] as [String: Any]
+            latency =
+                [
+                    "median": st.median, "p90": st.p90, "trimmed_mean": st.trimmedMean, "min": st.min,
+                    "max": st.max, "n": st.n,
+                ] as [String: Any]
         }
         let result: [String: Any] = [
             "id": "coreml/\(m.precision)/project/\(units)",
@@ -93,12 +101,16 @@ public enum BenchmarkReport {
             "schema_version": 1,
             "created": iso.string(from: created),
             "source": "ios-app",
-            "machine": ["kind": "device", "name": device.name, "os": device.os, "cores": device.cores,
-                        "memory_gib": (device.memoryGib * 10).rounded() / 10] as [String: Any],
+            "machine": [
+                "kind": "device", "name": device.name, "os": device.os, "cores": device.cores,
+                "memory_gib": (device.memoryGib * 10).rounded() / 10,
+            ] as [String: Any],
             "versions": versions,
-            "settings": ["model": m.model, "img_size": m.imgSize, "batch": 1, "threads": NSNull(),
-                         "warmup": s.warmup, "runs": s.runs, "rounds": 1, "trim": s.trim, "quick": false,
-                         "compute_units": units] as [String: Any],
+            "settings": [
+                "model": m.model, "img_size": m.imgSize, "batch": 1, "threads": NSNull(),
+                "warmup": s.warmup, "runs": s.runs, "rounds": 1, "trim": s.trim, "quick": false,
+                "compute_units": units,
+            ] as [String: Any],
             "model": ["name": m.model, "img_size": m.imgSize] as [String: Any],
             "results": [result],
         ]

@@ -34,8 +34,10 @@ public enum Preprocessing {
     /// Size after scaling the shorter side to spec.size: rounded half to even (as Python), never below the crop.
     public static func resizedSize(height: Int, width: Int, spec: ResizeSpec) -> (height: Int, width: Int) {
         let scale = Double(spec.size) / Double(min(height, width))
-        return (max(spec.crop, Int((Double(height) * scale).rounded(.toNearestOrEven))),
-                max(spec.crop, Int((Double(width) * scale).rounded(.toNearestOrEven))))
+        return (
+            max(spec.crop, Int((Double(height) * scale).rounded(.toNearestOrEven))),
+            max(spec.crop, Int((Double(width) * scale).rounded(.toNearestOrEven)))
+        )
     }
 
     static func taps(inSize: Int, outSize: Int, index: Int) -> Taps {
@@ -56,8 +58,12 @@ public enum Preprocessing {
         let crop = spec.crop
         let (top, left) = ((nh - crop) / 2, (nw - crop) / 2)
         let identity = nh == h && nw == w
-        let cols = (0..<crop).map { identity ? Taps(first: left + $0, weights: [1]) : taps(inSize: w, outSize: nw, index: left + $0) }
-        let rows = (0..<crop).map { identity ? Taps(first: top + $0, weights: [1]) : taps(inSize: h, outSize: nh, index: top + $0) }
+        let cols = (0..<crop).map {
+            identity ? Taps(first: left + $0, weights: [1]) : taps(inSize: w, outSize: nw, index: left + $0)
+        }
+        let rows = (0..<crop).map {
+            identity ? Taps(first: top + $0, weights: [1]) : taps(inSize: h, outSize: nh, index: top + $0)
+        }
         let rowFirst = rows.map(\.first).min()!
         let rowEnd = rows.map { $0.first + $0.weights.count }.max()!
         // Horizontal pass over the rows the vertical pass needs, for the cropped columns only: [row][x][channel].

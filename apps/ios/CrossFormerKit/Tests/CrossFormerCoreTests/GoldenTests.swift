@@ -17,11 +17,13 @@ final class GoldenTests: XCTestCase {
 
     override func setUpWithError() throws {
         let url = Self.golden.appendingPathComponent("golden.json")
-        golden = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any],
-                               "cannot read \(url.path)")
+        golden = try XCTUnwrap(
+            JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any],
+            "cannot read \(url.path)")
         let resize = try XCTUnwrap((golden["input"] as? [String: Any])?["resize"] as? [String: Any])
-        spec = ResizeSpec(size: resize["size"] as! Int, crop: resize["crop"] as! Int,
-                          interpolation: resize["interpolation"] as! String)
+        spec = ResizeSpec(
+            size: resize["size"] as! Int, crop: resize["crop"] as! Int,
+            interpolation: resize["interpolation"] as! String)
         tolerances = try XCTUnwrap(golden["tolerances"] as? [String: Any])
     }
 
@@ -63,7 +65,8 @@ final class GoldenTests: XCTestCase {
         }
         pos += 1  // the single whitespace byte before the raster
         guard fields[0] == "P6", fields[3] == "255", let w = Int(fields[1]), let h = Int(fields[2]),
-              bytes.count - pos == w * h * 3 else {
+            bytes.count - pos == w * h * 3
+        else {
             throw ManifestError("\(url.path): not a binary 8-bit PPM (\(fields))")
         }
         var rgba = [UInt8](repeating: 255, count: w * h * 4)
@@ -130,18 +133,21 @@ final class GoldenTests: XCTestCase {
 
     func testReportFollowsResultsSchema() throws {
         let manifestJSON = """
-        {"model": "crossformer-fmnist", "img_size": 32, "input": {"name": "image", "resize": {"size": 32,
-         "crop": 32, "interpolation": "bilinear"}, "normalization": {"applied": "in_model"}},
-         "output": {"name": "logits"}, "labels": [], "artifacts": [{"target": "coreml", "precision": "fp16",
-         "file": "m_coreml_fp16.mlpackage", "bytes": 10}], "tools": {"executorch": "1.5.1"}}
-        """
+            {"model": "crossformer-fmnist", "img_size": 32, "input": {"name": "image", "resize": {"size": 32,
+             "crop": 32, "interpolation": "bilinear"}, "normalization": {"applied": "in_model"}},
+             "output": {"name": "logits"}, "labels": [], "artifacts": [{"target": "coreml", "precision": "fp16",
+             "file": "m_coreml_fp16.mlpackage", "bytes": 10}], "tools": {"executorch": "1.5.1"}}
+            """
         let manifest = try ModelManifest(data: Data(manifestJSON.utf8))
         XCTAssertEqual(manifest.compiledModelName, "m_coreml_fp16")
-        let outcome = BenchmarkOutcome(settings: BenchmarkSettings(), manifest: manifest, loadMs: 12,
-                                       firstInferenceMs: 3, samplesMs: [2, 1, 3], error: nil)
+        let outcome = BenchmarkOutcome(
+            settings: BenchmarkSettings(), manifest: manifest, loadMs: 12,
+            firstInferenceMs: 3, samplesMs: [2, 1, 3], error: nil)
         let report = BenchmarkReport.json(outcome, appVersion: "test")
-        for key in ["schema", "schema_version", "created", "source", "machine", "versions", "settings", "model",
-                    "results"] {
+        for key in [
+            "schema", "schema_version", "created", "source", "machine", "versions", "settings", "model",
+            "results",
+        ] {
             XCTAssertNotNil(report[key], key)
         }
         let result = try XCTUnwrap((report["results"] as? [[String: Any]])?.first)
