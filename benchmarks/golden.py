@@ -5,10 +5,12 @@ For the bundled model and the shipped sample images it records what a correct ap
 top-5. Two synthetic images (an upscale and an antialiased downscale, both non-square so the center crop matters)
 pin the resize path that the 28x28 samples never take. The logits come from the faithful reference model in float64,
 so regenerating the file on another machine gives the same digits; the fp32 artifacts match them within
-`tolerances.logits_abs.fp32`. Re-running gives byte-identical JSON.
+`tolerances.logits_abs.fp32`. Re-running gives byte-identical JSON. Each sample's decoded pixels are written beside
+the file as a binary PPM (`images[].pixels_file`): the apps' core tests start from exactly the exporter's RGB bytes,
+with no image decoder and no colour management.
 
-    python -m benchmarks golden             # (re)writes apps/golden/golden.json
-    python -m benchmarks golden --check     # exit 1 when the committed file is stale
+    python -m benchmarks golden             # (re)writes apps/golden/golden.json and apps/golden/samples/*.ppm
+    python -m benchmarks golden --check     # exit 1 when a committed file is stale
 """
 
 from __future__ import annotations
@@ -98,6 +100,24 @@ def probes(size: int) -> list[list[int]]:
     return [[round(fy * (size - 1)), round(fx * (size - 1))] for fy, fx in PROBE_FRACTIONS]
 
 
+def ppm(rgb: np.ndarray) -> bytes:
+    """uint8 RGB [H, W, 3] as a binary PPM (P6): a header any app can parse in a few lines, then the raw bytes."""
+    height, width = rgb.shape[:2]
+    return b"P6\n%d %d\n255\n" % (width, height) + np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
+
+
+def pixels_file(sample: Path) -> str:
+    """Where a sample's decoded copy lives, relative to the golden file."""
+    return f"samples/{sample.stem}.ppm"
+
+
+def decoded_samples(golden: dict, samples: Path = DEFAULT_SAMPLES) -> dict[str, bytes]:
+    """{pixels_file: PPM bytes} for every image in golden, decoded as the exporter decodes (load_image)."""
+    from edge_crossformer.data import load_image
+
+    return {image["pixels_file"]: ppm(load_image(Path(samples) / image["file"])) for image in golden["images"]}
+
+
 def input_record(x: torch.Tensor) -> dict:
     """Statistics and probed pixels of one preprocessed image [3, S, S]."""
     flat = x.double().reshape(3, -1)
@@ -145,7 +165,8 @@ def build_golden(model_name: str = DEFAULT_MODEL, samples: Path = DEFAULT_SAMPLE
             logits = model(x[None].double())[0]
         index = label_of(path, labels)
         images.append({
-            "file": path.name, "label": labels[index] if index is not None else None, "label_index": index,
+            "file": path.name, "pixels_file": pixels_file(path),
+            "label": labels[index] if index is not None else None, "label_index": index,
             "source": {"width": int(arr.shape[1]), "height": int(arr.shape[0]), "mode": "gray"
                        if bool((arr == arr[..., :1]).all()) else "rgb"},
             "input": input_record(x),
@@ -197,11 +218,23 @@ def render(golden: dict) -> str:
     return dumps(golden) + "\n"
 
 
-def write_golden(golden: dict, output: Path) -> None:
+def write_golden(golden: dict, output: Path, decoded: dict[str, bytes]) -> None:
+    """The decoded samples first, so that a golden file on disk never names a copy that is not there yet."""
     from edge_crossformer.files import atomic_path
 
+    for name, data in decoded.items():
+        (output.parent / name).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(output.parent / name) as tmp:
+            tmp.write_bytes(data)
     with atomic_path(output) as tmp:
         tmp.write_text(render(golden), encoding="utf-8")
+
+
+def stale_files(golden: dict, output: Path, decoded: dict[str, bytes]) -> list[Path]:
+    """The files under output's folder that differ from what would be written (missing ones included)."""
+    wanted = {output: render(golden).encode("utf-8")}
+    wanted.update({output.parent / name: data for name, data in decoded.items()})
+    return [path for path, data in wanted.items() if not path.is_file() or path.read_bytes() != data]
 
 
 def run(argv: list[str]) -> int:
@@ -218,6 +251,7 @@ def run(argv: list[str]) -> int:
     args = p.parse_args(argv)
     try:
         golden = build_golden(args.model, args.samples)
+        decoded = decoded_samples(golden, args.samples)
     except (GoldenError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -226,12 +260,13 @@ def run(argv: list[str]) -> int:
             print(f"error: {args.output} does not exist; create it with `python -m benchmarks golden`",
                   file=sys.stderr)
             return 1
-        if args.output.read_text(encoding="utf-8") != render(golden):
-            print(f"{args.output} is stale (model, samples or preprocessing changed); regenerate it with "
-                  "`python -m benchmarks golden` and commit it", file=sys.stderr)
+        stale = stale_files(golden, args.output, decoded)
+        if stale:
+            print(f"{', '.join(map(str, stale))} stale or missing (model, samples or preprocessing changed); "
+                  "regenerate with `python -m benchmarks golden` and commit apps/golden/", file=sys.stderr)
             return 1
         print(f"{args.output} is up to date")
         return 0
-    write_golden(golden, args.output)
+    write_golden(golden, args.output, decoded)
     print(f"wrote {args.output} ({len(golden['images'])} images, {len(golden['resize_cases']['cases'])} resize cases)")
     return 0

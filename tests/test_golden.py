@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from benchmarks import golden as gold
+from edge_crossformer.data import load_image
 from conftest import load_manifest, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,9 +38,25 @@ def test_regenerating_gives_identical_file(tmp_path):
     out = tmp_path / "golden.json"
     assert gold.run(["--output", str(out)]) == 0
     assert out.read_bytes() == GOLDEN.read_bytes(), f"committed golden file is stale; {REGENERATE}"
+    for image in json.loads(out.read_text())["images"]:
+        copy = image["pixels_file"]
+        assert (tmp_path / copy).read_bytes() == (GOLDEN.parent / copy).read_bytes(), \
+            f"committed decoded sample {copy} is stale; {REGENERATE}"
     assert gold.run(["--check", "--output", str(out)]) == 0
+    (tmp_path / image["pixels_file"]).write_bytes(b"P6\n1 1\n255\n\0\0\0")
+    assert gold.run(["--check", "--output", str(out)]) == 1
+    assert gold.run(["--output", str(out)]) == 0
     out.write_text(out.read_text().replace('"Ankle boot"', '"Boot"', 1))
     assert gold.run(["--check", "--output", str(out)]) == 1
+
+
+def test_decoded_samples_are_the_exporters_pixels(golden):
+    """The PPM copies the apps' core tests read are exactly what load_image gives for the PNGs (no decoder needed)."""
+    for image in golden["images"]:
+        data = (GOLDEN.parent / image["pixels_file"]).read_bytes()
+        rgb = load_image(gold.DEFAULT_SAMPLES / image["file"])
+        header = b"P6\n%d %d\n255\n" % (rgb.shape[1], rgb.shape[0])
+        assert data[:len(header)] == header and data[len(header):] == rgb.tobytes(), image["pixels_file"]
 
 
 def test_bad_samples_folder_is_a_clear_error(tmp_path, capsys):
@@ -194,8 +211,8 @@ def test_ios_project_bundles_manifest_and_uses_the_swift_package():
 
 
 @pytest.mark.parametrize("writer,source", [
-    ("ios/CrossFormerKit/Sources/CrossFormerKit/BenchmarkReport.swift", "ios-app"),
-    ("android/app/src/main/java/org/edgecrossformer/demo/BenchmarkReport.kt", "android-app"),
+    ("ios/CrossFormerKit/Sources/CrossFormerCore/BenchmarkReport.swift", "ios-app"),
+    ("android/core/src/main/kotlin/org/edgecrossformer/demo/BenchmarkReport.kt", "android-app"),
 ])
 def test_benchmark_writers_emit_the_results_schema(writer, source):
     text = (APPS / writer).read_text()
@@ -209,7 +226,7 @@ def test_benchmark_writers_emit_the_results_schema(writer, source):
 
 
 def test_apps_read_the_golden_file():
-    android_tests = "\n".join(p.read_text() for p in (APPS / "android" / "app" / "src").rglob("*Test.kt"))
+    android_tests = "\n".join(p.read_text() for p in (APPS / "android" / "core" / "src" / "test").rglob("*.kt"))
     ios_tests = "\n".join(p.read_text() for p in (APPS / "ios" / "CrossFormerKit" / "Tests").rglob("*.swift"))
     for name, text in (("android", android_tests), ("ios", ios_tests)):
         assert "golden.json" in text, f"the {name} app's tests do not read golden.json"

@@ -15,4 +15,6 @@ dependencyResolutionManagement {
 }
 
 rootProject.name = "EdgeCrossFormerDemo"
-include(":app")
+// :core is the platform-free logic (pure JVM: no android.*, no ExecuTorch), built and tested on Linux in CI
+// (apps/ci/build_cores.sh); :app is the Android shell around it.
+include(":core", ":app")

@@ -40,19 +40,15 @@ android {
     }
     androidResources { noCompress += "pte" } // keep the program uncompressed in the APK
 
-    // The golden contract and the sample images it describes are read where they live in the repository.
+    // The device test reads the golden contract and the sample PNGs where they live in the repository (decoded by
+    // Android's own BitmapFactory there; the JVM tests in :core read the decoded copies).
     val golden = rootProject.file("../golden")
     val samples = rootProject.file("../../export/samples")
     sourceSets["androidTest"].assets.srcDirs(golden, samples)
-    testOptions {
-        unitTests.all {
-            it.systemProperty("golden.dir", golden.absolutePath)
-            it.systemProperty("samples.dir", samples.absolutePath)
-        }
-    }
 }
 
 dependencies {
+    implementation(project(":core"))
     implementation("org.pytorch:executorch-android:$executorchVersion")
 
     implementation(platform("androidx.compose:compose-bom:2024.12.01"))
@@ -60,9 +56,6 @@ dependencies {
     implementation("androidx.compose.ui:ui")
     implementation("androidx.activity:activity-compose:1.9.3")
     implementation("androidx.lifecycle:lifecycle-runtime-ktx:2.8.7")
-
-    testImplementation("junit:junit:4.13.2")
-    testImplementation("org.json:json:20240303") // android.jar's org.json is a stub in local unit tests
 
     androidTestImplementation("androidx.test.ext:junit:1.2.1")
     androidTestImplementation("androidx.test:runner:1.6.2")

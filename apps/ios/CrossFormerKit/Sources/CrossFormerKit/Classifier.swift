@@ -1,11 +1,10 @@
 import CoreGraphics
 import CoreML
+import CrossFormerCore
 import Foundation
 import Vision
 
-public enum ComputeUnits: String, CaseIterable, Identifiable, Sendable {
-    case all, cpuAndNeuralEngine, cpuOnly
-    public var id: String { rawValue }
+extension ComputeUnits {
     var mlValue: MLComputeUnits {
         switch self {
         case .all: return .all

@@ -4,12 +4,12 @@ import android.graphics.Bitmap
 import android.graphics.BitmapFactory
 import androidx.test.ext.junit.runners.AndroidJUnit4
 import androidx.test.platform.app.InstrumentationRegistry
-import kotlin.math.abs
 import org.json.JSONObject
 import org.junit.Assert.assertEquals
 import org.junit.Assert.assertTrue
 import org.junit.Test
 import org.junit.runner.RunWith
+import kotlin.math.abs
 
 /**
  * On a device: the bundled .pte (app assets) classifies the golden sample images (test assets: apps/golden and
@@ -25,8 +25,11 @@ class ClassifierGoldenTest {
     @Test
     fun top1AndLogitsMatchGolden() {
         Classifier.fromAssets(instrumentation.targetContext).use { classifier ->
-            assertEquals("the app bundles another model than golden.json describes",
-                golden.getString("model"), classifier.manifest.model)
+            assertEquals(
+                "the app bundles another model than golden.json describes",
+                golden.getString("model"),
+                classifier.manifest.model,
+            )
             val tolerances = golden.getJSONObject("tolerances")
             val precision = classifier.manifest.precision
             val logitsTol = tolerances.getJSONObject("logits_abs").optDouble(precision, Double.NaN)
@@ -43,8 +46,12 @@ class ClassifierGoldenTest {
                 for (p in 0 until probes.length()) {
                     val (py, px) = probes.getJSONArray(p).let { it.getInt(0) to it.getInt(1) }
                     val want = pixels.getJSONArray(p).getDouble(0)
-                    assertEquals("$file pixel ($py, $px)", want, input[py * crop + px].toDouble(),
-                        tolerances.getDouble("input_abs"))
+                    assertEquals(
+                        "$file pixel ($py, $px)",
+                        want,
+                        input[py * crop + px].toDouble(),
+                        tolerances.getDouble("input_abs"),
+                    )
                 }
                 val logits = classifier.logits(input)
                 val top5 = topK(logits, classifier.manifest.labels)
@@ -53,11 +60,17 @@ class ClassifierGoldenTest {
                 if (!logitsTol.isNaN()) {
                     val want = image.getJSONArray("logits")
                     for (c in logits.indices) {
-                        assertTrue("$file logit $c: ${logits[c]} vs ${want.getDouble(c)}",
-                            abs(logits[c] - want.getDouble(c)) <= logitsTol)
+                        assertTrue(
+                            "$file logit $c: ${logits[c]} vs ${want.getDouble(c)}",
+                            abs(logits[c] - want.getDouble(c)) <= logitsTol,
+                        )
                     }
                     for (k in 0 until 5) {
-                        assertEquals("$file top-5 rank $k", expectedTop5.getJSONObject(k).getInt("index"), top5[k].index)
+                        assertEquals(
+                            "$file top-5 rank $k",
+                            expectedTop5.getJSONObject(k).getInt("index"),
+                            top5[k].index,
+                        )
                     }
                 }
             }

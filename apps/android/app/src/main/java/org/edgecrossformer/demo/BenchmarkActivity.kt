@@ -4,6 +4,7 @@ import android.app.ActivityManager
 import android.content.Context
 import android.os.Build
 import android.os.Bundle
+import android.os.SystemClock
 import android.util.Log
 import androidx.activity.ComponentActivity
 import androidx.activity.compose.setContent
@@ -16,10 +17,10 @@ import androidx.compose.runtime.setValue
 import androidx.compose.ui.Modifier
 import androidx.compose.ui.unit.dp
 import androidx.lifecycle.lifecycleScope
-import java.io.File
 import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.launch
 import kotlinx.coroutines.withContext
+import java.io.File
 
 /**
  * Benchmark mode, startable from a host:
@@ -47,7 +48,13 @@ class BenchmarkActivity : ComponentActivity() {
             return
         }
         lifecycleScope.launch {
-            val file = runAndWrite(this@BenchmarkActivity, settings) { done -> status = "run $done / ${settings.runs}" }
+            // Whatever goes wrong must still end in a BENCHMARK_ line: the host helper waits for one.
+            val file = try {
+                runAndWrite(this@BenchmarkActivity, settings) { done -> status = "run $done / ${settings.runs}" }
+            } catch (e: Exception) {
+                fail("${e.javaClass.simpleName}: ${e.message}")
+                return@launch
+            }
             status = "wrote $file"
             finish()
         }
@@ -72,18 +79,32 @@ class BenchmarkActivity : ComponentActivity() {
         /** Runs the benchmark off the main thread and writes the report; also used by the app's own button. */
         suspend fun runAndWrite(context: Context, settings: BenchmarkSettings, onProgress: (Int) -> Unit): File {
             val outcome = withContext(Dispatchers.Default) {
-                Benchmark.run({ Classifier.load(context, settings.threads) }, settings) { done ->
+                val load = { Classifier.load(context, settings.threads) }
+                Benchmark.run(load, settings, SystemClock::elapsedRealtimeNanos) { done ->
                     if (done % 10 == 0) Log.i(TAG, "run $done / ${settings.runs}")
                 }
             }
             onProgress(outcome.samplesMs.size)
             val file = resultsFile(context)
-            val json = BenchmarkReport.toJson(outcome, deviceInfo(context), appVersion(context))
+            val json =
+                BenchmarkReport.toJson(
+                    outcome,
+                    deviceInfo(context),
+                    appVersion(context),
+                    BuildConfig.EXECUTORCH_VERSION,
+                )
             withContext(Dispatchers.IO) { BenchmarkReport.write(json, file) }
             if (outcome.error == null) {
                 val s = outcome.stats!!
-                Log.i(TAG, "median %.2f ms, p90 %.2f ms, trimmed mean %.2f ms (n=%d)".format(
-                    s.median, s.p90, s.trimmedMean, s.n))
+                Log.i(
+                    TAG,
+                    "median %.2f ms, p90 %.2f ms, trimmed mean %.2f ms (n=%d)".format(
+                        s.median,
+                        s.p90,
+                        s.trimmedMean,
+                        s.n,
+                    ),
+                )
                 Log.i(TAG, "BENCHMARK_DONE ${file.absolutePath}")
             } else {
                 Log.e(TAG, "BENCHMARK_FAILED ${outcome.error} (report written to ${file.absolutePath})")

@@ -35,7 +35,9 @@ import kotlinx.coroutines.withContext
 
 /** Pick a photo, see the top-5 and the inference time; or run the benchmark (same as the BENCHMARK intent). */
 class MainActivity : ComponentActivity() {
-    private val classifier by lazy { Classifier.load(applicationContext) }
+    // Kept as a Lazy so that onDestroy can tell whether the model was ever loaded (and not load it to close it).
+    private val lazyClassifier = lazy { Classifier.load(applicationContext) }
+    private val classifier by lazyClassifier
 
     override fun onCreate(savedInstanceState: Bundle?) {
         super.onCreate(savedInstanceState)
@@ -44,7 +46,7 @@ class MainActivity : ComponentActivity() {
 
     override fun onDestroy() {
         super.onDestroy()
-        if (isFinishing) runCatching { classifier.close() }
+        if (isFinishing && lazyClassifier.isInitialized()) runCatching { classifier.close() }
     }
 
     @Composable
@@ -66,8 +68,11 @@ class MainActivity : ComponentActivity() {
                     bitmap = picked
                     result = classification
                     message = classifier.manifest.let { m ->
-                        "${m.model} · ${m.pteFile}" + if (m.resize.isExact) "" else
+                        "${m.model} · ${m.pteFile}" + if (m.resize.isExact) {
+                            ""
+                        } else {
                             " · ${m.resize.interpolation} resize approximated with bilinear"
+                        }
                     }
                 }.onFailure { message = "failed: ${it.message}" }
             }

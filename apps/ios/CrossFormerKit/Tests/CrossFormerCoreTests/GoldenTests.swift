@@ -1,27 +1,29 @@
-import CoreGraphics
 import Foundation
-import ImageIO
 import XCTest
-@testable import CrossFormerKit
+@testable import CrossFormerCore
 
-/// The package against apps/golden/golden.json (written by `python -m benchmarks golden`), read in place.
+/// The package against apps/golden/golden.json (written by `python -m benchmarks golden`), read in place. The
+/// sample images are read from their decoded copies (binary PPM beside golden.json): the exporter's exact RGB
+/// bytes, with no image decoder and no colour matching (drawing an untagged gray PNG into device RGB can move
+/// pixels by more than the 1e-5 tolerance).
 final class GoldenTests: XCTestCase {
-    static let apps = URL(fileURLWithPath: #filePath)
+    static let golden = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent().deletingLastPathComponent()
-    static let samples = apps.deletingLastPathComponent().appendingPathComponent("export/samples")
+        .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("golden")
 
     var golden: [String: Any] = [:]
     var spec = ResizeSpec(size: 0, crop: 0)
     var tolerances: [String: Any] = [:]
 
     override func setUpWithError() throws {
-        let url = Self.apps.appendingPathComponent("golden/golden.json")
-        golden = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any],
-                               "cannot read \(url.path)")
+        let url = Self.golden.appendingPathComponent("golden.json")
+        golden = try XCTUnwrap(
+            JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any],
+            "cannot read \(url.path)")
         let resize = try XCTUnwrap((golden["input"] as? [String: Any])?["resize"] as? [String: Any])
-        spec = ResizeSpec(size: resize["size"] as! Int, crop: resize["crop"] as! Int,
-                          interpolation: resize["interpolation"] as! String)
+        spec = ResizeSpec(
+            size: resize["size"] as! Int, crop: resize["crop"] as! Int,
+            interpolation: resize["interpolation"] as! String)
         tolerances = try XCTUnwrap(golden["tolerances"] as? [String: Any])
     }
 
@@ -49,15 +51,40 @@ final class GoldenTests: XCTestCase {
         }
     }
 
+    /// Binary PPM (P6, maxval 255, no comments: what benchmarks/golden.py writes) -> opaque RGBA.
+    static func readPPM(_ url: URL) throws -> RGBAImage {
+        let bytes = [UInt8](try Data(contentsOf: url))
+        var fields: [String] = []
+        var pos = 0
+        func isSpace(_ b: UInt8) -> Bool { b == 0x20 || b == 0x0A || b == 0x0D || b == 0x09 }
+        while fields.count < 4 {
+            while isSpace(bytes[pos]) { pos += 1 }
+            let start = pos
+            while !isSpace(bytes[pos]) { pos += 1 }
+            fields.append(String(decoding: bytes[start..<pos], as: UTF8.self))
+        }
+        pos += 1  // the single whitespace byte before the raster
+        guard fields[0] == "P6", fields[3] == "255", let w = Int(fields[1]), let h = Int(fields[2]),
+            bytes.count - pos == w * h * 3
+        else {
+            throw ManifestError("\(url.path): not a binary 8-bit PPM (\(fields))")
+        }
+        var rgba = [UInt8](repeating: 255, count: w * h * 4)
+        for i in 0..<(w * h) {
+            for c in 0..<3 { rgba[i * 4 + c] = bytes[pos + i * 3 + c] }
+        }
+        return RGBAImage(width: w, height: h, rgba: rgba)
+    }
+
     func testSampleImagesPreprocessLikeGolden() throws {
         let images = try XCTUnwrap(golden["images"] as? [[String: Any]])
         XCTAssertFalse(images.isEmpty)
         for image in images {
-            let file = image["file"] as! String
-            let url = Self.samples.appendingPathComponent(file)
-            let source = try XCTUnwrap(CGImageSourceCreateWithURL(url as CFURL, nil), "cannot open \(url.path)")
-            let cg = try XCTUnwrap(CGImageSourceCreateImageAtIndex(source, 0, nil))
-            let rgba = try XCTUnwrap(RGBAImage(cgImage: cg))
+            let file = try XCTUnwrap(image["pixels_file"] as? String, "golden image without pixels_file")
+            let rgba = try Self.readPPM(Self.golden.appendingPathComponent(file))
+            let source = try XCTUnwrap(image["source"] as? [String: Any])
+            XCTAssertEqual(rgba.width, source["width"] as? Int, file)
+            XCTAssertEqual(rgba.height, source["height"] as? Int, file)
             check(file, Preprocessing.tensor(from: rgba, spec: spec), image["input"] as! [String: Any])
         }
     }
@@ -106,18 +133,21 @@ final class GoldenTests: XCTestCase {
 
     func testReportFollowsResultsSchema() throws {
         let manifestJSON = """
-        {"model": "crossformer-fmnist", "img_size": 32, "input": {"name": "image", "resize": {"size": 32,
-         "crop": 32, "interpolation": "bilinear"}, "normalization": {"applied": "in_model"}},
-         "output": {"name": "logits"}, "labels": [], "artifacts": [{"target": "coreml", "precision": "fp16",
-         "file": "m_coreml_fp16.mlpackage", "bytes": 10}], "tools": {"executorch": "1.5.1"}}
-        """
+            {"model": "crossformer-fmnist", "img_size": 32, "input": {"name": "image", "resize": {"size": 32,
+             "crop": 32, "interpolation": "bilinear"}, "normalization": {"applied": "in_model"}},
+             "output": {"name": "logits"}, "labels": [], "artifacts": [{"target": "coreml", "precision": "fp16",
+             "file": "m_coreml_fp16.mlpackage", "bytes": 10}], "tools": {"executorch": "1.5.1"}}
+            """
         let manifest = try ModelManifest(data: Data(manifestJSON.utf8))
         XCTAssertEqual(manifest.compiledModelName, "m_coreml_fp16")
-        let outcome = BenchmarkOutcome(settings: BenchmarkSettings(), manifest: manifest, loadMs: 12,
-                                       firstInferenceMs: 3, samplesMs: [2, 1, 3], error: nil)
+        let outcome = BenchmarkOutcome(
+            settings: BenchmarkSettings(), manifest: manifest, loadMs: 12,
+            firstInferenceMs: 3, samplesMs: [2, 1, 3], error: nil)
         let report = BenchmarkReport.json(outcome, appVersion: "test")
-        for key in ["schema", "schema_version", "created", "source", "machine", "versions", "settings", "model",
-                    "results"] {
+        for key in [
+            "schema", "schema_version", "created", "source", "machine", "versions", "settings", "model",
+            "results",
+        ] {
             XCTAssertNotNil(report[key], key)
         }
         let result = try XCTUnwrap((report["results"] as? [[String: Any]])?.first)

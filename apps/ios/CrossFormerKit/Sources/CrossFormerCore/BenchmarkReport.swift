@@ -1,5 +1,10 @@
-import CoreML
 import Foundation
+
+/// Which processors Core ML may use (CrossFormerKit maps it to MLComputeUnits); the raw value is the report's name.
+public enum ComputeUnits: String, CaseIterable, Identifiable, Sendable {
+    case all, cpuAndNeuralEngine, cpuOnly
+    public var id: String { rawValue }
+}
 
 public struct BenchmarkSettings: Sendable {
     public var runs = 50
@@ -17,46 +22,13 @@ public struct BenchmarkOutcome: Sendable {
     public let samplesMs: [Double]
     public let error: String?
     public var stats: LatencyStats? { LatencyStats(samplesMs: samplesMs, trim: settings.trim) }
-}
 
-/// Load with the chosen compute units, one first inference, warm-up, then `runs` timed MLModel predictions on a
-/// fixed preprocessed input (preprocessing and Vision's request overhead excluded, as the host benchmark does).
-public enum Benchmark {
-    public static func run(manifest: ModelManifest, settings: BenchmarkSettings, bundle: Bundle = .main,
-                           progress: @Sendable (Int) -> Void = { _ in }) -> BenchmarkOutcome {
-        func failed(_ why: String, load: Double? = nil) -> BenchmarkOutcome {
-            BenchmarkOutcome(settings: settings, manifest: manifest, loadMs: load, firstInferenceMs: nil,
-                             samplesMs: [], error: why)
-        }
-        let classifier: Classifier
-        do { classifier = try Classifier(manifest: manifest, computeUnits: settings.computeUnits, bundle: bundle) }
-        catch { return failed("load failed: \(error.localizedDescription)") }
-        let size = manifest.resize.crop
-        let tensor = (0..<(3 * size * size)).map { Float($0 % 251) / 250 }
-        guard let buffer = Preprocessing.pixelBuffer(from: tensor, size: size) else {
-            return failed("cannot allocate the input pixel buffer", load: classifier.loadMs)
-        }
-        let input: MLFeatureProvider
-        do { input = try MLDictionaryFeatureProvider(dictionary: [manifest.inputName: MLFeatureValue(pixelBuffer: buffer)]) }
-        catch { return failed("bad input: \(error.localizedDescription)", load: classifier.loadMs) }
-        func timed() throws -> Double {
-            let start = DispatchTime.now().uptimeNanoseconds
-            _ = try classifier.model.prediction(from: input)
-            return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6
-        }
-        do {
-            let first = try timed()
-            for _ in 0..<settings.warmup { _ = try timed() }
-            var samples: [Double] = []
-            for i in 0..<settings.runs {
-                samples.append(try timed())
-                progress(i + 1)
-            }
-            return BenchmarkOutcome(settings: settings, manifest: manifest, loadMs: classifier.loadMs,
-                                    firstInferenceMs: first, samplesMs: samples, error: nil)
-        } catch {
-            return failed("inference failed: \(error.localizedDescription)", load: classifier.loadMs)
-        }
+    public init(
+        settings: BenchmarkSettings, manifest: ModelManifest, loadMs: Double?, firstInferenceMs: Double?,
+        samplesMs: [Double], error: String?
+    ) {
+        self.settings = settings; self.manifest = manifest; self.loadMs = loadMs
+        self.firstInferenceMs = firstInferenceMs; self.samplesMs = samplesMs; self.error = error
     }
 }
 
@@ -74,28 +46,36 @@ public struct DeviceInfo: Sendable {
         let process = ProcessInfo.processInfo
         let v = process.operatingSystemVersion
         #if os(iOS)
-        let osName = "iOS"
+            let osName = "iOS"
+        #elseif os(macOS)
+            let osName = "macOS"
         #else
-        let osName = "macOS"
+            let osName = "Linux"  // the core's tests on CI
         #endif
-        return DeviceInfo(name: machine, os: "\(osName) \(v.majorVersion).\(v.minorVersion).\(v.patchVersion)",
-                          cores: process.activeProcessorCount,
-                          memoryGib: Double(process.physicalMemory) / 1_073_741_824)
+        return DeviceInfo(
+            name: machine, os: "\(osName) \(v.majorVersion).\(v.minorVersion).\(v.patchVersion)",
+            cores: process.activeProcessorCount,
+            memoryGib: Double(process.physicalMemory) / 1_073_741_824)
     }
 }
 
 /// results.json in docs/results_schema.md's format (version 1, source "ios-app"), for
 /// `python -m benchmarks merge host/results.json phone.json`.
 public enum BenchmarkReport {
-    public static func json(_ outcome: BenchmarkOutcome, device: DeviceInfo = .current, appVersion: String,
-                            created: Date = Date()) -> [String: Any] {
+    public static func json(
+        _ outcome: BenchmarkOutcome, device: DeviceInfo = .current, appVersion: String,
+        created: Date = Date()
+    ) -> [String: Any] {
         let m = outcome.manifest
         let s = outcome.settings
         let units = s.computeUnits.rawValue
         var latency: Any = NSNull()
         if let st = outcome.stats {
-            latency = ["median": st.median, "p90": st.p90, "trimmed_mean": st.trimmedMean, "min": st.min,
-                       "max": st.max, "n": st.n] as [String: Any]
+            latency =
+                [
+                    "median": st.median, "p90": st.p90, "trimmed_mean": st.trimmedMean, "min": st.min,
+                    "max": st.max, "n": st.n,
+                ] as [String: Any]
         }
         let result: [String: Any] = [
             "id": "coreml/\(m.precision)/project/\(units)",
@@ -121,12 +101,16 @@ public enum BenchmarkReport {
             "schema_version": 1,
             "created": iso.string(from: created),
             "source": "ios-app",
-            "machine": ["kind": "device", "name": device.name, "os": device.os, "cores": device.cores,
-                        "memory_gib": (device.memoryGib * 10).rounded() / 10] as [String: Any],
+            "machine": [
+                "kind": "device", "name": device.name, "os": device.os, "cores": device.cores,
+                "memory_gib": (device.memoryGib * 10).rounded() / 10,
+            ] as [String: Any],
             "versions": versions,
-            "settings": ["model": m.model, "img_size": m.imgSize, "batch": 1, "threads": NSNull(),
-                         "warmup": s.warmup, "runs": s.runs, "rounds": 1, "trim": s.trim, "quick": false,
-                         "compute_units": units] as [String: Any],
+            "settings": [
+                "model": m.model, "img_size": m.imgSize, "batch": 1, "threads": NSNull(),
+                "warmup": s.warmup, "runs": s.runs, "rounds": 1, "trim": s.trim, "quick": false,
+                "compute_units": units,
+            ] as [String: Any],
             "model": ["name": m.model, "img_size": m.imgSize] as [String: Any],
             "results": [result],
         ]

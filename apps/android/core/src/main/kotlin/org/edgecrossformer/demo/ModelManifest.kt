@@ -12,6 +12,8 @@ data class ModelManifest(
     val pteFile: String,
     val precision: String,
     val artifactBytes: Long,
+    /** The .pte's sha256 as the exporter recorded it (lowercase hex); null when the manifest has none. */
+    val sha256: String?,
     val tools: Map<String, String>,
 ) {
     companion object {
@@ -29,7 +31,8 @@ data class ModelManifest(
                 it.getString("target") == "executorch" && it.optString("delegate") == delegate
             } ?: throw IllegalArgumentException(
                 "manifest.json lists no ExecuTorch $delegate artifact; export one with " +
-                    "`python -m export --target executorch` and run apps/copy_artifacts.sh")
+                    "`python -m export --target executorch` and run apps/copy_artifacts.sh",
+            )
             val normalization = input.getJSONObject("normalization").getString("applied")
             require(normalization == "in_model") {
                 "manifest says normalization is '$normalization'; this app feeds [0, 1] RGB and needs it in the model"
@@ -39,12 +42,16 @@ data class ModelManifest(
                 model = m.getString("model"),
                 imgSize = m.getInt("img_size"),
                 inputShape = LongArray(shape.length()) { shape.getLong(it) },
-                resize = ResizeSpec(resize.getInt("size"), resize.getInt("crop"),
-                    resize.optString("interpolation", "bilinear")),
+                resize = ResizeSpec(
+                    resize.getInt("size"),
+                    resize.getInt("crop"),
+                    resize.optString("interpolation", "bilinear"),
+                ),
                 labels = List(labelsJson.length()) { labelsJson.getString(it) },
                 pteFile = pte.getString("file"),
                 precision = pte.getString("precision"),
                 artifactBytes = pte.optLong("bytes"),
+                sha256 = pte.optString("sha256").lowercase().takeIf { it.isNotEmpty() },
                 tools = tools?.keys()?.asSequence()?.filter { !tools.isNull(it) }
                     ?.associateWith { tools.getString(it) }.orEmpty(),
             )

@@ -1,11 +1,11 @@
 package org.edgecrossformer.demo
 
-import kotlin.math.abs
-import kotlin.math.sqrt
 import org.json.JSONObject
 import org.junit.Assert.assertEquals
 import org.junit.Assert.assertTrue
 import org.junit.Test
+import kotlin.math.abs
+import kotlin.math.sqrt
 
 /** The app's preprocessing reproduces what the exporter feeds the model, per golden.json. */
 class PreprocessingGoldenTest {
@@ -48,8 +48,9 @@ class PreprocessingGoldenTest {
         assertTrue("golden.json has no images", images.length() > 0)
         for (i in 0 until images.length()) {
             val image = images.getJSONObject(i)
-            val rgb = Golden.readImage(Golden.sample(image.getString("file")))
+            val rgb = Golden.decodedSample(image)
             assertEquals(image.getJSONObject("source").getInt("width"), rgb.width)
+            assertEquals(image.getJSONObject("source").getInt("height"), rgb.height)
             check(image.getString("file"), Preprocessing.toTensor(rgb, spec), image.getJSONObject("input"))
         }
     }

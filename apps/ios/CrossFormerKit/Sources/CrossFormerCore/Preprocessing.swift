@@ -1,5 +1,3 @@
-import CoreGraphics
-import CoreVideo
 import Foundation
 
 /// The manifest's input.resize: shorter side to `size`, then a center crop of `crop`.
@@ -24,22 +22,6 @@ public struct RGBAImage: Sendable {
         precondition(rgba.count == width * height * 4, "RGBA buffer is \(rgba.count) bytes for \(width)x\(height)")
         self.width = width; self.height = height; self.rgba = rgba
     }
-
-    /// Draws `image` on white into device RGB (no resampling: same size).
-    public init?(cgImage image: CGImage) {
-        let (w, h) = (image.width, image.height)
-        var bytes = [UInt8](repeating: 255, count: w * h * 4)
-        let drawn = bytes.withUnsafeMutableBytes { buffer -> Bool in
-            guard let ctx = CGContext(data: buffer.baseAddress, width: w, height: h, bitsPerComponent: 8,
-                                      bytesPerRow: w * 4, space: CGColorSpaceCreateDeviceRGB(),
-                                      bitmapInfo: CGImageAlphaInfo.premultipliedLast.rawValue) else { return false }
-            ctx.interpolationQuality = .none
-            ctx.draw(image, in: CGRect(x: 0, y: 0, width: w, height: h))
-            return true
-        }
-        guard drawn else { return nil }
-        self.init(width: w, height: h, rgba: bytes)
-    }
 }
 
 /// The exporter's preprocessing (edge_crossformer.data.preprocess), pixel for pixel: RGB / 255, bilinear resize
@@ -52,8 +34,10 @@ public enum Preprocessing {
     /// Size after scaling the shorter side to spec.size: rounded half to even (as Python), never below the crop.
     public static func resizedSize(height: Int, width: Int, spec: ResizeSpec) -> (height: Int, width: Int) {
         let scale = Double(spec.size) / Double(min(height, width))
-        return (max(spec.crop, Int((Double(height) * scale).rounded(.toNearestOrEven))),
-                max(spec.crop, Int((Double(width) * scale).rounded(.toNearestOrEven))))
+        return (
+            max(spec.crop, Int((Double(height) * scale).rounded(.toNearestOrEven))),
+            max(spec.crop, Int((Double(width) * scale).rounded(.toNearestOrEven)))
+        )
     }
 
     static func taps(inSize: Int, outSize: Int, index: Int) -> Taps {
@@ -74,8 +58,12 @@ public enum Preprocessing {
         let crop = spec.crop
         let (top, left) = ((nh - crop) / 2, (nw - crop) / 2)
         let identity = nh == h && nw == w
-        let cols = (0..<crop).map { identity ? Taps(first: left + $0, weights: [1]) : taps(inSize: w, outSize: nw, index: left + $0) }
-        let rows = (0..<crop).map { identity ? Taps(first: top + $0, weights: [1]) : taps(inSize: h, outSize: nh, index: top + $0) }
+        let cols = (0..<crop).map {
+            identity ? Taps(first: left + $0, weights: [1]) : taps(inSize: w, outSize: nw, index: left + $0)
+        }
+        let rows = (0..<crop).map {
+            identity ? Taps(first: top + $0, weights: [1]) : taps(inSize: h, outSize: nh, index: top + $0)
+        }
         let rowFirst = rows.map(\.first).min()!
         let rowEnd = rows.map { $0.first + $0.weights.count }.max()!
         // Horizontal pass over the rows the vertical pass needs, for the cropped columns only: [row][x][channel].
@@ -108,30 +96,5 @@ public enum Preprocessing {
             }
         }
         return out
-    }
-
-    /// The tensor as the 8-bit BGRA pixel buffer a Core ML image input takes (Core ML scales by 1/255 again).
-    /// Rounding to 8 bits costs at most 0.5/255 per value (golden tolerances.input_abs_8bit).
-    public static func pixelBuffer(from tensor: [Float], size: Int) -> CVPixelBuffer? {
-        var buffer: CVPixelBuffer?
-        let attrs = [kCVPixelBufferCGImageCompatibilityKey: true, kCVPixelBufferCGBitmapContextCompatibilityKey: true]
-        guard CVPixelBufferCreate(kCFAllocatorDefault, size, size, kCVPixelFormatType_32BGRA, attrs as CFDictionary,
-                                  &buffer) == kCVReturnSuccess, let buffer else { return nil }
-        CVPixelBufferLockBaseAddress(buffer, [])
-        defer { CVPixelBufferUnlockBaseAddress(buffer, []) }
-        let stride = CVPixelBufferGetBytesPerRow(buffer)
-        let base = CVPixelBufferGetBaseAddress(buffer)!.assumingMemoryBound(to: UInt8.self)
-        let plane = size * size
-        for y in 0..<size {
-            for x in 0..<size {
-                let p = base + y * stride + x * 4
-                let i = y * size + x
-                p[0] = UInt8((tensor[2 * plane + i] * 255).rounded())  // B
-                p[1] = UInt8((tensor[plane + i] * 255).rounded())      // G
-                p[2] = UInt8((tensor[i] * 255).rounded())              // R
-                p[3] = 255
-            }
-        }
-        return buffer
     }
 }

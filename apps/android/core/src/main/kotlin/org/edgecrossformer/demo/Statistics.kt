@@ -7,7 +7,12 @@ import kotlin.math.max
 
 /** docs/results_schema.md's latency statistics, in milliseconds. */
 data class LatencyStats(
-    val median: Double, val p90: Double, val trimmedMean: Double, val min: Double, val max: Double, val n: Int,
+    val median: Double,
+    val p90: Double,
+    val trimmedMean: Double,
+    val min: Double,
+    val max: Double,
+    val n: Int,
 ) {
     companion object {
         /** Median (mean of the two middle runs for an even count), nearest-rank p90, mean after cutting

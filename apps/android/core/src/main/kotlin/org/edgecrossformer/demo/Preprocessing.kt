@@ -83,12 +83,14 @@ object Preprocessing {
             }
         }
         val out = FloatArray(3 * crop * crop)
-        for (c in 0 until 3) for (y in 0 until crop) {
-            val t = rows[y]
-            for (x in 0 until crop) {
-                var v = 0.0
-                for (k in t.weights.indices) v += t.weights[k] * horizontal[c][t.first + k - rowFirst][x]
-                out[(c * crop + y) * crop + x] = (v / 255.0).coerceIn(0.0, 1.0).toFloat()
+        for (c in 0 until 3) {
+            for (y in 0 until crop) {
+                val t = rows[y]
+                for (x in 0 until crop) {
+                    var v = 0.0
+                    for (k in t.weights.indices) v += t.weights[k] * horizontal[c][t.first + k - rowFirst][x]
+                    out[(c * crop + y) * crop + x] = (v / 255.0).coerceIn(0.0, 1.0).toFloat()
+                }
             }
         }
         return out
