@@ -223,6 +223,8 @@ def load_dataset(path: str | Path | None, resize: dict, *, split: str = "test", 
         keep = strided_indices(len(images), limit, exclude=exclude)
         images, labels = images[keep], labels[keep]
         x = torch.cat([preprocess(torch.from_numpy(images[i:i + 2048]), resize) for i in range(0, len(images), 2048)])
+        # A folder with one split serves as both; the source (which manifests and reports record) says so.
+        note = "" if available == split else f" (the folder has no {split} split)"
         return ImageSet(x, torch.from_numpy(labels.astype(np.int64)), list(FASHION_MNIST_LABELS),
-                        source=f"fashion-mnist:{available}")
+                        source=f"fashion-mnist:{available}{note}")
     return load_image_folder(path, resize, limit=limit, labelled=labelled, progress=progress)
