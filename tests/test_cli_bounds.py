@@ -167,7 +167,7 @@ class TestAccuracy(BoundsCase):
         (("--max-accuracy-drop", "100"), "in [0, 100) percentage points"),
         (("--max-accuracy-drop=-1",), "in [0, 100) percentage points"),
         (("--max-accuracy-drop", "inf"), "in [0, 100) percentage points"),
-        (("--runtimes", "pytorch"), "unknown runtime(s) 'pytorch'; choose one or more of onnx, openvino, executorch"),
+        (("--runtimes", "pytorch"), "unknown runtime(s) 'pytorch'; choose one or more of executorch, openvino, onnx"),
     ]
 
     @staticmethod
