@@ -26,6 +26,20 @@ def load_runner(path, threads: int | None = None):
     return lambda x: session.run(None, {name: x})[0]
 
 
+# Node metadata torch.onnx records: the Python stack (file paths and line numbers of the exporting checkout).
+SOURCE_METADATA = ("pkg.torch.onnx.stack_trace",)
+
+
+def without_source_paths(model):
+    """The model without the exporting machine's source paths and line numbers in its node metadata: the same model
+    exported from another checkout or machine gives the same bytes, and the file does not carry local paths."""
+    for node in model.graph.node:
+        kept = [prop for prop in node.metadata_props if prop.key not in SOURCE_METADATA]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    return model
+
+
 def export(ctx: TargetContext) -> list[Artifact]:
     onnx = require("onnx", "onnx")
     require("onnxscript", "onnx")
@@ -44,7 +58,7 @@ def export(ctx: TargetContext) -> list[Artifact]:
                                     output_names=["logits"], dynamic_shapes=dynamic, verbose=False,
                                     optimize=True)
     program.save(str(path))
-    model = onnx.load(str(path))
+    model = without_source_paths(onnx.load(str(path)))
     if ctx.precision == "int8":
         from quantize import quantize_onnx
 
@@ -58,7 +72,7 @@ def export(ctx: TargetContext) -> list[Artifact]:
         model = quantize_onnx(model, ctx.source.calibration(), opts, accuracy=accuracy)
         if not ctx.request.plain_int8:
             model = fix_for_onnxruntime(model, ctx.source.calibration(), opts.subset_size)
-        onnx.save(model, str(path))
+    onnx.save(model, str(path))
     onnx.checker.check_model(model, full_check=True)
     ops: dict[str, int] = {}
     for node in model.graph.node:
