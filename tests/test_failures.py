@@ -311,6 +311,39 @@ def test_signal_mid_export_leaves_nothing(sig, tmp_path):
     assert list((tmp_path / "work").iterdir()) == [] and list(tmp.iterdir()) == []
 
 
+SIGNAL_DURING_SWAP = """
+import os, signal, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+rename = os.replace
+def replace(src, dst, *args, **kwargs):  # SIGTERM arrives between the two renames that swap the new export in
+    if Path(src) == out:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return rename(src, dst, *args, **kwargs)
+os.replace = replace
+from export.__main__ import main
+sys.exit(main(["--target", "onnx", "--output", str(out), "--overwrite", "--parity-samples", "1"]))
+"""
+
+
+def test_signal_during_the_swap_waits_for_it(tmp_path):
+    """In a child process (a signal sent to the test process itself is not safe): the new export is whole in place,
+    the old one and every staging directory are gone, and the exit code says SIGTERM."""
+    out = tmp_path / "out"
+    first = subprocess.run([sys.executable, "-m", "export", "--target", "onnx", "--output", str(out),
+                            "--parity-samples", "1"], cwd=ROOT, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    before = (out / "manifest.json").stat()
+    swapped = subprocess.run([sys.executable, "-c", SIGNAL_DURING_SWAP, str(out)], cwd=ROOT, capture_output=True,
+                             text=True)
+    assert swapped.returncode == 128 + signal.SIGTERM, swapped.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (out / "manifest.json").stat().st_ino != before.st_ino
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == sorted([a["file"] for a in manifest["artifacts"]]
+                                                           + ["labels.txt", "manifest.json"])
+
+
 def test_leftovers_of_a_killed_run_are_removed_next_time(sandbox, capsys):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)
