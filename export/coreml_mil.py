@@ -89,10 +89,25 @@ def evaluate(program: LoadedProgram | str | Path, images: np.ndarray) -> np.ndar
     return np.concatenate([np.asarray(o, dtype=np.float32).reshape(1, -1) for o in outs])
 
 
-def runner(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
-    """An artifact runner for parity: [1, 3, S, S] in [0, 1] -> logits, the program loaded once."""
-    loaded = load(path)
-    return lambda x: evaluate(loaded, x)
+def runtime_name(precision: str) -> str:
+    """What the manifest calls this runtime for a program exported at `precision` (INT8 W8A8 computes in FP16)."""
+    return RUNTIME["fp32" if precision == "fp32" else "fp16"]
+
+
+def runner(path: str | Path) -> tuple[Callable[[np.ndarray], np.ndarray] | None, str | None]:
+    """(an artifact runner for parity: [1, 3, S, S] in [0, 1] -> logits, the program loaded once; None) or, where
+    the evaluator cannot run this program, (None, why)."""
+    from .coreml_mil_ops import uncovered
+
+    try:
+        loaded = load(path)
+    except (ValueError, NotImplementedError) as e:
+        return None, f"the MIL evaluator cannot load {Path(path).name}: {e}"
+    missing = uncovered(loaded.compute_ops)
+    if missing:
+        return None, (f"the MIL evaluator has no numpy definition for MIL op(s) {', '.join(missing)} "
+                      "(add them to export/coreml_mil_ops.py NUMPY_OPS)")
+    return (lambda x: evaluate(loaded, x)), None
 
 
 def run_function(function, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

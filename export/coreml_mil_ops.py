@@ -72,6 +72,12 @@ def run_op(op, value_of: ValueOf) -> tuple:
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
+def uncovered(ops) -> list[str]:
+    """Op types among `ops` that neither coremltools nor NUMPY_OPS can compute."""
+    return sorted({op.op_type for op in ops if op.op_type not in NUMPY_OPS and not op.op_type.startswith("constexpr_")
+                   and op.op_type not in MATERIALIZED and type(op).value_inference is _base_value_inference()})
+
+
 def _base_value_inference():
     from coremltools.converters.mil.mil.operation import Operation
 
