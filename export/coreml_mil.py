@@ -20,11 +20,13 @@ CrossFormer), not equality; on a Mac the real runtime stays the judge and both a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from .coreml_mil_ops import ConstCache, run_op
 
 RUNTIME = {"fp16": "MIL evaluator (numpy, fp16-emulated)", "fp32": "MIL evaluator (numpy, fp32)"}
 # Ops that only carry values (their outputs are known when the program is loaded).
@@ -36,10 +38,11 @@ class LoadedProgram:
     """A saved ML program ready to evaluate: its main function, the image input it expects, its output."""
     function: object
     input_name: str
-    color_space: str
+    color_space: str | None  # None: a tensor input (no image conversion)
     size: tuple[int, int]
     output_name: str
     path: Path
+    consts: ConstCache = field(default_factory=ConstCache)
 
     @property
     def compute_ops(self) -> list:
@@ -58,9 +61,15 @@ def load(path: str | Path) -> LoadedProgram:
                          "evaluated")
     weights = path / "Data" / "com.apple.CoreML" / "weights"
     program = milproto.load(spec, spec.specificationVersion, str(weights))
-    (inp,) = spec.description.input
-    if inp.type.WhichOneof("Type") != "imageType":
-        raise ValueError(f"input {inp.name!r} of {path.name} is not an image input; the evaluator feeds images")
+    if len(spec.description.input) != 1 or len(spec.description.output) != 1:
+        raise ValueError(f"{path.name} has {len(spec.description.input)} inputs and {len(spec.description.output)} "
+                         "outputs; the evaluator runs one image (or image tensor) to one output")
+    (inp,), kind = spec.description.input, spec.description.input[0].type.WhichOneof("Type")
+    if kind == "multiArrayType":  # a float tensor (the ExecuTorch Core ML delegate's programs): fed as given
+        return LoadedProgram(program.functions["main"], inp.name, None, tuple(inp.type.multiArrayType.shape[-2:]),
+                             spec.description.output[0].name, path)
+    if kind != "imageType":
+        raise ValueError(f"input {inp.name!r} of {path.name} is a {kind}; the evaluator feeds images or tensors")
     image = inp.type.imageType
     color = ct.proto.FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(image.colorSpace)
     if color not in ("RGB", "BGR"):
@@ -83,8 +92,8 @@ def evaluate(program: LoadedProgram | str | Path, images: np.ndarray) -> np.ndar
     images = np.asarray(images, dtype=np.float32)
     if images.shape[1:] != (3, *loaded.size):
         raise ValueError(f"images {images.shape} do not fit the program's image input {(3, *loaded.size)}")
-    feed = pixels(images, loaded.color_space)
-    outs = [run_function(loaded.function, {loaded.input_name: feed[i:i + 1]})[loaded.output_name]
+    feed = pixels(images, loaded.color_space) if loaded.color_space else images
+    outs = [run_function(loaded.function, {loaded.input_name: feed[i:i + 1]}, loaded.consts)[loaded.output_name]
             for i in range(len(feed))]
     return np.concatenate([np.asarray(o, dtype=np.float32).reshape(1, -1) for o in outs])
 
@@ -110,22 +119,29 @@ def runner(path: str | Path) -> tuple[Callable[[np.ndarray], np.ndarray] | None,
     return (lambda x: evaluate(loaded, x)), None
 
 
-def run_function(function, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Evaluate a MIL function op by op; outputs by name. Values are freed after their last use."""
-    from . import coreml_mil_ops
-
+def run_function(function, feeds: dict[str, np.ndarray], consts: ConstCache | None = None) -> dict[str, np.ndarray]:
+    """Evaluate a MIL function op by op; outputs by name. Values are freed after their last use; constants (and
+    constexpr_* ops, which read constants only) are prepared once per `consts`."""
+    consts = consts if consts is not None else ConstCache()
     values: dict[str, np.ndarray] = {}
     for name, var in function.inputs.items():
         values[name] = rounded(np.asarray(feeds[name]), var.dtype)
     ops = [op for op in function.operations if op.op_type not in CONST_OPS]
     last_use = _last_use(ops, {v.name for v in function.outputs})
-    consts = coreml_mil_ops.ConstCache()
-    for index, op in enumerate(ops):
-        results = coreml_mil_ops.run_op(op, lambda var: values[var.name] if var.name in values else consts.get(var))
-        for var, value in zip(op.outputs, results):
-            values[var.name] = rounded(value, var.dtype)
-        for name in last_use.get(index, ()):
-            values.pop(name, None)
+
+    def value_of(var):
+        return values[var.name] if var.name in values else consts.get(var)
+
+    def compute(op):
+        return tuple(rounded(value, var.dtype) for var, value in zip(op.outputs, run_op(op, value_of)))
+
+    # inf / nan from FP16 overflow is a result for parity to judge, not a numpy warning.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for index, op in enumerate(ops):
+            results = consts.folded(op, compute) if op.op_type.startswith("constexpr_") else compute(op)
+            values.update((var.name, value) for var, value in zip(op.outputs, results))
+            for name in last_use.get(index, ()):
+                values.pop(name, None)
     return {v.name: values[v.name] for v in function.outputs}
 
 

@@ -3,7 +3,7 @@
 coremltools' `value_inference` (and `materialized_val_inference` for constexpr_* / dequantize) reads its inputs as
 `var.val`; for the duration of one call the input vars are given the values of this evaluation, then restored, so
 the loaded program is left as it was. `NUMPY_OPS` holds the ops coremltools defines no usable numpy value for (conv
-has none; its exact-GELU is a per-element Python loop, minutes on CrossFormer-T); tests/test_coreml_mil.py compares
+has none; its exact GELU is a per-element Python loop, minutes on CrossFormer-T); tests/test_coreml_mil.py compares
 each with coremltools' semantics.
 """
 
@@ -35,6 +35,13 @@ class ConstCache:
 
     def __init__(self):
         self._values: dict[int, np.ndarray] = {}
+        self._folded: dict[int, tuple] = {}
+
+    def folded(self, op, compute: Callable[[object], tuple]) -> tuple:
+        """An op that reads constants only (constexpr_*: weights stored compressed), computed once."""
+        if id(op) not in self._folded:
+            self._folded[id(op)] = compute(op)
+        return self._folded[id(op)]
 
     def get(self, var) -> np.ndarray:
         key = id(var)
@@ -143,16 +150,26 @@ def conv_pads(pad_type: str, pad, size, strides, reach) -> list[tuple[int, int]]
     return pads
 
 
+# Abramowitz & Stegun 7.1.26: erf to within 1.5e-7 (absolute), below float32's resolution of GELU's output.
+_ERF_P = 0.3275911
+_ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """numpy has no erf; this one is vectorized (and keeps torch's thread pool out of the evaluation)."""
+    z = np.abs(x.astype(np.float64))
+    t = 1.0 / (1.0 + _ERF_P * z)
+    poly = t * (_ERF_A[0] + t * (_ERF_A[1] + t * (_ERF_A[2] + t * (_ERF_A[3] + t * _ERF_A[4]))))
+    return np.sign(x) * (1.0 - poly * np.exp(-z * z))
+
+
 def gelu(op, value_of: ValueOf):
-    """Exact GELU, 0.5 x (1 + erf(x / sqrt 2)), vectorized (coremltools' definition loops over elements in Python).
-    numpy has no erf: torch's (a dependency already) is exact to float32 rounding. Approximate modes: coremltools'."""
+    """Exact GELU, 0.5 x (1 + erf(x / sqrt 2)), vectorized (coremltools' definition loops over elements in Python:
+    minutes on CrossFormer-T). Approximate modes: coremltools' own definitions."""
     if str(op.mode.val) != "EXACT":
         return NotImplemented
-    import torch
-
     x = value_of(op.x)
-    erf = torch.erf(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) / np.float32(math.sqrt(2.0))))
-    return 0.5 * x * (1.0 + erf.numpy())
+    return (0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))).astype(np.float32)
 
 
 NUMPY_OPS: dict[str, Callable] = {"conv": conv, "gelu": gelu}
