@@ -177,3 +177,70 @@ def rounded(value, dtype) -> np.ndarray:
     if dtype in (types.fp32, types.fp64):
         return value.astype(np.float32, copy=False)
     return value.astype(types.nptype_from_builtin(dtype), copy=False)
+
+
+# --- the Core ML program inside an ExecuTorch Core ML-delegate .pte ---------------------------------------------
+
+COREML_BACKEND_ID = "CoreMLBackend"
+# A delegate blob that starts with this is a JSON reference into the .pte's named data (multifunction models).
+NAMED_DATA_REFERENCE = b"CMJR"
+
+
+def pte_runner(path: str | Path, ops_outside: int) -> tuple[Callable[[np.ndarray], np.ndarray] | None, str | None]:
+    """The ExecuTorch Core ML-delegate .pte through the evaluator: its delegate blob is the .mlpackage
+    coremltools made (ExecuTorch's directory container, unpacked by its own executorchcoreml module, which ships on
+    Linux). (runner, None), or (None, why) where the .pte is not one Core ML program."""
+    if ops_outside:
+        return None, (f"{ops_outside} op(s) run outside the Core ML delegate on ExecuTorch's own kernels, which the "
+                      "MIL evaluator does not run")
+    try:
+        blobs = _coreml_blobs(Path(path).read_bytes())
+    except ImportError as e:
+        return None, f"ExecuTorch's Core ML tools are not importable here ({e})"
+    if len(blobs) != 1:
+        return None, f"the .pte holds {len(blobs)} Core ML delegate programs; the evaluator runs one whole-model program"
+    loaded, why = _unpacked(blobs[0])
+    return ((lambda x: evaluate(loaded, x)), None) if loaded else (None, why)
+
+
+def _coreml_blobs(pte: bytes) -> list[bytes]:
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    pte_file = deserialize_pte_binary(pte)
+    named = {}
+    if pte_file.named_data is not None:
+        named = {key: pte_file.named_data.buffers[entry.buffer_index]
+                 for key, entry in pte_file.named_data.pte_data.items()}
+    blobs = []
+    for plan in pte_file.program.execution_plan:
+        for delegate in plan.delegates:
+            if delegate.id != COREML_BACKEND_ID:
+                continue
+            raw = pte_file.program.backend_delegate_data[delegate.processed.index].data
+            if raw.startswith(NAMED_DATA_REFERENCE):
+                import json
+
+                raw = named[json.loads(raw[len(NAMED_DATA_REFERENCE):].decode())["key"]]
+            blobs.append(bytes(raw))
+    return blobs
+
+
+def _unpacked(blob: bytes) -> tuple[LoadedProgram | None, str | None]:
+    """Unpack one delegate blob into a temporary directory and load its .mlpackage (weights are read at load, so
+    the directory can go)."""
+    import tempfile
+
+    from executorch.backends.apple.coreml import executorchcoreml
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if not executorchcoreml.unflatten_directory_contents(blob, tmp):
+            return None, "ExecuTorch's executorchcoreml could not unpack the Core ML delegate's data"
+        packages = sorted(Path(tmp).rglob("*.mlpackage"))
+        if len(packages) != 1:
+            found = sorted(p.name for p in Path(tmp).rglob("*.mlmodelc")) or "nothing"
+            return None, (f"the Core ML delegate holds {found} instead of one .mlpackage (a compiled .mlmodelc is "
+                          "Core ML's binary format, which only Apple's runtime reads)")
+        try:
+            return load(packages[0]), None
+        except (ValueError, NotImplementedError) as e:
+            return None, f"the MIL evaluator cannot load the delegate's program: {e}"
