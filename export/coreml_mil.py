@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from .coreml_mil_ops import ConstCache, run_op
+from .coreml_mil_ops import ConstCache, run_op, uncovered
 
 RUNTIME = {"fp16": "MIL evaluator (numpy, fp16-emulated)", "fp32": "MIL evaluator (numpy, fp32)"}
 # Ops that only carry values (their outputs are known when the program is loaded).
@@ -106,12 +106,10 @@ def runtime_name(precision: str) -> str:
 def runner(path: str | Path) -> tuple[Callable[[np.ndarray], np.ndarray] | None, str | None]:
     """(an artifact runner for parity: [1, 3, S, S] in [0, 1] -> logits, the program loaded once; None) or, where
     the evaluator cannot run this program, (None, why)."""
-    from .coreml_mil_ops import uncovered
-
     try:
         loaded = load(path)
-    except (ValueError, NotImplementedError) as e:
-        return None, f"the MIL evaluator cannot load {Path(path).name}: {e}"
+    except Exception as e:  # noqa: BLE001 (coremltools' loader raises many kinds): parity says why, the file ships
+        return None, f"the MIL evaluator cannot load {Path(path).name}: {type(e).__name__}: {e}"
     missing = uncovered(loaded.compute_ops)
     if missing:
         return None, (f"the MIL evaluator has no numpy definition for MIL op(s) {', '.join(missing)} "
@@ -241,6 +239,10 @@ def _unpacked(blob: bytes) -> tuple[LoadedProgram | None, str | None]:
             return None, (f"the Core ML delegate holds {found} instead of one .mlpackage (a compiled .mlmodelc is "
                           "Core ML's binary format, which only Apple's runtime reads)")
         try:
-            return load(packages[0]), None
-        except (ValueError, NotImplementedError) as e:
-            return None, f"the MIL evaluator cannot load the delegate's program: {e}"
+            loaded = load(packages[0])
+        except Exception as e:  # noqa: BLE001 (as in runner())
+            return None, f"the MIL evaluator cannot load the delegate's program: {type(e).__name__}: {e}"
+        missing = uncovered(loaded.compute_ops)
+        if missing:
+            return None, f"the MIL evaluator has no numpy definition for MIL op(s) {', '.join(missing)}"
+        return loaded, None

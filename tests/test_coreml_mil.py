@@ -251,3 +251,9 @@ def test_unknown_op_is_named_not_guessed(tmp_path, monkeypatch):
     monkeypatch.setattr(ops, "_base_value_inference", lambda: undefined)
     runner, reason = coreml_mil.runner(path)
     assert runner is None and first.op_type in reason and "NUMPY_OPS" in reason
+
+
+def test_pte_with_ops_outside_the_delegate_says_why(tmp_path):
+    """The evaluator runs a Core ML-delegate .pte only when the delegate is the whole program."""
+    runner, reason = coreml_mil.pte_runner(tmp_path / "unread.pte", ops_outside=3)
+    assert runner is None and "3 op(s) run outside the Core ML delegate" in reason
