@@ -33,6 +33,8 @@ class Artifact:
     runner: Callable[[np.ndarray], np.ndarray] | None = None
     skip_reason: str | None = None
     extra_files: list[Path] = field(default_factory=list)
+    # Other ways to run the same artifact, by name: their parity is recorded beside the runner's, not gated.
+    cross_checks: dict[str, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
 
 

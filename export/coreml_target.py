@@ -1,17 +1,20 @@
 """Core ML: an ML program `.mlpackage` (iOS 17 / macOS 14 minimum), FP16 compute by default, an RGB image input that
 Vision can feed (scaled to [0, 1]; normalization is inside the graph), class labels in the metadata.
 
-Off macOS the Core ML runtime does not exist: the model gets structural checks (rank, ops, precision) and its
-prediction is recorded as skipped with that reason."""
+Off macOS the Core ML runtime does not exist: parity runs the saved ML program through coremltools' own op
+definitions (export/coreml_mil.py, FP16 emulated), and the manifest says so; on macOS Core ML is the judge and the
+evaluator's parity is recorded beside it. Structural checks (rank, ops, precision) run everywhere."""
 
 from __future__ import annotations
 
 import collections
 import json
+import platform
 import sys
 
 import numpy as np
 
+from . import coreml_mil
 from .base import Artifact, TargetContext, require
 
 GATHER_OPS = ("gather", "gather_nd", "gather_along_axis", "scatter", "scatter_nd", "scatter_along_axis")
@@ -77,18 +80,37 @@ def export(ctx: TargetContext) -> list[Artifact]:
     mlmodel.user_defined_metadata["img_size"] = str(size)
     path = ctx.file_name("coreml", None, "mlpackage")
     mlmodel.save(str(path))
+    runner, reason, runtime, cross_checks = _judges(path, ctx.precision)
+    return [Artifact("coreml", None, ctx.precision, path, runner, skip_reason=reason, cross_checks=cross_checks,
+                     info={**structure, "compute_precision": ctx.precision,
+                           "minimum_deployment_target": "iOS17/macOS14",
+                           "input_type": "image (RGB, scale 1/255)", "runtime": runtime,
+                           **({"accuracy_control": accuracy} if accuracy else {})})]
 
-    runner, reason = None, None
+
+def load_runner(path, threads: int | None = None):
+    """The Core ML runtime (macOS only) on a saved .mlpackage: [1, 3, S, S] float32 in [0, 1] -> logits, fed as the
+    8-bit RGB image its input is. `threads`: Core ML schedules its own compute units."""
+    if sys.platform != "darwin":
+        raise RuntimeError(f"Core ML prediction needs macOS (the Core ML runtime); this is {sys.platform}")
+    ct = require("coremltools", "coreml")
+    from PIL import Image
+
+    loaded = ct.models.MLModel(str(path))
+
+    def run(x: np.ndarray) -> np.ndarray:
+        pixels = (np.clip(x[0].transpose(1, 2, 0), 0, 1) * 255.0 + 0.5).astype(np.uint8)
+        return loaded.predict({"image": Image.fromarray(pixels)})["logits"]
+
+    return run
+
+
+def _judges(path, precision: str):
+    """(runner, skip reason, runtime name, cross-checks): the saved program evaluated op by op
+    (export/coreml_mil.py) judges off macOS; on macOS the Core ML runtime judges and the evaluator is recorded
+    beside it."""
+    (evaluator, reason), evaluated_as = coreml_mil.runner(path), coreml_mil.runtime_name(precision)
     if sys.platform == "darwin":
-        loaded = ct.models.MLModel(str(path))
-
-        def runner(x: np.ndarray) -> np.ndarray:
-            from PIL import Image
-
-            pixels = (np.clip(x[0].transpose(1, 2, 0), 0, 1) * 255.0 + 0.5).astype(np.uint8)
-            return loaded.predict({"image": Image.fromarray(pixels)})["logits"]
-    else:
-        reason = f"Core ML prediction needs macOS (the Core ML runtime); this is {sys.platform}"
-    return [Artifact("coreml", None, ctx.precision, path, runner, skip_reason=reason, info={
-        **structure, "compute_precision": ctx.precision, "minimum_deployment_target": "iOS17/macOS14",
-        "input_type": "image (RGB, scale 1/255)", **({"accuracy_control": accuracy} if accuracy else {})})]
+        return (load_runner(path), None, f"Core ML (macOS {platform.mac_ver()[0]})",
+                {evaluated_as: evaluator} if evaluator else {})
+    return evaluator, reason, evaluated_as if evaluator else None, {}

@@ -1,5 +1,6 @@
 """ExecuTorch: a `.pte` lowered to XNNPACK (runs here through `executorch.runtime`) and a `.pte` lowered to the Core
-ML delegate for iOS (lowers here; runs only on Apple devices). Ops left outside each delegate are counted."""
+ML delegate for iOS (lowers here; runs only on Apple devices: parity evaluates the Core ML program it embeds,
+export/coreml_mil.py). Ops left outside each delegate are counted."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 
 from edge_crossformer.util import captured_native_stderr
 
-from . import targets
+from . import coreml_mil, targets
 from .base import Artifact, TargetContext, require
 from .request import ExportError
 
@@ -167,9 +168,12 @@ def export(ctx: TargetContext) -> list[Artifact]:
     outside = outside_delegate(edge.exported_program())
     path = ctx.file_name("executorch", "coreml", "pte", precision=coreml_precision)
     save_program(edge, path)
+    # The delegate runs only on Apple devices; its embedded Core ML program goes through the MIL evaluator here.
+    runner, why = coreml_mil.pte_runner(path, sum(outside.values()))
     artifacts.append(Artifact(
-        "executorch", "coreml", coreml_precision, path, None,
-        skip_reason="the ExecuTorch Core ML delegate runs only on Apple devices (Core ML runtime)",
+        "executorch", "coreml", coreml_precision, path, runner,
+        skip_reason=why and f"the ExecuTorch Core ML delegate runs only on Apple devices (Core ML runtime); {why}",
         info={"delegates": delegate_count(edge.exported_program()), "ops_outside_delegate": sum(outside.values()),
-              "ops_outside_delegate_by_op": outside, "coreml_compute_precision": coreml_precision}))
+              "ops_outside_delegate_by_op": outside, "coreml_compute_precision": coreml_precision,
+              "runtime": runner and f"{coreml_mil.runtime_name(coreml_precision)}, the delegate's Core ML program"}))
     return artifacts

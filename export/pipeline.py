@@ -208,7 +208,7 @@ def _accuracy_control(art: Artifact, source: ModelSource) -> tuple[bool, str | N
     control = art.info["accuracy_control"]
     if art.runner is not None:
         control["measured_drop_pp"] = source.search_drop(art.runner)
-        control["measured_on"] = f"{art.target} runtime"
+        control["measured_on"] = art.info.get("runtime", f"{art.target} runtime")
         drop = control["measured_drop_pp"]
     else:
         drop = control.get("simulated_drop_pp", float("inf"))
@@ -264,7 +264,10 @@ def _parity_entry(art: Artifact, inputs: np.ndarray, expected: np.ndarray, devic
             rule += f" and top-1 drop <= {parity.INT8_DROP_PP} pp on labelled images"
         # Where it ran: INT8 (and BF16) arithmetic depends on the CPU's ISA (edge_crossformer.host).
         result = {"reference_device": device, **measured.as_dict(), **extra, "gate": rule,
-                  "status": status if structure_ok else "fail", "runtime_host": host_isa()}
+                  "status": status if structure_ok else "fail", "runtime_host": host_isa(),
+                  **({"runtime": art.info["runtime"]} if "runtime" in art.info else {})}
+        if art.cross_checks:
+            result["cross_checks"] = _cross_checks(art, inputs, expected, got)
     entry["parity"] = result
     entry["checks"] = checks
     entry["info"] = art.info
@@ -301,6 +304,18 @@ def _restore_env(name: str, value: str | None) -> None:
         os.environ.pop(name, None)
     else:
         os.environ[name] = value
+
+
+def _cross_checks(art: Artifact, inputs: np.ndarray, expected: np.ndarray, judged: np.ndarray) -> dict:
+    """Parity of the artifact's other runners (Core ML on a Mac: the MIL evaluator), recorded, not gated; and how
+    close each is to the judging runtime itself."""
+    out = {}
+    for name, run in art.cross_checks.items():
+        got = parity.run_batched(run, inputs)
+        measured = parity.compare(got, expected)
+        out[name] = {**measured.as_dict(), "status": parity.gate(art.target, art.precision, measured)[0],
+                     "vs_runtime": parity.compare(got, judged).as_dict()}
+    return out
 
 
 @contextlib.contextmanager

@@ -1,14 +1,13 @@
 """Core ML target: ML program, iOS 17, image input, labels in metadata, rank <= 4, no gathers.
 
-Prediction needs the Core ML runtime (macOS); elsewhere the manifest records it as skipped with the reason and
-the structural checks run on the converted program.
+Prediction needs the Core ML runtime (macOS); elsewhere parity runs the saved program through the MIL evaluator
+(export/coreml_mil.py) and the manifest names it as the runtime. Structural checks run on the converted program.
 """
 
 import json
 import sys
 
 import coremltools as ct
-import pytest
 
 from conftest import load_manifest, run_cli
 
@@ -31,19 +30,23 @@ def test_small_model(checkpoints, tmp_path):
     assert spec.description.input[0].type.WhichOneof("Type") == "imageType"
     labels = json.loads(spec.description.metadata.userDefined["labels"])
     assert len(labels) == 10
-    if sys.platform == "darwin":
-        assert art["parity"]["status"] == "pass"
+    p = art["parity"]
+    assert p["status"] == "pass" and p["psnr_db"] >= 60 and p["top1_agreement"] == 1.0, p
+    if sys.platform == "darwin":  # Core ML judges; the MIL evaluator's parity is recorded beside it
+        assert p["runtime"].startswith("Core ML") and p["cross_checks"]
     else:
-        assert art["parity"]["status"] == "skipped" and "macOS" in art["parity"]["reason"]
-        pytest.skip("Core ML prediction needs macOS: structural checks passed, prediction not run")
+        assert p["runtime"] == "MIL evaluator (numpy, fp16-emulated)"
 
 
 def test_fp32_compute(checkpoints, tmp_path):
     art = _export(checkpoints("crossformer-fmnist"), tmp_path / "fp32", "--model", "crossformer-fmnist",
                   "--precision", "fp32")
     assert art["precision"] == "fp32" and "fp16" not in art["info"]["value_dtypes"]
+    assert art["parity"]["status"] == "pass" and art["parity"]["rel_max"] <= 1e-3
 
 
 def test_full_size_crossformer_t(checkpoints, tmp_path):
     art = _export(checkpoints("crossformer-t", 1000), tmp_path / "t224", "--model", "crossformer-t")
     assert art["info"]["max_rank"] <= 4 and art["info"]["gather_ops"] == 0
+    # Issue #19: FP16 Core ML reaches the 60 dB bar by numbers, here too (the evaluator off macOS).
+    assert art["parity"]["status"] == "pass" and art["parity"]["psnr_db"] >= 60, art["parity"]
