@@ -47,6 +47,13 @@ class TargetContext:
     precision: str
     step: Callable[[str], None] = lambda message: None
 
+    @property
+    def int8(self):
+        """The INT8 scheme this artifact is made with (export.schemes), or None for FP32 / FP16."""
+        from .schemes import SCHEMES
+
+        return SCHEMES[self.target.int8_scheme] if self.precision == "int8" else None
+
     def deployable(self):
         """The model in this target's spelling (export.targets)."""
         return self.source.deployable(self.target.spelling)

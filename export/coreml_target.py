@@ -42,21 +42,18 @@ def export(ctx: TargetContext) -> list[Artifact]:
     size = req.img_size
     accuracy = None
     ctx.step("converting to Core ML")
-    if ctx.precision == "int8":
+    if ctx.int8:
         # W8A8: NNCF calibrates a PT2E quantize/dequantize graph, coremltools turns it into INT8 weights and
         # activations (iOS 17 / A17 and later run INT8 activations on the Neural Engine). coremltools' own
         # activation calibration would need the Core ML runtime (macOS); its CoreMLQuantizer fails to import with
         # torch 2.13 (docs/parity.md).
         import torch
 
-        ctx.step("quantizing for Core ML W8A8 (NNCF quantize_pt2e)")
         example = ctx.source.example()
         if req.max_accuracy_drop is not None:
-            from .executorch_target import _search_info
-
             ctx.step("ranking layers for --max-accuracy-drop (XNNPACK scheme)")
-            accuracy = _search_info(ctx)
-        graph = ctx.source.pt2e_int8(example, ctx.target.spelling)
+            accuracy = ctx.int8.search_info(ctx)
+        graph = ctx.int8.graph(ctx, example)
         with torch.no_grad():
             program = torch.export.export(graph, (example,)).run_decompositions({})
     else:

@@ -13,7 +13,6 @@ from edge_crossformer.util import captured_native_stderr
 
 from . import coreml_mil, targets
 from .base import Artifact, TargetContext, require
-from .request import ExportError
 
 # Graph nodes that are bookkeeping, not compute: they may sit outside a delegate.
 NON_COMPUTE = ("executorch_call_delegate", "getitem", "alloc", "memory.view", "dim_order_ops._clone_dim_order")
@@ -84,34 +83,9 @@ def load_runner(path, threads: int | None = None):
 ACCURACY_ROUNDS = 3
 
 
-def _search_info(ctx: TargetContext, rounds: list[dict] | None = None) -> dict:
-    """The keep-float search's outcome for the manifest (shared with the Core ML target)."""
-    found, units = ctx.source.keep_float_search
-    return ctx.source.accuracy_control_info(
-        "keep the most sensitive layers float (python -m quantize sensitivity ranking)", kept_float=found.kept_float,
-        layers=units, simulated_drop_pp=found.drop_pp, simulated_all_int8_drop_pp=found.all_int8_drop_pp,
-        met_in_simulation=found.met, **({"rounds": rounds} if rounds else {}))
-
-
 def _int8_program(ctx: TargetContext, example: torch.Tensor):
-    """The INT8 torch.export program: dynamic activations, QAT-learned ranges, or NNCF-calibrated static."""
-    from quantize import quantize_pt2e_dynamic
-    from quantize.qat import QATError, convert_with_ranges
-
-    ranges = ctx.source.qat_ranges
-    if ctx.request.int8_activations == "dynamic":
-        ctx.step("quantizing for XNNPACK (linears' inputs quantized per row at run time)")
-        graph = quantize_pt2e_dynamic(ctx.deployable(), example,
-                                      ctx.source.quant_options())
-    elif ranges is not None:
-        ctx.step(f"quantizing for XNNPACK with the ranges learned in QAT ({ranges.name})")
-        try:
-            graph = convert_with_ranges(ctx.deployable(), ranges, example)
-        except QATError as e:
-            raise ExportError(str(e)) from e
-    else:
-        ctx.step("quantizing for XNNPACK (NNCF quantize_pt2e)")
-        graph = ctx.source.pt2e_int8(example, ctx.target.spelling)
+    """The INT8 torch.export program, its graph made by the target's scheme (export/schemes.py)."""
+    graph = ctx.int8.graph(ctx, example)
     with torch.no_grad():
         return torch.export.export(graph, (example,))
 
@@ -131,33 +105,34 @@ def _accuracy_controlled(ctx: TargetContext, example: torch.Tensor, path):
             break
         ctx.step(f"XNNPACK measured {drop:.2f} pp (simulated {found.drop_pp:.2f}): keeping more layers float")
         ctx.source.refine_keep_float(ctx.request.max_accuracy_drop - (drop - found.drop_pp))
-    return edge, _search_info(ctx, rounds)
+    return edge, ctx.int8.search_info(ctx, rounds)
 
 
-def export(ctx: TargetContext) -> list[Artifact]:
-    require("executorch.exir", "executorch")
-    artifacts = []
+def _xnnpack(ctx: TargetContext) -> Artifact:
+    """The XNNPACK .pte: the whole network in one delegate, in the request's precision and INT8 scheme."""
     path = ctx.file_name("executorch", "xnnpack", "pte")
     accuracy = None
-    if ctx.precision == "int8" and ctx.request.max_accuracy_drop is not None:
+    if ctx.int8 and ctx.request.max_accuracy_drop is not None:
         edge, accuracy = _accuracy_controlled(ctx, ctx.source.example(), path)
     else:
-        program = (_int8_program(ctx, ctx.source.example()) if ctx.precision == "int8"
+        program = (_int8_program(ctx, ctx.source.example()) if ctx.int8
                    else ctx.source.exported_program(ctx.target.spelling))
         ctx.step("lowering to ExecuTorch XNNPACK")
         edge = lower_xnnpack(program)
         save_program(edge, path)
     outside = outside_delegate(edge.exported_program())
-    artifacts.append(Artifact("executorch", "xnnpack", ctx.precision, path, load_runner(path), info={
+    return Artifact("executorch", "xnnpack", ctx.precision, path, load_runner(path), info={
         "delegates": delegate_count(edge.exported_program()), "ops_outside_delegate": sum(outside.values()),
         "ops_outside_delegate_by_op": outside,
-        **({"int8_activations": ctx.request.int8_activations,
-            "int8_ranges": "per row at run time" if ctx.request.int8_activations == "dynamic"
-            else "learned in QAT" if ctx.source.qat_ranges else "calibrated"}
-           if ctx.precision == "int8" else {}),
-        **({"accuracy_control": accuracy} if accuracy else {})}))
+        **({"int8_activations": ctx.request.int8_activations, "int8_ranges": ctx.int8.ranges(ctx)}
+           if ctx.int8 else {}),
+        **({"accuracy_control": accuracy} if accuracy else {})})
 
-    if ctx.precision == "int8":
+
+def export(ctx: TargetContext) -> list[Artifact]:
+    require("executorch.exir", "executorch")
+    artifacts = [_xnnpack(ctx)]
+    if ctx.int8:
         # INT8 on iOS goes through the Core ML target's W8A8 ML program; the delegate .pte here is FP16 only.
         return artifacts
     ctx.step("lowering to ExecuTorch Core ML delegate")

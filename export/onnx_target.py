@@ -59,19 +59,14 @@ def export(ctx: TargetContext) -> list[Artifact]:
                                     optimize=True)
     program.save(str(path))
     model = without_source_paths(onnx.load(str(path)))
-    if ctx.precision == "int8":
+    if ctx.int8:
         from quantize import quantize_onnx
 
         from .onnx_qdq import fix_for_onnxruntime
 
-        ctx.step("quantizing ONNX (NNCF, QDQ)")
-        accuracy = ctx.source.accuracy_target()
-        if accuracy is not None:
-            ctx.step("quantizing ONNX with NNCF's accuracy control (--max-accuracy-drop)")
-        opts = ctx.source.quant_options()
-        model = quantize_onnx(model, ctx.source.calibration(), opts, accuracy=accuracy)
-        if not ctx.request.plain_int8:
-            model = fix_for_onnxruntime(model, ctx.source.calibration(), opts.subset_size)
+        model = ctx.int8.quantize(ctx, model, quantize_onnx, "ONNX")
+        if not ctx.request.plain_int8:  # ONNX Runtime's own part: its INT8 kernels' patterns
+            model = fix_for_onnxruntime(model, ctx.source.calibration(), ctx.source.quant_options().subset_size)
     onnx.save(model, str(path))
     onnx.checker.check_model(model, full_check=True)
     ops: dict[str, int] = {}
@@ -80,7 +75,7 @@ def export(ctx: TargetContext) -> list[Artifact]:
     info = {"opset": OPSET, "dynamic_batch": ctx.request.dynamic_batch, "op_histogram": dict(sorted(ops.items())),
             "gather_ops": sum(v for k, v in ops.items() if k.startswith("Gather")),
             "quantize_linear_ops": ops.get("QuantizeLinear", 0)}
-    if ctx.precision == "int8":
+    if ctx.int8:
         from .saturation import check_onnx, x86_int8_info
 
         info.update(x86_int8_info(ctx, check_onnx(path)))

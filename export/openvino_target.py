@@ -44,14 +44,10 @@ def export(ctx: TargetContext) -> list[Artifact]:
         model = ov.convert_model(ctx.deployable(),
                                  example_input=ctx.source.example())
     model.inputs[0].get_tensor().set_names({"image"})
-    if ctx.precision == "int8":
+    if ctx.int8:
         from quantize import quantize_openvino
 
-        ctx.step("quantizing OpenVINO (NNCF, transformer preset)")
-        accuracy = ctx.source.accuracy_target()
-        if accuracy is not None:
-            ctx.step("quantizing OpenVINO with NNCF's accuracy control (--max-accuracy-drop)")
-        model = quantize_openvino(model, ctx.source.calibration(), ctx.source.quant_options(), accuracy=accuracy)
+        model = ctx.int8.quantize(ctx, model, quantize_openvino, "OpenVINO")
     _stable_names(model, ctx.request.model)
     model.outputs[0].get_tensor().set_names({"logits"})
     ov.save_model(model, str(path), compress_to_fp16=ctx.precision == "fp16")
@@ -60,7 +56,7 @@ def export(ctx: TargetContext) -> list[Artifact]:
         ops[op.get_type_name()] = ops.get(op.get_type_name(), 0) + 1
     info = {"runtime_precision_hint": "f32", "op_histogram": dict(sorted(ops.items())),
             "fake_quantize_ops": ops.get("FakeQuantize", 0)}
-    if ctx.precision == "int8":
+    if ctx.int8:
         from .saturation import check_openvino, x86_int8_info
 
         info.update(x86_int8_info(ctx, check_openvino(path)))

@@ -34,8 +34,8 @@ class Target:
     # (same state dict: no inference-only folds).
     spelling: Spelling
     qat_spelling: Spelling
-    # Its INT8 recipe, which QAT simulates too (quantize.qat): "nncf" (nncf.quantize on the runtime's own graph) or
-    # "xnnpack" (NNCF's quantize_pt2e with XNNPACK's quantizer on the torch.export graph).
+    # Its INT8 scheme (export/schemes.py), which QAT simulates too (quantize.qat): "nncf" (nncf.quantize on the
+    # runtime's own graph) or "xnnpack" (NNCF's quantize_pt2e with XNNPACK's quantizer on the torch.export graph).
     int8_scheme: str
     # INT8 activation schemes: "static" (calibrated ranges) and, where the runtime has it, "dynamic" (per row at
     # run time).
