@@ -88,7 +88,7 @@ def plot_latency(reports: list[dict], path: Path) -> None:
         return
     labels = [(f"{rep['machine'].get('name', '')}: " if len(reports) > 1 else "")
               + f"{RUNTIME_NAMES.get(r['runtime'], r['runtime'])} {r['precision']} {r.get('variant', 'project')}"
-              + (f" [{r.get('backend')}]" if r["runtime"] in ("coreml", "executorch") and rep.get("source") != "host"
+              + (f" [{r.get('backend')}]" if r.get("backend") and rep.get("source") != "host"
                  else "") for rep, r in rows]
     med = [r["latency_ms"]["median"] for _, r in rows]
     p90 = [r["latency_ms"]["p90"] for _, r in rows]

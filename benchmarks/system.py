@@ -10,8 +10,12 @@ from pathlib import Path
 
 from edge_crossformer.host import host_isa
 
-PACKAGES = ("edge-crossformer", "torch", "executorch", "coremltools", "openvino", "nncf", "onnx", "onnxruntime",
-            "numpy")
+
+def _packages() -> tuple[str, ...]:
+    """The packages whose versions every report records: the manifest's list."""
+    from export.manifest import TOOLS
+
+    return TOOLS
 
 
 def machine() -> dict:
@@ -29,7 +33,7 @@ def machine() -> dict:
 
 def versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in PACKAGES:
+    for name in _packages():
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

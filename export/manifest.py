@@ -10,11 +10,11 @@ from pathlib import Path
 from edge_crossformer import get_config
 from edge_crossformer.preprocessing import input_contract
 
+from . import targets
 from .request import ExportRequest
 
 SCHEMA_VERSION = 1
-TOOLS = ("edge-crossformer", "torch", "executorch", "coremltools", "openvino", "nncf", "onnx", "onnxruntime",
-         "onnxscript", "numpy")
+TOOLS = ("edge-crossformer", "torch", *targets.packages(), "numpy")
 
 
 def sha256_of(path: Path) -> tuple[str, int]:

@@ -132,6 +132,12 @@ def runnable() -> tuple[Target, ...]:
     return tuple(t for t in TARGETS.values() if t.runtime is not None)
 
 
+def packages() -> tuple[str, ...]:
+    """Every package a target or INT8 imports, once, in registry order (the manifest records their versions)."""
+    found = [package for target in TARGETS.values() for package in target.packages] + [QUANTIZER[0]]
+    return tuple(dict.fromkeys(found))
+
+
 def names(where=None) -> tuple[str, ...]:
     """Target names, all or those where `where(target)` holds (e.g. `lambda t: t.x86_pair_sums`)."""
     return tuple(name for name, target in TARGETS.items() if where is None or where(target))
