@@ -230,8 +230,8 @@ def _cases(manifests: dict, runtimes: tuple[str, ...], root: Path, bf16: bool, b
             art = arts[0]
             backend = target.runtime_delegate or "CPU"
             cases.append(Case(runtime, precision, variant, backend, folder / art["file"],
-                              hint="f32" if runtime == "openvino" else None))
-            if runtime == "openvino" and precision == "fp32" and bf16:
+                              hint="f32" if target.bf16_hint else None))
+            if target.bf16_hint and precision == "fp32" and bf16:
                 cases.append(Case(runtime, "bf16", variant, backend, folder / art["file"], hint="bf16"))
     if baseline and "executorch" in runtimes and not any(m["id"] == "executorch/int8/baseline" for m in missing):
         if any(m["id"] == "executorch/fp32/baseline" for m in missing):
