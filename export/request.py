@@ -160,7 +160,8 @@ def check_accuracy_request(req: ExportRequest) -> None:
     learned = [t for t in req.targets if targets.get(t).uses_learned_ranges]
     if ranges is not None and learned:
         raise ExportError(f"--max-accuracy-drop recalibrates, but {req.checkpoint} comes with ranges learned in QAT "
-                          f"({ranges}); export {', '.join(learned)} without --max-accuracy-drop to use them, or "
+                          f"({ranges}); export {' / '.join(targets.get(t).title for t in learned)} without "
+                          "--max-accuracy-drop to use them, or "
                           "move the ranges file away")
 
 
@@ -219,8 +220,8 @@ def _able(where) -> str:
 def check_precisions(req: ExportRequest) -> None:
     """Each target can produce the precision asked of it; target-only options name a target that takes them."""
     if req.dynamic_batch and not any(targets.get(t).dynamic_batch for t in req.targets):
-        raise ExportError(f"--dynamic-batch applies to {_able(lambda t: t.dynamic_batch)} only: add --target "
-                          f"{_able(lambda t: t.dynamic_batch)} (or all)")
+        raise ExportError(f"--dynamic-batch applies to {targets.titles(lambda t: t.dynamic_batch)} only: add "
+                          f"--target {_able(lambda t: t.dynamic_batch)} (or all)")
     for name in req.targets:
         precision, target = req.precision_for(name), targets.get(name)
         if not target.supports(precision):
@@ -231,9 +232,9 @@ def check_precisions(req: ExportRequest) -> None:
             )
     if req.full_range_int8_weights and not any(req.precision_for(t) == "int8" for t in req.targets
                                                if targets.get(t).x86_pair_sums):
-        able = _able(lambda t: t.x86_pair_sums)
-        raise ExportError(f"--full-range-int8-weights applies to INT8 {able} artifacts only (x86 INT8 kernels that "
-                          f"sum pairs in int16): add --precision int8 and --target {able} or all")
+        raise ExportError(f"--full-range-int8-weights applies to INT8 {targets.titles(lambda t: t.x86_pair_sums)} "
+                          f"artifacts only: add --precision int8 and --target {_able(lambda t: t.x86_pair_sums)} or "
+                          "all")
 
 
 def labels_for(req: ExportRequest, cfg) -> tuple[list[str], str]:

@@ -28,6 +28,8 @@ class Target:
     pins: str
     precisions: tuple[str, ...]
     default_precision: str
+    # How messages name it.
+    title: str
     # FP32 parity gate: max |artifact - reference| / max |reference| (docs/parity.md).
     fp32_gate: float
     # How the export-friendly model spells its ops for this runtime, and how QAT spells it for this target's scheme
@@ -78,25 +80,25 @@ class Target:
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("coreml", "export.coreml_target", ("coremltools",), "coreml", "coremltools==9.0",
-           precisions=("fp16", "fp32", "int8"), default_precision="fp16", fp32_gate=1e-3,
+           title="Core ML", precisions=("fp16", "fp32", "int8"), default_precision="fp16", fp32_gate=1e-3,
            spelling=Spelling(), qat_spelling=Spelling(decompose_layernorm=True), int8_scheme="xnnpack",
            runtime_name="Core ML", fp16_top1=1.0),
     Target("executorch", "export.executorch_target", ("executorch", "coremltools"), "executorch", "executorch==1.5.1",
-           precisions=("fp32", "int8"), default_precision="fp32", fp32_gate=1e-3,
+           title="ExecuTorch", precisions=("fp32", "int8"), default_precision="fp32", fp32_gate=1e-3,
            spelling=Spelling(decompose_layernorm=True), qat_spelling=Spelling(decompose_layernorm=True),
            int8_scheme="xnnpack", int8_activations=("static", "dynamic"),
            uses_learned_ranges=True,
            runtime="executorch", runtime_name="ExecuTorch", runtime_delegate="xnnpack",
            runtime_module="executorch.runtime", files_per_param=1.5),
     Target("openvino", "export.openvino_target", ("openvino",), "openvino", "openvino, nncf",
-           precisions=("fp32", "fp16", "int8"), default_precision="fp32", fp32_gate=1e-3,
+           title="OpenVINO", precisions=("fp32", "fp16", "int8"), default_precision="fp32", fp32_gate=1e-3,
            # 4-D attention: the CPU plugin fuses it into one (INT8) attention kernel, CrossFormer-T 224 INT8 measured
            # 9% faster than the 3-D bmm spelling; LayerNorm affine folded into the next linears (README, Performance).
            spelling=Spelling(matmul_4d=True, fold_norms=True), qat_spelling=Spelling(), int8_scheme="nncf",
            x86_pair_sums=True, bf16_hint=True,
            runtime="openvino", runtime_name="OpenVINO CPU", runtime_module="openvino"),
     Target("onnx", "export.onnx_target", ("onnx", "onnxruntime", "onnxscript"), "onnx", "onnx, onnxruntime, onnxscript",
-           precisions=("fp32", "int8"), default_precision="fp32", fp32_gate=1e-4,
+           title="ONNX", precisions=("fp32", "int8"), default_precision="fp32", fp32_gate=1e-4,
            spelling=Spelling(flat_linears=True), qat_spelling=Spelling(), int8_scheme="nncf", x86_pair_sums=True,
            dynamic_batch=True,
            runtime="onnxruntime", runtime_name="ONNX Runtime", runtime_module="onnxruntime"),
@@ -139,6 +141,11 @@ def packages() -> tuple[str, ...]:
     """Every package a target or INT8 imports, once, in registry order (the manifest records their versions)."""
     found = [package for target in TARGETS.values() for package in target.packages] + [QUANTIZER[0]]
     return tuple(dict.fromkeys(found))
+
+
+def titles(where=None) -> str:
+    """Target titles for messages, e.g. 'OpenVINO / ONNX'."""
+    return " / ".join(target.title for target in TARGETS.values() if where is None or where(target))
 
 
 def names(where=None) -> tuple[str, ...]:
