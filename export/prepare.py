@@ -181,6 +181,11 @@ class ModelSource:
                 "images": self.int8_data.search_source, **extra}
 
     def calibration(self):
+        """The calibration images as batch-1 arrays, made once (several targets and the ONNX fixes read them)."""
+        return self._calibration
+
+    @functools.cached_property
+    def _calibration(self):
         from quantize import calibration_list
 
         return calibration_list(self.int8_data.calibration)
