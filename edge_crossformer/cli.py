@@ -12,6 +12,8 @@ import sys
 from typing import Callable, Sequence
 
 # Bounds shared by every command (each option's --help states the bound it uses).
+# Backbones: detection inputs are wider (mmdet's 1333 x 800 pads to 1344 x 800).
+MAX_FEATURE_SIDE = 1536
 MAX_IMG_SIZE = 1024          # px; memory and time grow with the square (a 4096 px export ran past 7 min at 5.9 GB)
 MAX_NUM_CLASSES = 100_000    # ImageNet-22k has 21,841
 MAX_IMAGES = 10_000_000      # any image count or limit
@@ -118,6 +120,16 @@ def img_size(text: str) -> int:
         low = value // 32 * 32
         raise argparse.ArgumentTypeError(f"must be a multiple of 32 (4x patch embedding, then three 2x merges), "
                                          f"got {value}; nearest valid sizes: {max(low, 32)} or {low + 32}")
+    return value
+
+
+def side(text: str) -> int:
+    """argparse type: one side of a backbone's input, a multiple of 32 in [32, MAX_FEATURE_SIDE]."""
+    value = int_in(32, MAX_FEATURE_SIDE)(text)
+    if value % 32:
+        low = value // 32 * 32
+        raise argparse.ArgumentTypeError(f"must be a multiple of 32 (strides 4, 8, 16, 32), got {value}; nearest "
+                                         f"valid sizes: {max(low, 32)} or {low + 32}")
     return value
 
 

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from edge_crossformer.cli import (MAX_IMAGES, MAX_NUM_CLASSES, float_in, img_size, int_in, percentage_points, regex,
-                                  run_cli)
+from edge_crossformer.cli import (MAX_IMAGES, MAX_IMG_SIZE, MAX_NUM_CLASSES, float_in, int_in, percentage_points, regex, run_cli,
+                                  side)
 
 from . import targets
 from .request import (DEFAULT_MODEL, INT8_ACTIVATIONS, MAX_PARITY_SAMPLES, ExportError, ExportRequest, parse_targets,
@@ -23,8 +23,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, help=f"{', '.join(targets.TARGETS)}, all, or a comma-separated list")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"registered model name (default: {DEFAULT_MODEL})")
     p.add_argument("--checkpoint", type=Path, help=".pth/.pt/.safetensors weights (upstream layouts accepted)")
-    p.add_argument("--img-size", type=img_size,
-                   help="square input size, a multiple of 32 in [32, 1024] (default: the model's)")
+    p.add_argument("--task", choices=("classify", "features"), default="classify",
+                   help="classify (logits; the default) or features: the detection / segmentation backbone's stage "
+                        "maps (strides 4, 8, 16, 32), as upstream's detection and segmentation backbones compute them")
+    p.add_argument("--img-size", type=side, nargs="+", metavar="N",
+                   help="input size, a multiple of 32: N for the square classifier (32 to 1024), N or H W for a "
+                        "backbone (default: the model's)")
+    p.add_argument("--out-indices", type=int, nargs="+", metavar="I",
+                   help="features: the stage maps to output, 0 to 3 (default: 0 1 2 3)")
+    p.add_argument("--dynamic-size", type=side, nargs=2, metavar=("MIN", "MAX"),
+                   help="features, ONNX / OpenVINO: one artifact for every H and W that is a multiple of 32 in "
+                        "[MIN, MAX] (symbolic sizes; padding and masks computed in the graph)")
     p.add_argument("--num-classes", type=int_in(1, MAX_NUM_CLASSES),
                    help=f"classes of the checkpoint's head, 1 to {MAX_NUM_CLASSES} (default: the model's)")
     p.add_argument("--labels", type=Path, help="text file, one class label per line")
@@ -78,8 +87,16 @@ def request_from(args: argparse.Namespace) -> ExportRequest:
         if given:
             raise ExportError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to INT8 only: add "
                               "--precision int8, or drop the flag")
+    sizes = args.img_size
+    if sizes is not None and len(sizes) > 2:
+        raise ExportError(f"--img-size takes N or H W, got {len(sizes)} values")
+    if sizes is not None and args.task == "classify" and len(sizes) == 1 and sizes[0] > MAX_IMG_SIZE:
+        raise ExportError(f"--img-size {sizes[0]} is above the supported {MAX_IMG_SIZE} px for the classifier")
     return ExportRequest(
-        targets=targets, model=args.model, checkpoint=args.checkpoint, img_size=args.img_size,
+        task=args.task, out_indices=tuple(args.out_indices) if args.out_indices else None,
+        dynamic_size=tuple(args.dynamic_size) if args.dynamic_size else None,
+        targets=targets, model=args.model, checkpoint=args.checkpoint,
+        img_size=None if sizes is None else (sizes[0] if len(sizes) == 1 else tuple(sizes)),
         num_classes=args.num_classes, labels_source=str(args.labels) if args.labels else "",
         precision=args.precision, output=args.output or Path("artifacts") / args.model, overwrite=args.overwrite,
         reference_model=args.reference_model, dynamic_batch=args.dynamic_batch, calib_data=args.calib_data,
@@ -107,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_next_steps(req: ExportRequest) -> None:
     """After the Quickstart's export: what to try next (as in README's After the Quickstart, in that order)."""
-    if req.model != DEFAULT_MODEL or req.checkpoint is not None or req.precision == "int8":
+    if req.model != DEFAULT_MODEL or req.checkpoint is not None or req.precision == "int8" or req.task != "classify":
         return
     here = Path.cwd()
     out = (req.output.relative_to(here) if req.output.is_relative_to(here) else req.output).parent

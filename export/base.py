@@ -61,4 +61,4 @@ class TargetContext:
     def file_name(self, target: str, delegate: str | None, ext: str, precision: str | None = None) -> Path:
         """`<model>_<target>-<delegate>_<precision>.<ext>` inside the staging directory."""
         kind = f"{target}-{delegate}" if delegate else target
-        return self.staging / f"{self.request.model}_{kind}_{precision or self.precision}.{ext}"
+        return self.staging / f"{self.request.stem}_{kind}_{precision or self.precision}.{ext}"

@@ -114,7 +114,19 @@ def runner(path: str | Path) -> tuple[Callable[[np.ndarray], np.ndarray] | None,
     if missing:
         return None, (f"the MIL evaluator has no numpy definition for MIL op(s) {', '.join(missing)} "
                       "(add them to export/coreml_mil_ops.py NUMPY_OPS)")
+    if len(loaded.function.outputs) > 1:  # a backbone: every map, in the program's output order
+        return (lambda x: evaluate_maps(loaded, x)), None
     return (lambda x: evaluate(loaded, x)), None
+
+
+def evaluate_maps(loaded: LoadedProgram, image: np.ndarray) -> list[np.ndarray]:
+    """Every output of the program for one RGB image [1, 3, H, W] in [0, 1], in the program's output order."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.shape != (1, 3, *loaded.size):
+        raise ValueError(f"image {image.shape} does not fit the program's image input {(1, 3, *loaded.size)}")
+    feed = pixels(image, loaded.color_space) if loaded.color_space else image
+    outs = run_function(loaded.function, {loaded.input_name: feed}, loaded.consts)
+    return [np.asarray(value, dtype=np.float32) for value in outs.values()]
 
 
 def run_function(function, feeds: dict[str, np.ndarray], consts: ConstCache | None = None) -> dict[str, np.ndarray]:

@@ -39,7 +39,7 @@ def mil_structure(mlmodel) -> dict:
 def export(ctx: TargetContext) -> list[Artifact]:
     ct = require("coremltools", "coreml")
     req = ctx.request
-    size = req.img_size
+    height, width = req.img_hw
     accuracy = None
     ctx.step("converting to Core ML")
     if ctx.int8:
@@ -60,21 +60,15 @@ def export(ctx: TargetContext) -> list[Artifact]:
         program = ctx.source.exported_program(ctx.target.spelling).run_decompositions({})
     mlmodel = ct.convert(
         program,
-        inputs=[ct.ImageType(name="image", shape=(1, 3, size, size), scale=1.0 / 255.0,
+        inputs=[ct.ImageType(name="image", shape=(1, 3, height, width), scale=1.0 / 255.0,
                              color_layout=ct.colorlayout.RGB)],
-        outputs=[ct.TensorType(name="logits", dtype=np.float32)],
+        outputs=[ct.TensorType(name=name, dtype=np.float32) for name in output_names(req)],
         convert_to="mlprogram",
         minimum_deployment_target=ct.target.iOS17,
         compute_precision=ct.precision.FLOAT32 if ctx.precision == "fp32" else ct.precision.FLOAT16,
     )
     structure = mil_structure(mlmodel)
-    mlmodel.short_description = f"{req.model} image classifier ({req.num_classes} classes), exported by edge-crossformer"
-    mlmodel.author = "edge-crossformer"
-    mlmodel.input_description["image"] = (f"RGB image {size}x{size}; scaled to [0, 1], normalized inside the model")
-    mlmodel.output_description["logits"] = "class logits (apply softmax for probabilities), one per label"
-    mlmodel.user_defined_metadata["labels"] = json.dumps(req.labels)
-    mlmodel.user_defined_metadata["model"] = req.model
-    mlmodel.user_defined_metadata["img_size"] = str(size)
+    describe(mlmodel, req)
     path = ctx.file_name("coreml", None, "mlpackage")
     mlmodel.save(str(path))
     runner, reason, runtime, cross_checks = _judges(path, ctx.precision)
@@ -83,6 +77,40 @@ def export(ctx: TargetContext) -> list[Artifact]:
                            "minimum_deployment_target": "iOS17/macOS14",
                            "input_type": "image (RGB, scale 1/255)", "runtime": runtime,
                            **({"accuracy_control": accuracy} if accuracy else {})})]
+
+
+def describe(mlmodel, req) -> None:
+    """The model's own description: what it computes, its input and outputs, labels or maps (Xcode shows it)."""
+    height, width = req.img_hw
+    image = f"RGB image {height}x{width}; scaled to [0, 1], normalized inside the model"
+    if req.task == "features":
+        from edge_crossformer import get_config
+        from edge_crossformer.backbone import output_specs
+
+        specs = output_specs(get_config(req.model).backbone(), req.out_indices, req.img_hw)
+        mlmodel.short_description = f"{req.model} detection / segmentation backbone, exported by edge-crossformer"
+        mlmodel.author = "edge-crossformer"
+        mlmodel.input_description["image"] = image
+        for spec in specs:
+            mlmodel.output_description[spec["name"]] = (f"stage {spec['index'] + 1} map, stride {spec['stride']}, "
+                                                        f"{spec['channels']} channels, NCHW")
+        mlmodel.user_defined_metadata["outputs"] = json.dumps(specs)
+        mlmodel.user_defined_metadata["model"] = req.model
+        mlmodel.user_defined_metadata["img_size"] = f"{height}x{width}"
+        return
+    mlmodel.short_description = f"{req.model} image classifier ({req.num_classes} classes), exported by edge-crossformer"
+    mlmodel.author = "edge-crossformer"
+    mlmodel.input_description["image"] = image
+    mlmodel.output_description["logits"] = "class logits (apply softmax for probabilities), one per label"
+    mlmodel.user_defined_metadata["labels"] = json.dumps(req.labels)
+    mlmodel.user_defined_metadata["model"] = req.model
+    mlmodel.user_defined_metadata["img_size"] = str(height)
+
+
+def output_names(req) -> list[str]:
+    from .onnx_target import output_names as names
+
+    return names(req)
 
 
 def load_runner(path, threads: int | None = None):

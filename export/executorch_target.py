@@ -72,7 +72,9 @@ def load_runner(path, threads: int | None = None):
         method = runtime.Runtime.get().load_program(str(path)).load_method("forward")
 
     def run(x: np.ndarray) -> np.ndarray:
-        return method.execute([torch.from_numpy(np.ascontiguousarray(x))])[0].numpy()
+        outputs = method.execute([torch.from_numpy(np.ascontiguousarray(x))])
+        # A classifier has one output (logits); a backbone returns its maps as a list.
+        return outputs[0].numpy() if len(outputs) == 1 else [out.numpy() for out in outputs]
 
     return run
 

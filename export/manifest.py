@@ -59,6 +59,8 @@ def output_section(num_classes: int) -> dict:
 def build_manifest(req: ExportRequest, artifacts: list[dict], failures: list[dict], source: dict) -> dict:
     status = "pass" if artifacts and not failures and all(
         a["parity"]["status"] in ("pass", "skipped") for a in artifacts) else "fail"
+    if req.task == "features":
+        return _features_manifest(req, artifacts, failures, source, status)
     return {
         "schema_version": SCHEMA_VERSION,
         "model": req.model,
@@ -74,3 +76,17 @@ def build_manifest(req: ExportRequest, artifacts: list[dict], failures: list[dic
         "source": source,
         "tools": tool_versions(),
     }
+
+
+def _features_manifest(req: ExportRequest, artifacts: list[dict], failures: list[dict], source: dict,
+                       status: str) -> dict:
+    from .features import manifest_sections
+
+    hw = None if req.dynamic_size else list(req.img_hw)
+    contract = input_section(req.model, req.img_hw[0])
+    # A backbone's input is resized to H x W without a crop (detectors letterbox or resize; no classifier crop).
+    contract.update(shape=[1, 3, *(hw or ["H", "W"])], resize={"size": hw or "any in sizes", "crop": None,
+                                                               "interpolation": "bilinear"})
+    return {"schema_version": SCHEMA_VERSION, "model": req.model, "img_size": hw, "input": contract,
+            **manifest_sections(req), "artifacts": artifacts, "failures": failures, "status": status,
+            "source": source, "tools": tool_versions()}

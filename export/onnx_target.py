@@ -23,7 +23,12 @@ def load_runner(path, threads: int | None = None):
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x})[0]
+    # A classifier has one output (logits); a backbone returns its maps as a list.
+    return lambda x: _one_or_all(session.run(None, {name: x}))
+
+
+def _one_or_all(outputs: list):
+    return outputs[0] if len(outputs) == 1 else outputs
 
 
 # Node metadata torch.onnx records: the Python stack (file paths and line numbers of the exporting checkout).
@@ -40,6 +45,32 @@ def without_source_paths(model):
     return model
 
 
+def output_names(req) -> list[str]:
+    if req.task == "classify":
+        return ["logits"]
+    from .features import output_names as maps
+
+    return maps(req)
+
+
+def to_onnx(module, example, dynamic, names: list[str], path):
+    """torch.onnx (dynamo) export to `path`, without source paths; returns the loaded ModelProto."""
+    onnx = require("onnx", "onnx")
+    with torch.no_grad():
+        program = torch.onnx.export(module, (example,), dynamo=True, opset_version=OPSET, input_names=["image"],
+                                    output_names=names, dynamic_shapes=dynamic, verbose=False, optimize=True)
+    program.save(str(path))
+    return without_source_paths(onnx.load(str(path)))
+
+
+def max_rank(model) -> int:
+    """Highest tensor rank in the graph after ONNX shape inference (symbolic sizes count as dims)."""
+    onnx = require("onnx", "onnx")
+    inferred = onnx.shape_inference.infer_shapes(model)
+    values = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+    return max(len(v.type.tensor_type.shape.dim) for v in values if v.type.HasField("tensor_type"))
+
+
 def export(ctx: TargetContext) -> list[Artifact]:
     onnx = require("onnx", "onnx")
     require("onnxscript", "onnx")
@@ -47,18 +78,13 @@ def export(ctx: TargetContext) -> list[Artifact]:
     path = ctx.file_name("onnx", None, "onnx")
     module = ctx.deployable()
     ctx.step("exporting to ONNX")
-    dynamic = None
+    dynamic = ctx.source.dynamic_shapes()
     example = ctx.source.example()
     if ctx.request.dynamic_batch:
         # Traced with batch 2: an example of batch 1 would specialise the dimension to 1.
         example = ctx.source.example(batch=2)
         dynamic = ({0: torch.export.Dim("batch", min=1, max=64)},)
-    with torch.no_grad():
-        program = torch.onnx.export(module, (example,), dynamo=True, opset_version=OPSET, input_names=["image"],
-                                    output_names=["logits"], dynamic_shapes=dynamic, verbose=False,
-                                    optimize=True)
-    program.save(str(path))
-    model = without_source_paths(onnx.load(str(path)))
+    model = to_onnx(module, example, dynamic, output_names(ctx.request), path)
     if ctx.int8:
         from quantize import quantize_onnx
 
@@ -75,6 +101,8 @@ def export(ctx: TargetContext) -> list[Artifact]:
     info = {"opset": OPSET, "dynamic_batch": ctx.request.dynamic_batch, "op_histogram": dict(sorted(ops.items())),
             "gather_ops": sum(v for k, v in ops.items() if k.startswith("Gather")),
             "quantize_linear_ops": ops.get("QuantizeLinear", 0)}
+    if ctx.request.task == "features":
+        info.update(dynamic_size=ctx.request.dynamic_size, max_rank=max_rank(model))
     if ctx.int8:
         from .saturation import check_onnx, x86_int8_info
 

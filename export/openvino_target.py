@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import torch
@@ -30,32 +31,84 @@ def load_runner(path, threads: int | None = None, precision_hint: str = "f32"):
         "INFERENCE_PRECISION_HINT": precision_hint, "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
         "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"})
     request = compiled.create_infer_request()
-    out = compiled.output(0)
-    return lambda x: request.infer({0: x})[out]
+    outputs = compiled.outputs
+    if len(outputs) == 1:
+        return lambda x: request.infer({0: x})[outputs[0]]
+    # A backbone: its maps, in order.
+    return lambda x: _ordered(request.infer({0: x}), outputs)
+
+
+def _ordered(results, outputs) -> list:
+    return [results[out] for out in outputs]
+
+
+def _from_onnx(ctx: TargetContext, ov):
+    """A backbone for a range of sizes, through torch.onnx (symbolic H and W; shapes read with ONNX's Shape
+    start / end, no data gather). OpenVINO's module tracing picks sizes with Gather ops (116 on crossformer-fmnist)
+    and its ExportedProgram path took 4 min on it, against seconds from ONNX."""
+    from .onnx_target import output_names, to_onnx
+
+    scratch = ctx.staging / ".tmp" / "openvino-from-onnx.onnx"
+    # 3-D attention: with the 4-D spelling and symbolic sizes, the CPU plugin's fused attention subgraph failed
+    # its broadcast shape inference on the in-graph mask (OpenVINO 2026.4, crossformer-fmnist 64-256).
+    module = ctx.source.deployable(dataclasses.replace(ctx.target.spelling, matmul_4d=False))
+    to_onnx(module, ctx.source.example(), ctx.source.dynamic_shapes(), output_names(ctx.request), scratch)
+    model = ov.convert_model(str(scratch))
+    _shape_slices(model)
+    return model
+
+
+def _shape_slices(model) -> None:
+    """In place: each Gather that picks a constant index out of a ShapeOf (how H and W enter the arithmetic)
+    becomes the equivalent StridedSlice, so the IR holds no Gather at all. Same values, one element each."""
+    from openvino import opset13
+
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Gather" or op.input_value(0).get_node().get_type_name() != "ShapeOf":
+            continue
+        index, axis = op.input_value(1).get_node(), op.input_value(2).get_node()
+        if index.get_type_name() != "Constant" or axis.get_type_name() != "Constant" or axis.get_data().reshape(-1).tolist() != [0]:
+            continue
+        picks = [int(i) for i in index.get_data().reshape(-1)]
+        if len(picks) != 1 or index.get_output_partial_shape(0).rank.get_length() != 1:
+            continue
+        sliced = opset13.strided_slice(op.input_value(0), [picks[0]], [picks[0] + 1], [1], [0], [0])
+        op.output(0).replace(sliced.output(0))
 
 
 def export(ctx: TargetContext) -> list[Artifact]:
     ov = require("openvino", "openvino")
     path = ctx.file_name("openvino", None, "xml")
     ctx.step("converting to OpenVINO IR")
-    with torch.no_grad():
-        # From the module (OpenVINO's own tracing): its ExportedProgram path mis-infers shapes in a reshape pass
-        # on single-token groups (OpenVINO 2026.4, crossformer-fmnist stage 4).
-        model = ov.convert_model(ctx.deployable(),
-                                 example_input=ctx.source.example())
+    if ctx.request.dynamic_size:
+        model = _from_onnx(ctx, ov)
+    else:
+        with torch.no_grad():
+            # From the module (OpenVINO's own tracing): its ExportedProgram path mis-infers shapes in a reshape
+            # pass on single-token groups (OpenVINO 2026.4, crossformer-fmnist stage 4).
+            model = ov.convert_model(ctx.deployable(),
+                                     example_input=ctx.source.example())
     model.inputs[0].get_tensor().set_names({"image"})
     if ctx.int8:
         from quantize import quantize_openvino
 
         model = ctx.int8.quantize(ctx, model, quantize_openvino, "OpenVINO")
     _stable_names(model, ctx.request.model)
-    model.outputs[0].get_tensor().set_names({"logits"})
+    from .onnx_target import output_names
+
+    for out, name in zip(model.outputs, output_names(ctx.request)):
+        out.get_tensor().set_names({name})
     ov.save_model(model, str(path), compress_to_fp16=ctx.precision == "fp16")
     ops: dict[str, int] = {}
     for op in model.get_ordered_ops():
         ops[op.get_type_name()] = ops.get(op.get_type_name(), 0) + 1
     info = {"runtime_precision_hint": "f32", "op_histogram": dict(sorted(ops.items())),
             "fake_quantize_ops": ops.get("FakeQuantize", 0)}
+    if ctx.request.task == "features":
+        info.update(dynamic_size=ctx.request.dynamic_size, max_rank=max(
+            len(out.get_partial_shape()) for op in model.get_ordered_ops() for out in op.outputs()),
+            # Gathers that pick H and W out of ShapeOf's [N, C, H, W] (shape arithmetic, not data).
+            gather_ops=ops.get("Gather", 0) + ops.get("GatherND", 0) + ops.get("GatherElements", 0))
     if ctx.int8:
         from .saturation import check_openvino, x86_int8_info
 

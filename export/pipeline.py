@@ -138,8 +138,12 @@ def _export_into(req: ExportRequest, staging: Path, console: Console) -> dict:
         task = bar.add_task("loading model", total=len(req.targets) + 2)
         reference = source.reference  # loads the checkpoint: bad checkpoints fail here, before any export
         check_free_space(req, sum(p.numel() for p in reference.parameters()), Path(req.output))
-        inputs = parity.eight_bit(parity.parity_inputs(req.img_size, resize_spec(req), req.parity_samples, SAMPLES))
-        expected, device = parity.reference_logits(reference, inputs)
+        if req.task == "classify":
+            inputs = parity.eight_bit(parity.parity_inputs(req.img_size, resize_spec(req), req.parity_samples,
+                                                           SAMPLES))
+            expected, device = parity.reference_logits(reference, inputs)
+        else:  # a backbone is checked per output level and per size (export/features.py)
+            inputs = expected = device = None
         bar.advance(task)
         for target in req.targets:
             precision = req.precision_for(target)
@@ -173,15 +177,25 @@ def _export_into(req: ExportRequest, staging: Path, console: Console) -> dict:
             held = parity.eight_bit(data.parity.numpy())
             int8_set = (held, parity.reference_logits(reference, held)[0], data.parity_labels.numpy(), data.source)
         entries = [_parity_entry(art, inputs, expected, device, int8_set, source) for art in artifacts]
+        entries = [_features_parity(entry, art, reference, req) if req.task == "features" else entry
+                   for entry, art in zip(entries, artifacts)]
         bar.advance(task)
         bar.update(task, description="done")
-    with open(staging / "labels.txt", "w", encoding="utf-8") as f:
-        f.write("\n".join(req.labels) + "\n")
+    if req.task == "classify":
+        with open(staging / "labels.txt", "w", encoding="utf-8") as f:
+            f.write("\n".join(req.labels) + "\n")
     ckpt = req.checkpoint
     source_info = {"checkpoint": str(ckpt) if ckpt else f"bundled ({req.model})",
                    "checkpoint_sha256": sha256_of(Path(ckpt))[0] if ckpt else None,
                    "exported_model": "reference" if req.reference_model else "export_friendly",
                    "parity_reference": "faithful reference model (edge_crossformer.reference), float32"}
+    if req.task == "features":
+        source_info["parity_reference"] = ("faithful backbone (edge_crossformer.reference_backbone, upstream's "
+                                           "detection / segmentation backbone), float32")
+        backbone = reference.model
+        if hasattr(backbone, "checkpoint_kind"):
+            source_info.update(checkpoint_kind=backbone.checkpoint_kind, ignored_keys=len(backbone.ignored_keys),
+                               ignored_key_examples=backbone.ignored_keys[:5])
     if source.head_reset:
         source_info["head"] = (f"reset: a new {req.num_classes}-class head drawn from seed {HEAD_SEED}, to be "
                                "fine-tuned; its logits mean nothing yet")
@@ -189,6 +203,22 @@ def _export_into(req: ExportRequest, staging: Path, console: Console) -> dict:
     shutil.rmtree(staging / SCRATCH, ignore_errors=True)
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return manifest
+
+
+def _features_parity(entry: dict, art: Artifact, reference, req: ExportRequest) -> dict:
+    """A backbone artifact's parity: per output level, at every size it serves that parity checks."""
+    from . import features
+
+    if art.runner is None:
+        return entry
+    structure_ok = all(c["ok"] for c in entry["checks"])
+    result = features.parity(art, reference, req, SAMPLES)
+    result["status"] = result["status"] if structure_ok else "fail"
+    result["runtime_host"] = host_isa()
+    if "runtime" in art.info:
+        result["runtime"] = art.info["runtime"]
+    entry["parity"] = result
+    return entry
 
 
 def _remove_unlisted(staging: Path, before: set[str], artifacts: list[Artifact]) -> None:
@@ -244,8 +274,10 @@ def _parity_entry(art: Artifact, inputs: np.ndarray, expected: np.ndarray, devic
     if "saturation_check" in art.info:
         entry["saturation_safe"] = art.info["saturation_check"]["saturation_safe"]
     if art.runner is None:
-        result = {"reference_device": device, "status": "skipped" if structure_ok else "fail",
+        result = {"reference_device": device or "cpu", "status": "skipped" if structure_ok else "fail",
                   "reason": art.skip_reason}
+    elif inputs is None:
+        result = {}  # a backbone: export.features measures it (_features_parity)
     else:
         extra = {}
         if art.precision == "int8" and int8_set is not None:
@@ -353,7 +385,13 @@ def _fmt(value, spec: str) -> str:
 
 
 def _summary(console: Console, manifest: dict, output: Path, seconds: float) -> None:
-    table = Table(title=f"{manifest['model']} @ {manifest['img_size']}px -> {output}  ({seconds:.0f} s)")
+    size = manifest["img_size"]
+    if manifest.get("task") == "features":
+        sizes = manifest["sizes"]
+        size = (f"{sizes['height']}x{sizes['width']}" if sizes["kind"] == "fixed"
+                else f"{sizes['min']}-{sizes['max']} (any multiple of 32)")
+        size = f"backbone, {len(manifest['outputs'])} maps, {size}"
+    table = Table(title=f"{manifest['model']} @ {size}px -> {output}  ({seconds:.0f} s)")
     for col in ("artifact", "MB", "max |err| / max|ref|", "cosine", "PSNR dB", "top-1 agree", "outside delegate",
                 "status"):
         table.add_column(col, justify="left" if col == "artifact" else "right")

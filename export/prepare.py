@@ -32,9 +32,13 @@ class ModelSource:
 
     def _create(self, **kw) -> nn.Module:
         req = self.request
+        if req.task == "features":
+            kw.update(features_only=True, out_indices=req.out_indices, dynamic_size=req.dynamic_size,
+                      img_size=tuple(req.img_hw))
+        else:
+            kw.update(img_size=req.img_size, num_classes=req.num_classes, reset_head=req.reset_head)
         try:
-            return create_model(req.model, checkpoint=req.checkpoint, img_size=req.img_size,
-                                num_classes=req.num_classes, reset_head=req.reset_head, **kw)
+            return create_model(req.model, checkpoint=req.checkpoint, **kw)
         except (CheckpointError, ValueError) as e:
             raise ExportError(str(e)) from e
 
@@ -191,9 +195,15 @@ class ModelSource:
         return calibration_list(self.int8_data.calibration)
 
     def example(self, batch: int = 1) -> torch.Tensor:
-        size = self.request.img_size
-        return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+        return torch.rand(batch, 3, *self.request.img_hw, generator=torch.Generator().manual_seed(0))
+
+    def dynamic_shapes(self):
+        """torch.export's symbolic H and W for a backbone that serves a range of sizes (else None)."""
+        from .features import dynamic_shapes
+
+        return dynamic_shapes(self.request)
 
     def exported_program(self, spelling: Spelling) -> torch.export.ExportedProgram:
         with torch.no_grad():
-            return torch.export.export(self.deployable(spelling), (self.example(),))
+            return torch.export.export(self.deployable(spelling), (self.example(),),
+                                       dynamic_shapes=self.dynamic_shapes())

@@ -55,6 +55,18 @@ class ExportRequest:
     qat_checkpoint: Path | None = None
     # NNCF's output as is, without this project's INT8 graph fixes (the benchmarks' upstream baseline).
     plain_int8: bool = False
+    # "classify" (logits) or "features" (the detection / segmentation backbone's stage maps: export/features.py).
+    task: str = "classify"
+    # Input (H, W): the square img_size for the classifier; --img-size H W for a backbone (filled by validate).
+    img_hw: tuple[int, int] | None = None
+    out_indices: tuple[int, ...] | None = None
+    # (MIN, MAX): one artifact for every multiple of 32 in the range (features only).
+    dynamic_size: tuple[int, int] | None = None
+
+    @property
+    def stem(self) -> str:
+        """What artifact file names start with: the model, and `-features` for a backbone."""
+        return self.model if self.task == "classify" else f"{self.model}-features"
 
     def precision_for(self, target: str) -> str:
         return self.precision or targets.get(target).default_precision
@@ -167,6 +179,22 @@ def check_accuracy_request(req: ExportRequest) -> None:
 
 def validate(req: ExportRequest) -> ExportRequest:
     """Fill per-model defaults and reject anything that cannot work, before doing any work."""
+    if req.task == "features":
+        from .features import validate_features
+
+        return validate_features(req)
+    if req.task != "classify":
+        raise ExportError(f"--task must be classify or features, got {req.task!r}")
+    if req.dynamic_size is not None:
+        raise ExportError("--dynamic-size serves many sizes from one artifact for backbones (--task features); "
+                          "the classifier is exported at one size (--img-size N)")
+    if req.out_indices is not None:
+        raise ExportError("--out-indices picks a backbone's stage maps: add --task features")
+    if isinstance(req.img_size, (tuple, list)):
+        if len(req.img_size) != 2 or req.img_size[0] != req.img_size[1]:
+            raise ExportError(f"the classifier takes a square input: --img-size N (got {list(req.img_size)}); "
+                              "non-square sizes are for backbones (--task features --img-size H W)")
+        req.img_size = req.img_size[0]
     try:
         cfg = get_config(req.model)
         if req.img_size is None:
@@ -177,6 +205,7 @@ def validate(req: ExportRequest) -> ExportRequest:
         check_num_classes(req.num_classes)
     except ValueError as e:
         raise ExportError(str(e)) from e
+    req.img_hw = (req.img_size, req.img_size)
     check_bounds(req)
     check_weights(req, cfg)
     check_precisions(req)
@@ -272,12 +301,14 @@ def check_int8_activations(req: ExportRequest) -> None:
 def check_bounds(req: ExportRequest) -> None:
     """Sizes and knobs within what the tool can do in reasonable time and memory (also for callers that build an
     ExportRequest without the command line's argument types)."""
-    from edge_crossformer.cli import MAX_IMG_SIZE, MAX_IMAGES, MAX_NUM_CLASSES, regex_problem
+    from edge_crossformer.cli import MAX_FEATURE_SIDE, MAX_IMG_SIZE, MAX_IMAGES, MAX_NUM_CLASSES, regex_problem
 
-    if req.img_size > MAX_IMG_SIZE:
-        raise ExportError(f"img_size {req.img_size} is above the supported {MAX_IMG_SIZE} px (export time and memory "
-                          "grow with its square); use a size in [32, 1024]")
-    if req.num_classes > MAX_NUM_CLASSES:
+    sides = list(req.img_hw) + list(req.dynamic_size or ())
+    limit, what = (MAX_IMG_SIZE, "img_size") if req.task == "classify" else (MAX_FEATURE_SIDE, "input side")
+    if max(sides) > limit:
+        raise ExportError(f"{what} {max(sides)} is above the supported {limit} px (export time and memory "
+                          f"grow with its square); use a size in [32, {limit}]")
+    if req.num_classes is not None and req.num_classes > MAX_NUM_CLASSES:
         raise ExportError(f"num_classes {req.num_classes} is above the supported {MAX_NUM_CLASSES}")
     if not 1 <= req.parity_samples <= MAX_PARITY_SAMPLES:
         raise ExportError(f"--parity-samples must be in [1, {MAX_PARITY_SAMPLES}], got {req.parity_samples}")
