@@ -61,9 +61,9 @@ def load(path: str | Path) -> LoadedProgram:
                          "evaluated")
     weights = path / "Data" / "com.apple.CoreML" / "weights"
     program = milproto.load(spec, spec.specificationVersion, str(weights))
-    if len(spec.description.input) != 1 or len(spec.description.output) != 1:
-        raise ValueError(f"{path.name} has {len(spec.description.input)} inputs and {len(spec.description.output)} "
-                         "outputs; the evaluator runs one image (or image tensor) to one output")
+    if len(spec.description.input) != 1:
+        raise ValueError(f"{path.name} has {len(spec.description.input)} inputs; the evaluator feeds one image (or "
+                         "image tensor)")
     (inp,), kind = spec.description.input, spec.description.input[0].type.WhichOneof("Type")
     if kind == "multiArrayType":  # a float tensor (the ExecuTorch Core ML delegate's programs): fed as given
         return LoadedProgram(program.functions["main"], inp.name, None, tuple(inp.type.multiArrayType.shape[-2:]),
@@ -114,9 +114,14 @@ def runner(path: str | Path) -> tuple[Callable[[np.ndarray], np.ndarray] | None,
     if missing:
         return None, (f"the MIL evaluator has no numpy definition for MIL op(s) {', '.join(missing)} "
                       "(add them to export/coreml_mil_ops.py NUMPY_OPS)")
-    if len(loaded.function.outputs) > 1:  # a backbone: every map, in the program's output order
-        return (lambda x: evaluate_maps(loaded, x)), None
-    return (lambda x: evaluate(loaded, x)), None
+    return _run(loaded), None
+
+
+def _run(loaded: LoadedProgram) -> Callable:
+    """A classifier's logits, or for a backbone (several outputs) every map in the program's output order."""
+    if len(loaded.function.outputs) > 1:
+        return lambda x: evaluate_maps(loaded, x)
+    return lambda x: evaluate(loaded, x)
 
 
 def evaluate_maps(loaded: LoadedProgram, image: np.ndarray) -> list[np.ndarray]:
@@ -210,7 +215,7 @@ def pte_runner(path: str | Path, ops_outside: int) -> tuple[Callable[[np.ndarray
     if len(blobs) != 1:
         return None, f"the .pte holds {len(blobs)} Core ML delegate programs; the evaluator runs one whole-model program"
     loaded, why = _unpacked(blobs[0])
-    return ((lambda x: evaluate(loaded, x)), None) if loaded else (None, why)
+    return (_run(loaded), None) if loaded else (None, why)
 
 
 def _coreml_blobs(pte: bytes) -> list[bytes]:
