@@ -16,6 +16,10 @@ from torch import Tensor, nn
 
 V1_BUFFERS = ("attn.biases", "attn.relative_position_index")
 HEAD_KEYS = ("head.weight", "head.bias")
+# What a classifier has and a backbone does not: the final norm and the head.
+CLASSIFIER_KEYS = ("norm.weight", "norm.bias") + HEAD_KEYS
+# mmdet / mmseg checkpoints (upstream's detection/ and segmentation/) keep the backbone under this prefix.
+BACKBONE_PREFIX = "backbone."
 
 
 class CheckpointError(ValueError):
@@ -117,6 +121,36 @@ def check_finite(state: dict[str, Tensor], source: str | Path = "checkpoint") ->
                               "checkpoint from before the divergence")
 
 
+@dataclass
+class BackboneWeights:
+    state: dict[str, Tensor]
+    kind: str  # "detection / segmentation", "classification" or "backbone"
+    ignored: list[str] = field(default_factory=list)
+
+
+def backbone_weights(state: dict[str, Tensor]) -> BackboneWeights:
+    """The backbone's weights in a detection / segmentation checkpoint (`backbone.*`; neck and head keys ignored
+    and reported) or a classification one used as backbone initialisation (final norm and head ignored)."""
+    if any(k.startswith(BACKBONE_PREFIX) for k in state):
+        kept = {k[len(BACKBONE_PREFIX):]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
+        return BackboneWeights(kept, "detection / segmentation", [k for k in state if not k.startswith(BACKBONE_PREFIX)])
+    ignored = [k for k in state if k in CLASSIFIER_KEYS]
+    kept = {k: v for k, v in state.items() if k not in CLASSIFIER_KEYS}
+    return BackboneWeights(kept, "classification" if ignored else "backbone", ignored)
+
+
+def check_classifier_state(state: dict[str, Tensor], source: str) -> None:
+    """Refuse backbone-only weights for a classifier, with the way out (they have no head to give logits)."""
+    n = sum(k.startswith(BACKBONE_PREFIX) for k in state)
+    if n:
+        raise CheckpointError(f"{source} is a detection / segmentation checkpoint ({n} keys under "
+                              f"'{BACKBONE_PREFIX}', no classifier head); export its backbone with --task features "
+                              "(create_model(..., features_only=True))")
+    if any(k.startswith("layers.") for k in state) and not any(k in state for k in CLASSIFIER_KEYS):
+        raise CheckpointError(f"{source} holds a backbone only (no final norm 'norm.*', no head 'head.*'); export "
+                              "it with --task features (create_model(..., features_only=True))")
+
+
 def drop_v1_buffers(state: dict[str, Tensor], model: nn.Module) -> int:
     """Check v1-branch persistent buffers against the model's own and drop them; a mismatch is an error."""
     own = dict(model.named_buffers())
@@ -130,7 +164,8 @@ def drop_v1_buffers(state: dict[str, Tensor], model: nn.Module) -> int:
             expected = _reference_buffer(model, key)
         if expected is not None and (value.shape != expected.shape or not torch.equal(value.to(expected.dtype), expected)):
             raise CheckpointError(
-                f"v1 buffer '{key}' has shape {list(value.shape)} but this model at img_size={model.img_size} "
+                f"v1 buffer '{key}' has shape {list(value.shape)} but this model at "
+                f"img_size={getattr(model, 'img_size', None)} "
                 f"expects {list(expected.shape)} with other values: the checkpoint was built for another group "
                 "size or input size. Pass the --img-size it was trained at"
             )

@@ -35,9 +35,18 @@ class CrossFormerConfig:
     default_num_classes: int = 1000
     labels_file: str | None = None
     resize: dict = field(default_factory=lambda: {"size": 256, "crop": 224, "interpolation": "bicubic"})
+    # Group sizes and intervals of the detection / segmentation backbone where they differ from the classifier's:
+    # upstream's CrossFormer++ backbones (detection/ and segmentation/ configs) use G 7 and I (8, 4, 2, 1).
+    backbone_group_size: tuple[int, ...] | None = None
+    backbone_interval: tuple[int, ...] | None = None
 
     def with_(self, **changes) -> "CrossFormerConfig":
         return replace(self, **changes)
+
+    def backbone(self) -> "CrossFormerConfig":
+        """This variant as a detection / segmentation backbone (same parameters, possibly other groups)."""
+        return replace(self, group_size=self.backbone_group_size or self.group_size,
+                       interval=self.backbone_interval or self.interval)
 
     def resize_for(self, img_size: int | None = None) -> dict:
         """How a photo is resized before it enters the model at `img_size` (the crop ratio is kept)."""
@@ -49,7 +58,8 @@ class CrossFormerConfig:
 
 
 _CF = dict(group_size=(7, 7, 7, 7), family="crossformer")
-_CFPP = dict(group_size=(4, 4, 14, 7), interval=(4, 2, 1, 1), use_acl=True, family="crossformer++")
+_CFPP = dict(group_size=(4, 4, 14, 7), interval=(4, 2, 1, 1), use_acl=True, family="crossformer++",
+             backbone_group_size=(7, 7, 7, 7), backbone_interval=(8, 4, 2, 1))
 
 VARIANTS: dict[str, CrossFormerConfig] = {
     "crossformer-t": CrossFormerConfig(64, (1, 1, 8, 6), (2, 4, 8, 16), **_CF),

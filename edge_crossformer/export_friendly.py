@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from . import reference as ref
 from .config import CrossFormerConfig
+from .reference_backbone import grid_geometry
 
 # Finite in FP16 (max 65504) and far below any attention logit; see module docstring.
 MASK_VALUE = -1.0e4
@@ -94,15 +95,29 @@ def padding_mask(resolution: int, group: int, interval: int) -> Tensor | None:
 
     Same masking as `reference.build_attn_mask` (which is [nG, N, N] with upstream's group order).
     """
-    pad = ref.padding_for(resolution, group * max(interval, 1))
-    if pad == 0:
+    return grid_padding_mask(resolution, resolution, group, interval)
+
+
+def grid_padding_mask(h: int, w: int, group: int, interval: int) -> Tensor | None:
+    """`padding_mask` of an h x w grid, each side padded to a multiple of group x interval on its own."""
+    div = group * max(interval, 1)
+    hp, wp = h + ref.padding_for(h, div), w + ref.padding_for(w, div)
+    if (hp, wp) == (h, w):
         return None
-    hp = resolution + pad
-    flag = torch.zeros(1, hp, hp, 1)
-    flag[:, -pad:, :, :] = 1
-    flag[:, :, -pad:, :] = 1
+    flag = torch.zeros(1, hp, wp, 1)
+    flag[:, h:, :, :] = 1
+    flag[:, :, w:, :] = 1
     flag = lsda_partition(flag, group, interval)  # nG, N, 1
     return (flag.reshape(flag.shape[0], 1, 1, -1) * MASK_VALUE)
+
+
+def traced_padding_mask(x: Tensor, h, w, group: int, interval: int) -> Tensor:
+    """[1, nG, 1, N] mask over the padded keys of x ([B, Hp, Wp, C], the padded h x w grid), built from the
+    shapes in the graph: one artifact serves every size. zeros -> pad with ones -> regroup; no gather, rank 4."""
+    hp, wp = x.shape[1], x.shape[2]
+    flag = F.pad(x.new_zeros(1, h, w, 1), (0, 0, 0, wp - w, 0, hp - h), value=1.0)
+    flag = lsda_partition(flag, group, interval)  # nG, N, 1
+    return flag.reshape(1, -1, 1, group * group) * MASK_VALUE
 
 
 def relative_position_onehot(group: int) -> Tensor:
@@ -195,11 +210,12 @@ class FriendlyAttention(nn.Module):
         bias = (self.onehot @ self.pos(self.offsets)).t().reshape(1, self.num_heads, n, n)
         return bias if self.mask is None else bias + self.mask
 
-    def forward(self, x: Tensor, project: bool = True) -> Tensor:
+    def forward(self, x: Tensor, project: bool = True, mask: Tensor | None = None) -> Tensor:
         """[B * nG, N, C] groups -> attention output, through `proj` unless `project` is False (the caller then
-        applies `proj`; it acts on channels only, so it commutes with regrouping the tokens)."""
+        applies `proj`; it acts on channels only, so it commutes with regrouping the tokens). `mask` ([1, nG, 1, N],
+        `traced_padding_mask`) is for a model that serves any size; a fixed-size one has its mask in `attn_bias`."""
         if self.matmul_4d:
-            return self._forward_4d(x, project)
+            return self._forward_4d(x, project, mask)
         bg, n, c = x.shape
         h, d = self.num_heads, c // self.num_heads
         qkv = self.qkv(x)
@@ -214,12 +230,15 @@ class FriendlyAttention(nn.Module):
         attn = torch.bmm(q, k.transpose(1, 2))
         bias = self.attn_bias if self.attn_bias is not None else self.live_bias()
         planes = bias.shape[0] * bias.shape[1]
-        attn = (attn.reshape(-1, planes, n, n) + bias.reshape(1, planes, n, n)).softmax(dim=-1)
+        attn = attn.reshape(-1, planes, n, n) + bias.reshape(1, planes, n, n)
+        if mask is not None:  # [B, nG * heads, N, N] viewed as [B, nG, heads * N, N]: rank 4
+            attn = attn.reshape(-1, mask.shape[1], h * n, n) + mask
+        attn = attn.softmax(dim=-1)
         x = torch.bmm(attn.reshape(bg * h, n, n), v)
         x = x.reshape(bg, h, n, d).permute(0, 2, 1, 3).reshape(bg, n, c)
         return self.proj(x) if project else x
 
-    def _forward_4d(self, x: Tensor, project: bool) -> Tensor:
+    def _forward_4d(self, x: Tensor, project: bool, mask: Tensor | None) -> Tensor:
         bg, n, c = x.shape
         h, d = self.num_heads, c // self.num_heads
         # q, k and v as three linears on slices of the qkv weight (constants once exported): each lands directly in
@@ -236,21 +255,31 @@ class FriendlyAttention(nn.Module):
             attn = attn + bias
         else:  # batch > 1 with a per-group bias: broadcast over the batch through a rank-4 view
             attn = (attn.reshape(-1, bias.shape[0] * h, n, n) + bias.reshape(1, -1, n, n)).reshape(bg, h, n, n)
+        if mask is not None:
+            attn = (attn.reshape(-1, mask.shape[1], h * n, n) + mask).reshape(bg, h, n, n)
         x = (attn.softmax(dim=-1) @ v).permute(0, 2, 1, 3).reshape(bg, n, c)
         return self.proj(x) if project else x
 
 
 class FriendlyBlock(nn.Module):
-    """`reference.CrossFormerBlock` with rank-4 grouping and a constant bias; same parameter names."""
+    """`reference.CrossFormerBlock` with rank-4 grouping and a constant bias; same parameter names.
 
-    def __init__(self, dim: int, resolution: int, num_heads: int, group_size: int, interval: int, lsda_flag: int,
-                 mlp_ratio: float, use_extra_conv: bool, spelling: Spelling = Spelling()):
+    `resolution` is the token grid (an int for a square one, or (h, w)) the bias and mask are folded for, or None
+    for a block that serves every grid: padding and mask are then computed from the shapes in the graph, and the
+    group is always the configured one (callers keep every grid larger than the group: `backbone.size_range`).
+    """
+
+    def __init__(self, dim: int, resolution: int | tuple[int, int] | None, num_heads: int, group_size: int,
+                 interval: int, lsda_flag: int, mlp_ratio: float, use_extra_conv: bool, spelling: Spelling = Spelling()):
         super().__init__()
-        self.resolution = resolution
-        self.group, self.interval, self.padded = ref.block_geometry(resolution, group_size, interval, lsda_flag)
+        self.hw = (resolution, resolution) if isinstance(resolution, int) else resolution
+        if self.hw is None:
+            self.group, self.interval, mask = group_size, interval if lsda_flag else 0, None
+        else:
+            self.group, self.interval, *self.padded_hw = grid_geometry(*self.hw, group_size, interval, lsda_flag)
+            mask = grid_padding_mask(*self.hw, self.group, self.interval)
         norm = lambda: ExportLayerNorm(dim, decompose=spelling.decompose_layernorm)  # noqa: E731
         self.norm1 = norm()
-        mask = padding_mask(resolution, self.group, self.interval)
         self.attn = FriendlyAttention(dim, self.group, num_heads, mask, spelling)
         self.norm2 = norm()
         self.mlp = ref.Mlp(dim, int(dim * mlp_ratio), spelling.linear)
@@ -259,21 +288,27 @@ class FriendlyBlock(nn.Module):
             self.ex_conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
             self.ex_ln = norm()
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = w = self.resolution
+    def forward(self, x: Tensor, h=None, w=None) -> Tensor:
+        """[B, h*w, C] tokens; h and w are given only to a block that serves every grid (they may be symbolic)."""
+        if self.hw is not None:
+            (h, w), (hp, wp) = self.hw, self.padded_hw
+        else:
+            div = self.group * max(self.interval, 1)
+            hp, wp = h + ref.padding_for(h, div), w + ref.padding_for(w, div)
         b, _, c = x.shape
         shortcut = x
         x = self.norm1(x).reshape(b, h, w, c)
-        pad = self.padded - h
-        if pad > 0:
-            x = F.pad(x, (0, 0, 0, pad, 0, pad))
+        cropped = self.hw is None or (hp, wp) != (h, w)
+        if cropped:
+            x = F.pad(x, (0, 0, 0, wp - w, 0, hp - h))
+        mask = None if self.hw is not None else traced_padding_mask(x, h, w, self.group, self.interval)
         x = lsda_partition(x, self.group, self.interval)
         # OpenVINO's spelling projects after the merge: the merge transposes then move the INT8 input of `proj`
         # rather than its FP32 output (and padded tokens are cropped before the projection, not after).
         late_proj = self.attn.matmul_4d
-        x = self.attn(x, project=not late_proj)
-        x = lsda_merge(x, b, self.padded, self.padded, self.group, self.interval)
-        if pad > 0:
+        x = self.attn(x, project=not late_proj, mask=mask)
+        x = lsda_merge(x, b, hp, wp, self.group, self.interval)
+        if cropped:
             x = x[:, :h, :w, :]
         x = x.reshape(b, h * w, c)
         x = shortcut + (self.attn.proj(x) if late_proj else x)
@@ -298,10 +333,22 @@ class ChannelConcatEmbed(ref.PatchEmbed):
 class ChannelConcatMerging(ref.PatchMerging):
     """`reference.PatchMerging` with the same change as `ChannelConcatEmbed`."""
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, h=None, w=None) -> Tensor:
+        """[B, h*w, C] tokens; h and w are given only when the merge serves every grid (they may be symbolic)."""
         b, _, c = x.shape
-        x = self.norm(x).view(b, self.resolution, self.resolution, c).permute(0, 3, 1, 2)
+        h, w = (self.resolution, self.resolution) if h is None else (h, w)
+        x = self.norm(x).view(b, h, w, c).permute(0, 3, 1, 2)
         return torch.cat([red(x) for red in self.reductions], dim=1).flatten(2).transpose(1, 2)
+
+
+def export_norms(model: nn.Module, spelling: Spelling) -> None:
+    """In place: the stem, merge and final norms (plain nn.LayerNorm in the reference) become ExportLayerNorm with
+    the same parameters, spelled for the runtime."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.LayerNorm:
+                setattr(parent, name, ExportLayerNorm(child.normalized_shape[0], child.eps,
+                                                      spelling.decompose_layernorm))
 
 
 class ExportFriendlyCrossFormer(ref.CrossFormer):
@@ -314,12 +361,7 @@ class ExportFriendlyCrossFormer(ref.CrossFormer):
                  spelling: Spelling = Spelling()):
         self.spelling = spelling
         super().__init__(cfg, img_size, num_classes)
-        # The stem, merge and final norms are plain nn.LayerNorm in the reference; swap in the same parameters.
-        for parent in list(self.modules()):
-            for name, child in list(parent.named_children()):
-                if type(child) is nn.LayerNorm:
-                    setattr(parent, name, ExportLayerNorm(child.normalized_shape[0], child.eps,
-                                                          spelling.decompose_layernorm))
+        export_norms(self, spelling)
 
     def _stage(self, cfg: CrossFormerConfig, index: int, resolution: int) -> nn.Module:
         return ref.Stage(cfg, index, resolution, block_cls=FriendlyBlock, merge_cls=ChannelConcatMerging,

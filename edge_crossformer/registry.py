@@ -6,10 +6,12 @@ from pathlib import Path
 
 from torch import nn
 
-from .checkpoint import CheckpointError, load_into, read_state_dict
+from .backbone import FriendlyBackbone, as_hw, check_out_indices, check_range
+from .checkpoint import CheckpointError, backbone_weights, check_classifier_state, load_into, read_state_dict
 from .config import VARIANTS, CrossFormerConfig
 from .export_friendly import ExportFriendlyCrossFormer, Spelling, fold_norm_affine, fold_position_bias
 from .reference import CrossFormer
+from .reference_backbone import CrossFormerBackbone
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -68,9 +70,10 @@ def default_checkpoint(name: str) -> Path | None:
     return ASSETS / cfg.bundled_checkpoint if cfg.bundled_checkpoint else None
 
 
-def create_model(name: str, *, checkpoint: str | Path | None = None, img_size: int | None = None,
+def create_model(name: str, *, checkpoint: str | Path | None = None, img_size: int | tuple[int, int] | None = None,
                  num_classes: int | None = None, export_friendly: bool = False, reset_head: bool = False,
-                 spelling: Spelling | None = None, fold: bool = True) -> nn.Module:
+                 spelling: Spelling | None = None, fold: bool = True, features_only: bool = False,
+                 out_indices: tuple[int, ...] = (0, 1, 2, 3), dynamic_size: tuple[int, int] | None = None) -> nn.Module:
     """A CrossFormer in eval mode: ImageNet-normalized NCHW float in, logits out.
 
     img_size / num_classes default to 224 / 1000 for upstream variants and to the bundled model's own values for
@@ -78,11 +81,23 @@ def create_model(name: str, *, checkpoint: str | Path | None = None, img_size: i
     rewrite (same state dict, same logits) with the position bias folded to constants (`fold=False` keeps the
     MLP live, for training). `spelling` (implies the rewrite) picks how it writes its ops for one runtime
     (`export_friendly.Spelling`; each export target declares its own).
+
+    `features_only=True` returns the detection / segmentation backbone instead (timm's words): the stage maps in
+    `out_indices` (NCHW, strides 4, 8, 16, 32), at any H x W that is a multiple of 32 for the reference, at
+    `img_size` (int or (H, W)) for the rewrite, or at every size in `dynamic_size` (MIN, MAX) for a rewrite that
+    serves a range. Checkpoints: mmdet / mmseg (`backbone.` prefix) or classification ones (norm and head ignored).
     """
     if spelling is not None and spelling.fold_norms and not fold:
         raise ValueError("Spelling(fold_norms=True) changes the weights for inference; it needs fold=True")
-    model = build_model(name, img_size=img_size, num_classes=num_classes, export_friendly=export_friendly,
-                        spelling=spelling)
+    if features_only:
+        model = _backbone(name, img_size, out_indices, export_friendly or spelling is not None, spelling,
+                          dynamic_size)
+    else:
+        if dynamic_size is not None:
+            raise ModelConfigError("dynamic_size is for backbones (features_only=True); a classifier's position "
+                                   "bias is folded for one size")
+        model = build_model(name, img_size=img_size, num_classes=num_classes, export_friendly=export_friendly,
+                            spelling=spelling)
     if checkpoint is None:
         checkpoint = default_checkpoint(name)
         if checkpoint is not None and not checkpoint.exists():
@@ -90,12 +105,38 @@ def create_model(name: str, *, checkpoint: str | Path | None = None, img_size: i
     # Whether --reset-head replaced the checkpoint's head (the manifest says so: its logits mean nothing yet).
     model.head_reset = False
     if checkpoint is not None:
-        state = read_state_dict(checkpoint)
-        model.head_reset = load_into(model, state, reset_head=reset_head, model_name=name,
-                                     source=str(checkpoint)).head_reset
+        _load(model, read_state_dict(checkpoint), name, str(checkpoint), features_only, reset_head)
     model.eval()
-    if isinstance(model, ExportFriendlyCrossFormer) and fold:
+    if isinstance(model, (ExportFriendlyCrossFormer, FriendlyBackbone)) and fold:
         model = fold_position_bias(model)
         if model.spelling.fold_norms:
             fold_norm_affine(model)
     return model
+
+
+def _backbone(name: str, img_size, out_indices, friendly: bool, spelling: Spelling | None,
+              dynamic_size: tuple[int, int] | None) -> nn.Module:
+    cfg = get_config(name).backbone()
+    out_indices = check_out_indices(out_indices)
+    if not friendly:
+        model = CrossFormerBackbone(cfg, out_indices)
+    elif dynamic_size is not None:
+        check_range(cfg, *dynamic_size, name=name)
+        model = FriendlyBackbone(cfg, None, out_indices, spelling or Spelling())
+    else:
+        hw = as_hw(cfg.default_img_size if img_size is None else img_size)
+        model = FriendlyBackbone(cfg, hw, out_indices, spelling or Spelling())
+    model.model_name = name
+    model.dynamic_size = dynamic_size
+    return model
+
+
+def _load(model: nn.Module, state: dict, name: str, source: str, features_only: bool, reset_head: bool) -> None:
+    if not features_only:
+        check_classifier_state(state, source)
+        model.head_reset = load_into(model, state, reset_head=reset_head, model_name=name, source=source).head_reset
+        return
+    weights = backbone_weights(state)
+    load_into(model, weights.state, model_name=name, source=source)
+    # What the manifest reports: which kind of checkpoint initialised the backbone, and what of it was left out.
+    model.checkpoint_kind, model.ignored_keys = weights.kind, weights.ignored
