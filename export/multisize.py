@@ -51,13 +51,27 @@ def export_sizes(modules_or_programs: Sequence, sizes: Sequence[Size]) -> dict[s
     """{method_name: ExportedProgram}, one per size; modules are exported at their size, programs kept as given."""
     if len(modules_or_programs) != len(sizes):
         raise ValueError(f"{len(modules_or_programs)} modules / programs for {len(sizes)} sizes: give one per size")
+    if len(set(map(tuple, sizes))) != len(sizes):
+        raise ValueError(f"sizes {list(sizes)} repeat a size; each size is one method, give each once")
     programs = {}
     for item, (h, w) in zip(modules_or_programs, sizes):
         if not isinstance(item, torch.export.ExportedProgram):
             with torch.no_grad():
                 item = torch.export.export(item, (torch.rand(1, 3, h, w),))
+        # A program exported at another size would run under a wrong name: its method must be its size.
+        got = tuple(_image_input(item).shape[-2:])
+        if got != (h, w):
+            raise ValueError(f"the program for {method_name(h, w)} was exported at "
+                             f"{got[0]}x{got[1]}, not {h}x{w}; pass modules and sizes in the same order")
         programs[method_name(h, w)] = item
     return programs
+
+
+def _image_input(program: torch.export.ExportedProgram):
+    """The example value of the program's one user input (the image)."""
+    user = set(program.graph_signature.user_inputs)
+    (node,) = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in user]
+    return node.meta["val"]
 
 
 # --- ExecuTorch XNNPACK -----------------------------------------------------------------------------------------

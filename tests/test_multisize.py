@@ -91,3 +91,12 @@ def test_coreml_every_function_matches(mlpackage, oracle):
         for stage, p in enumerate(_maps_vs_oracle(run, oracle, size), 1):
             # FP16 program: Core ML's FP16 bar (docs/parity.md), per map.
             assert p.psnr_db >= FP16_PSNR_DB and np.isfinite(p.max_abs), (size, stage, p)
+
+
+def test_programs_must_match_their_sizes():
+    program = torch.export.export(torch.nn.Conv2d(3, 4, 1), (torch.rand(1, 3, 32, 64),))
+    assert list(multisize.export_sizes([program], [(32, 64)])) == ["forward_32x64"]
+    with pytest.raises(ValueError, match="exported at 32x64, not 64x32"):
+        multisize.export_sizes([program], [(64, 32)])
+    with pytest.raises(ValueError, match="repeat a size"):
+        multisize.export_sizes([program, program], [(32, 64), (32, 64)])
