@@ -133,6 +133,15 @@ def side(text: str) -> int:
     return value
 
 
+def hw_size(text: str) -> tuple[int, int]:
+    """argparse type: HxW (or N for a square), each side as `side` says."""
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2) or not all(p.strip() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 384x640) or N, got {text!r}")
+    values = tuple(side(p.strip()) for p in parts)
+    return values if len(values) == 2 else values * 2
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM or SIGHUP, raised in the main thread so every `except BaseException` cleanup runs as for Ctrl-C."""
 

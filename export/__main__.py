@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from edge_crossformer.cli import (MAX_IMAGES, MAX_IMG_SIZE, MAX_NUM_CLASSES, float_in, int_in, percentage_points, regex, run_cli,
-                                  side)
+                                  hw_size, side)
 
 from . import targets
 from .request import (DEFAULT_MODEL, INT8_ACTIVATIONS, MAX_PARITY_SAMPLES, ExportError, ExportRequest, parse_targets,
@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "backbone (default: the model's)")
     p.add_argument("--out-indices", type=int, nargs="+", metavar="I",
                    help="features: the stage maps to output, 0 to 3 (default: 0 1 2 3)")
+    p.add_argument("--sizes", type=hw_size, nargs="+", metavar="HxW",
+                   help="features, Core ML / ExecuTorch: one artifact with an entry point per size (Core ML "
+                        "functions, ExecuTorch methods named forward_HxW; weights stored once), e.g. 512x512 384x640")
     p.add_argument("--dynamic-size", type=side, nargs=2, metavar=("MIN", "MAX"),
                    help="features, ONNX / OpenVINO: one artifact for every H and W that is a multiple of 32 in "
                         "[MIN, MAX] (symbolic sizes; padding and masks computed in the graph)")
@@ -95,6 +98,7 @@ def request_from(args: argparse.Namespace) -> ExportRequest:
     return ExportRequest(
         task=args.task, out_indices=tuple(args.out_indices) if args.out_indices else None,
         dynamic_size=tuple(args.dynamic_size) if args.dynamic_size else None,
+        sizes=tuple(args.sizes) if args.sizes else None,
         targets=targets, model=args.model, checkpoint=args.checkpoint,
         img_size=None if sizes is None else (sizes[0] if len(sizes) == 1 else tuple(sizes)),
         num_classes=args.num_classes, labels_source=str(args.labels) if args.labels else "",

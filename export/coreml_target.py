@@ -39,6 +39,8 @@ def mil_structure(mlmodel) -> dict:
 def export(ctx: TargetContext) -> list[Artifact]:
     ct = require("coremltools", "coreml")
     req = ctx.request
+    if req.sizes:
+        return [_multifunction(ctx)]
     height, width = req.img_hw
     accuracy = None
     ctx.step("converting to Core ML")
@@ -79,15 +81,41 @@ def export(ctx: TargetContext) -> list[Artifact]:
                            **({"accuracy_control": accuracy} if accuracy else {})})]
 
 
-def describe(mlmodel, req) -> None:
+def _multifunction(ctx: TargetContext) -> Artifact:
+    """A backbone for --sizes: one ML program per size in one multifunction package, weights stored once
+    (export/multisize.py). Static shapes in every function (the Neural Engine's), checked function by function."""
+    from . import multisize
+    from .features import size_dispatch
+
+    req, models = ctx.request, {}
+    for hw in req.sizes:
+        ctx.step(f"converting to Core ML at {hw[0]}x{hw[1]}")
+        mlmodel = multisize.convert_coreml(ctx.source.deployable_at(ctx.target.spelling, hw), hw, ctx.precision)
+        describe(mlmodel, req, hw)
+        models[multisize.method_name(*hw)] = mlmodel
+    path = ctx.file_name("coreml", None, "mlpackage")
+    multisize.save_coreml_multifunction(models, path, ctx.staging / ".tmp")
+    structure = multisize.coreml_structure(path)
+    runner = size_dispatch({hw: multisize.coreml_runner(path, multisize.method_name(*hw)) for hw in req.sizes})
+    return Artifact("coreml", None, ctx.precision, path, runner, info={
+        "functions": list(models), "default_function": next(iter(models)),
+        "max_rank": max(s["max_rank"] for s in structure.values()),
+        "gather_ops": sum(s["gather_ops"] for s in structure.values()),
+        "structure_by_function": structure, "compute_precision": ctx.precision,
+        # Each function targets iOS 17; a package of several functions is spec 9, which loads from iOS 18.
+        "minimum_deployment_target": "iOS18/macOS15 (multifunction package)",
+        "input_type": "image (RGB, scale 1/255)", "runtime": coreml_mil.runtime_name(ctx.precision)})
+
+
+def describe(mlmodel, req, hw: tuple[int, int] | None = None) -> None:
     """The model's own description: what it computes, its input and outputs, labels or maps (Xcode shows it)."""
-    height, width = req.img_hw
+    height, width = hw or req.img_hw
     image = f"RGB image {height}x{width}; scaled to [0, 1], normalized inside the model"
     if req.task == "features":
         from edge_crossformer import get_config
         from edge_crossformer.backbone import output_specs
 
-        specs = output_specs(get_config(req.model).backbone(), req.out_indices, req.img_hw)
+        specs = output_specs(get_config(req.model).backbone(), req.out_indices, (height, width))
         mlmodel.short_description = f"{req.model} detection / segmentation backbone, exported by edge-crossformer"
         mlmodel.author = "edge-crossformer"
         mlmodel.input_description["image"] = image

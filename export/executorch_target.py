@@ -131,8 +131,33 @@ def _xnnpack(ctx: TargetContext) -> Artifact:
         **({"accuracy_control": accuracy} if accuracy else {})})
 
 
+def _xnnpack_sizes(ctx: TargetContext) -> Artifact:
+    """A backbone for --sizes: one method per size in one .pte, each lowered whole to XNNPACK, weights stored once
+    (export/multisize.py; a dynamic-size program left 235 ops outside the delegate: docs/multisize.md)."""
+    from . import multisize
+    from .features import size_dispatch
+
+    sizes = ctx.request.sizes
+    ctx.step(f"lowering to ExecuTorch XNNPACK, {len(sizes)} methods")
+    edge = multisize.lower_xnnpack_sizes([ctx.source.deployable_at(ctx.target.spelling, hw) for hw in sizes], sizes)
+    path = ctx.file_name("executorch", "xnnpack", "pte")
+    multisize.save_pte(edge, path)
+    report = multisize.delegation(edge)
+    outside: collections.Counter = collections.Counter()
+    for method in report.values():
+        outside.update(method["outside"])
+    runner = size_dispatch({hw: multisize.pte_runner(path, multisize.method_name(*hw)) for hw in sizes})
+    return Artifact("executorch", "xnnpack", ctx.precision, path, runner, info={
+        "methods": list(report), "delegates": sum(m["delegates"] for m in report.values()),
+        "ops_outside_delegate": sum(outside.values()), "ops_outside_delegate_by_op": dict(sorted(outside.items())),
+        "delegation_by_method": report})
+
+
 def export(ctx: TargetContext) -> list[Artifact]:
     require("executorch.exir", "executorch")
+    if ctx.request.sizes:
+        # The Core ML delegate .pte is one size per file; Core ML's own target makes the multifunction package.
+        return [_xnnpack_sizes(ctx)]
     artifacts = [_xnnpack(ctx)]
     if ctx.int8:
         # INT8 on iOS goes through the Core ML target's W8A8 ML program; the delegate .pte here is FP16 only.

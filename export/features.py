@@ -8,6 +8,7 @@ relative to the level's largest reference magnitude, and for a range at every si
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,11 @@ from edge_crossformer.reference_backbone import STRIDES
 from . import targets
 from .request import ExportError, ExportRequest, check_bounds, check_output, check_precisions
 
-# Targets whose one artifact takes symbolic H and W (the others export one size).
+# Targets whose one artifact takes symbolic H and W; the others serve a list of sizes (--sizes: one ExecuTorch
+# method / Core ML function per size, export/multisize.py, docs/multisize.md).
 RANGE_TARGETS = ("onnx", "openvino")
+LIST_TARGETS = ("coreml", "executorch")
+MAX_SIZES = 8
 # FP16 maps: PSNR per level, like the classifier's logits.
 FP16_PSNR_DB = 60.0
 
@@ -35,6 +39,9 @@ def validate_features(req: ExportRequest) -> ExportRequest:
         if req.dynamic_size is not None:
             check_range(cfg, *req.dynamic_size, name=req.model)
             req.img_hw = example_size(req.dynamic_size)
+        elif req.sizes is not None:
+            req.sizes = check_sizes(req)
+            req.img_hw = req.sizes[0]
         else:
             size = req.img_size if req.img_size is not None else cfg.default_img_size
             req.img_hw = as_hw(size)
@@ -42,12 +49,19 @@ def validate_features(req: ExportRequest) -> ExportRequest:
         raise ExportError(str(e)) from e
     req.img_size = req.img_hw[0] if req.img_hw[0] == req.img_hw[1] else list(req.img_hw)
     _refuse_classifier_options(req)
+    if req.sizes is not None:
+        ranged = [t for t in req.targets if t in RANGE_TARGETS]
+        if ranged:
+            raise ExportError(f"--sizes makes one entry point per size for {', '.join(LIST_TARGETS)}; "
+                              f"{', '.join(ranged)} serve every size in a range from one graph: export them with "
+                              "--dynamic-size MIN MAX in a separate command")
     if req.dynamic_size is not None:
         fixed = [t for t in req.targets if t not in RANGE_TARGETS]
         if fixed:
             raise ExportError(f"--dynamic-size: one artifact for a range of sizes is made for "
-                              f"{', '.join(RANGE_TARGETS)} (symbolic H and W); export {', '.join(fixed)} at one "
-                              "size with --img-size H W, in a separate command")
+                              f"{', '.join(RANGE_TARGETS)} (symbolic H and W); export {', '.join(fixed)} for a "
+                              "list of sizes with --sizes HxW HxW ... (one entry point per size), in a separate "
+                              "command")
     check_bounds(req)
     check_precisions(req)
     if any(req.precision_for(t) == "int8" for t in req.targets):
@@ -60,6 +74,30 @@ def validate_features(req: ExportRequest) -> ExportRequest:
     req.output = Path(os.path.abspath(req.output))
     check_output(req.output, req.overwrite, (req.checkpoint,))
     return req
+
+
+def check_sizes(req: ExportRequest) -> tuple[tuple[int, int], ...]:
+    if req.img_size is not None:
+        raise ExportError("--sizes lists every size the artifact serves: drop --img-size")
+    sizes = tuple(as_hw(hw) for hw in req.sizes)
+    if len(sizes) < 2 or len(sizes) > MAX_SIZES:
+        raise ExportError(f"--sizes takes 2 to {MAX_SIZES} sizes (one entry point each), got {len(sizes)}; for "
+                          "one size use --img-size H W")
+    if len(set(sizes)) != len(sizes):
+        raise ExportError(f"--sizes repeats a size ({', '.join(f'{h}x{w}' for h, w in sizes)}): give each once")
+    return sizes
+
+
+def size_dispatch(runners: dict[tuple[int, int], Callable]) -> Callable:
+    """One runner for an artifact with an entry point per size: picks it by the input's H x W."""
+    def run(x: np.ndarray):
+        hw = tuple(x.shape[-2:])
+        if hw not in runners:
+            raise ValueError(f"input {hw[0]}x{hw[1]} is not one of the artifact's sizes "
+                             f"({', '.join(f'{h}x{w}' for h, w in runners)}); resize to one of them")
+        return runners[hw](x)
+
+    return run
 
 
 def _refuse_classifier_options(req: ExportRequest) -> None:
@@ -96,6 +134,8 @@ def output_names(req: ExportRequest) -> list[str]:
 def parity_sizes(req: ExportRequest) -> list[tuple[int, int]]:
     """Where an artifact is checked: its one size, or for a range its ends, squares, non-squares and sizes that
     need padding at every stage (at least 10 when the range has them)."""
+    if req.sizes is not None:
+        return list(req.sizes)
     if req.dynamic_size is None:
         return [tuple(req.img_hw)]
     low, high = req.dynamic_size
@@ -185,6 +225,13 @@ def manifest_sections(req: ExportRequest) -> dict:
     if req.dynamic_size:
         low, high = req.dynamic_size
         sizes = {"kind": "range", "min": low, "max": high, "multiple_of": 32, "non_square": True}
+    elif req.sizes:
+        from .multisize import method_name
+
+        fixed = None
+        sizes = {"kind": "list", "sizes": [list(hw) for hw in req.sizes],
+                 "entry_points": [method_name(*hw) for hw in req.sizes],
+                 "entry_point_kind": "ExecuTorch method / Core ML function (default: the first)"}
     else:
         sizes = {"kind": "fixed", "height": fixed[0], "width": fixed[1]}
     return {"task": "features", "outputs": output_specs(cfg, req.out_indices, fixed), "sizes": sizes,

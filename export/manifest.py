@@ -82,10 +82,10 @@ def _features_manifest(req: ExportRequest, artifacts: list[dict], failures: list
                        status: str) -> dict:
     from .features import manifest_sections
 
-    hw = None if req.dynamic_size else list(req.img_hw)
+    hw = None if req.dynamic_size or req.sizes else list(req.img_hw)
     contract = input_section(req.model, req.img_hw[0])
     # A backbone's input is resized to H x W without a crop (detectors letterbox or resize; no classifier crop).
-    contract.update(shape=[1, 3, *(hw or ["H", "W"])], resize={"size": hw or "any in sizes", "crop": None,
+    contract.update(shape=[1, 3, *(hw or ["H", "W"])], resize={"size": hw or "one of sizes", "crop": None,
                                                                "interpolation": "bilinear"})
     return {"schema_version": SCHEMA_VERSION, "model": req.model, "img_size": hw, "input": contract,
             **manifest_sections(req), "artifacts": artifacts, "failures": failures, "status": status,

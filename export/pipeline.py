@@ -388,8 +388,9 @@ def _summary(console: Console, manifest: dict, output: Path, seconds: float) -> 
     size = manifest["img_size"]
     if manifest.get("task") == "features":
         sizes = manifest["sizes"]
-        size = (f"{sizes['height']}x{sizes['width']}" if sizes["kind"] == "fixed"
-                else f"{sizes['min']}-{sizes['max']} (any multiple of 32)")
+        size = {"fixed": lambda: f"{sizes['height']}x{sizes['width']}",
+                "range": lambda: f"{sizes['min']}-{sizes['max']} (any multiple of 32)",
+                "list": lambda: ", ".join(f"{h}x{w}" for h, w in sizes["sizes"])}[sizes["kind"]]()
         size = f"backbone, {len(manifest['outputs'])} maps, {size}"
     table = Table(title=f"{manifest['model']} @ {size}px -> {output}  ({seconds:.0f} s)")
     for col in ("artifact", "MB", "max |err| / max|ref|", "cosine", "PSNR dB", "top-1 agree", "outside delegate",

@@ -33,14 +33,22 @@ class ModelSource:
     def _create(self, **kw) -> nn.Module:
         req = self.request
         if req.task == "features":
-            kw.update(features_only=True, out_indices=req.out_indices, dynamic_size=req.dynamic_size,
-                      img_size=tuple(req.img_hw))
+            kw = {"features_only": True, "out_indices": req.out_indices, "dynamic_size": req.dynamic_size,
+                  "img_size": tuple(req.img_hw), **kw}
         else:
             kw.update(img_size=req.img_size, num_classes=req.num_classes, reset_head=req.reset_head)
         try:
             return create_model(req.model, checkpoint=req.checkpoint, **kw)
         except (CheckpointError, ValueError) as e:
             raise ExportError(str(e)) from e
+
+    def deployable_at(self, spelling: Spelling, hw: tuple[int, int]) -> nn.Module:
+        """A backbone's deployable at one of --sizes (one ExecuTorch method / Core ML function each)."""
+        key = (spelling, tuple(hw))
+        if key not in self._deployables:
+            self._deployables[key] = Normalized(strip_position_mlp(self._create(spelling=spelling,
+                                                                                img_size=tuple(hw)))).eval()
+        return self._deployables[key]
 
     @functools.cached_property
     def reference(self) -> nn.Module:

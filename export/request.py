@@ -60,8 +60,10 @@ class ExportRequest:
     # Input (H, W): the square img_size for the classifier; --img-size H W for a backbone (filled by validate).
     img_hw: tuple[int, int] | None = None
     out_indices: tuple[int, ...] | None = None
-    # (MIN, MAX): one artifact for every multiple of 32 in the range (features only).
+    # (MIN, MAX): one artifact for every multiple of 32 in the range (features only; ONNX, OpenVINO).
     dynamic_size: tuple[int, int] | None = None
+    # ((H, W), ...): one artifact with an entry point per size (features only; Core ML, ExecuTorch).
+    sizes: tuple[tuple[int, int], ...] | None = None
 
     @property
     def stem(self) -> str:
@@ -185,6 +187,8 @@ def validate(req: ExportRequest) -> ExportRequest:
         return validate_features(req)
     if req.task != "classify":
         raise ExportError(f"--task must be classify or features, got {req.task!r}")
+    if req.sizes is not None:
+        raise ExportError("--sizes exports a backbone for several sizes: add --task features")
     if req.dynamic_size is not None:
         raise ExportError("--dynamic-size serves many sizes from one artifact for backbones (--task features); "
                           "the classifier is exported at one size (--img-size N)")
@@ -303,7 +307,7 @@ def check_bounds(req: ExportRequest) -> None:
     ExportRequest without the command line's argument types)."""
     from edge_crossformer.cli import MAX_FEATURE_SIDE, MAX_IMG_SIZE, MAX_IMAGES, MAX_NUM_CLASSES, regex_problem
 
-    sides = list(req.img_hw) + list(req.dynamic_size or ())
+    sides = list(req.img_hw) + list(req.dynamic_size or ()) + [v for hw in req.sizes or () for v in hw]
     limit, what = (MAX_IMG_SIZE, "img_size") if req.task == "classify" else (MAX_FEATURE_SIDE, "input side")
     if max(sides) > limit:
         raise ExportError(f"{what} {max(sides)} is above the supported {limit} px (export time and memory "

@@ -27,7 +27,8 @@ def _check_maps(art: dict, sizes: int) -> None:
 
 def test_one_artifact_serves_a_range(tmp_path):
     out = tmp_path / "range"
-    assert run_cli("--target", "onnx,openvino", *FMNIST, "--dynamic-size", "64", "256", "--output", out) == 0
+    assert run_cli("--target", "onnx,openvino", *FMNIST, "--dynamic-size", "64", "256", "--parity-samples", "2",
+                   "--output", out) == 0
     manifest = load_manifest(out)
     assert manifest["task"] == "features" and manifest["status"] == "pass"
     assert manifest["sizes"] == {"kind": "range", "min": 64, "max": 256, "multiple_of": 32, "non_square": True}
@@ -51,25 +52,46 @@ def test_one_artifact_serves_a_range(tmp_path):
     assert not [op for op in model.get_ordered_ops() if op.get_type_name().startswith("Gather")]
 
 
-def test_apple_and_executorch_backbones_at_one_size(tmp_path):
-    out = tmp_path / "fixed"
-    assert run_cli("--target", "coreml,executorch", *FMNIST, "--img-size", "64", "96", "--out-indices", "1", "2",
-                   "3", "--output", out) == 0
+def test_apple_and_executorch_serve_a_list_of_sizes(tmp_path):
+    """One Core ML multifunction package and one .pte with a method per size (export/multisize.py)."""
+    out = tmp_path / "sizes"
+    sizes = [(64, 64), (64, 96), (128, 96)]
+    assert run_cli("--target", "coreml,executorch", *FMNIST, "--sizes", *(f"{h}x{w}" for h, w in sizes),
+                   "--out-indices", "1", "2", "3", "--parity-samples", "2", "--output", out) == 0
     manifest = load_manifest(out)
-    assert manifest["sizes"] == {"kind": "fixed", "height": 64, "width": 96}
-    assert [o["shape"] for o in manifest["outputs"]] == [[1, 64, 8, 12], [1, 128, 4, 6], [1, 256, 2, 3]]
-    arts = {(a["target"], a["delegate"]): a for a in manifest["artifacts"]}
-    assert arts[("executorch", "xnnpack")]["info"]["ops_outside_delegate"] == 0
-    assert arts[("coreml", None)]["info"]["max_rank"] <= 4 and arts[("coreml", None)]["info"]["gather_ops"] == 0
+    names = [f"forward_{h}x{w}" for h, w in sizes]
+    assert manifest["sizes"]["kind"] == "list" and manifest["sizes"]["entry_points"] == names
+    assert [o["name"] for o in manifest["outputs"]] == ["stage2", "stage3", "stage4"]
+    arts = {a["target"]: a for a in manifest["artifacts"]}
+    assert set(arts) == {"coreml", "executorch"}
+    assert arts["executorch"]["info"]["methods"] == names
+    assert arts["executorch"]["info"]["ops_outside_delegate"] == 0
+    assert all(m["delegates"] == 1 for m in arts["executorch"]["info"]["delegation_by_method"].values())
+    assert arts["coreml"]["info"]["functions"] == names
+    assert arts["coreml"]["info"]["max_rank"] <= 4 and arts["coreml"]["info"]["gather_ops"] == 0
     for art in arts.values():
         assert art["file"].startswith("crossformer-fmnist-features_")
         p = art["parity"]
-        assert p["status"] == "pass" and p["sizes_checked"] == 1, p
+        assert p["status"] == "pass" and [tuple(s["size"]) for s in p["per_size"]] == sizes, p
         assert [row["output"] for row in p["per_size"][0]["outputs"]] == ["stage2", "stage3", "stage4"]
+
+
+def test_one_size_artifact_refuses_other_sizes():
+    import numpy as np
+
+    from export.features import size_dispatch
+
+    run = size_dispatch({(64, 64): lambda x: "a", (64, 96): lambda x: "b"})
+    assert run(np.zeros((1, 3, 64, 96), np.float32)) == "b"
+    with pytest.raises(ValueError, match="96x64 is not one of the artifact's sizes \\(64x64, 64x96\\)"):
+        run(np.zeros((1, 3, 96, 64), np.float32))
 
 
 @pytest.mark.parametrize("args, message", [
     (("--target", "coreml", "--dynamic-size", "64", "256"), "made for onnx, openvino"),
+    (("--target", "onnx", "--sizes", "64x64", "96x96"), "export them with --dynamic-size MIN MAX"),
+    (("--target", "coreml", "--sizes", "64x64"), "--sizes takes 2 to 8 sizes"),
+    (("--target", "coreml", "--sizes", "64x64", "64"), "--sizes repeats a size"),
     (("--target", "onnx", "--dynamic-size", "32", "256"), "only for sides >= 64"),
     (("--target", "onnx", "--dynamic-size", "128", "128"), "is one size: use --img-size 128 128"),
     (("--target", "onnx", "--out-indices", "0", "4"), "out_indices must be distinct stage indices in 0..3"),

@@ -44,6 +44,7 @@ def pte(tmp_path_factory):
     return edge, path
 
 
+@pytest.mark.heavy  # the same paths run through the CLI in test_export_features.py
 def test_xnnpack_one_delegate_per_method(pte):
     edge, _ = pte
     report = multisize.delegation(edge)
@@ -52,6 +53,7 @@ def test_xnnpack_one_delegate_per_method(pte):
         assert r["outside"] == {} and r["delegates"] == 1, (name, r)
 
 
+@pytest.mark.heavy  # the same paths run through the CLI in test_export_features.py
 def test_xnnpack_every_method_matches(pte, oracle):
     _, path = pte
     for size in SIZES:
@@ -60,6 +62,7 @@ def test_xnnpack_every_method_matches(pte, oracle):
             assert p.rel_max <= XNNPACK_GATE, (size, stage, p)
 
 
+@pytest.mark.heavy  # the same paths run through the CLI in test_export_features.py
 def test_pte_runner_names_missing_method(pte):
     with pytest.raises(KeyError, match="forward_64x64"):
         multisize.pte_runner(pte[1], "forward_32x32")
@@ -74,6 +77,7 @@ def mlpackage(tmp_path_factory):
     return multisize.save_coreml_multifunction(models, work / f"{MODEL}_coreml_fp16.mlpackage", work)
 
 
+@pytest.mark.heavy  # the same paths run through the CLI in test_export_features.py
 def test_coreml_functions_fit_the_neural_engine(mlpackage):
     import coremltools as ct
 
@@ -85,6 +89,7 @@ def test_coreml_functions_fit_the_neural_engine(mlpackage):
         assert s["max_rank"] <= 4 and s["gather_ops"] == 0, (name, s)
 
 
+@pytest.mark.heavy  # the same paths run through the CLI in test_export_features.py
 def test_coreml_every_function_matches(mlpackage, oracle):
     for size in SIZES:
         run = multisize.coreml_runner(mlpackage, multisize.method_name(*size))
