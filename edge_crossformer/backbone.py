@@ -105,7 +105,9 @@ class FriendlyBackbone(nn.Module):
         export_norms(self, spelling)
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        h, w = x.shape[-2] // STRIDES[0], x.shape[-1] // STRIDES[0]
+        # A fixed size is a constant: read from the input's shape, it would be traced as ShapeOf -> Gather.
+        size = self.img_size or x.shape[-2:]
+        h, w = size[0] // STRIDES[0], size[1] // STRIDES[0]
         x = self.patch_embed(x)
         outs = []
         for i, layer in enumerate(self.layers[:max(self.out_indices) + 1]):

@@ -90,7 +90,8 @@ def _multifunction(ctx: TargetContext) -> Artifact:
     req, models = ctx.request, {}
     for hw in req.sizes:
         ctx.step(f"converting to Core ML at {hw[0]}x{hw[1]}")
-        mlmodel = multisize.convert_coreml(ctx.source.deployable_at(ctx.target.spelling, hw), hw, ctx.precision)
+        mlmodel = multisize.convert_coreml(ctx.source.deployable_at(ctx.target.spelling, hw), hw, ctx.precision,
+                                           output_names(req))
         describe(mlmodel, req, hw)
         models[multisize.method_name(*hw)] = mlmodel
     path = ctx.file_name("coreml", None, "mlpackage")

@@ -29,6 +29,10 @@ LIST_TARGETS = ("coreml", "executorch")
 MAX_SIZES = 8
 # FP16 maps: PSNR per level, like the classifier's logits.
 FP16_PSNR_DB = 60.0
+# INT8 maps: the lowest cosine (per image) of any level with the FP32 reference on held-out real images, and
+# how many of them parity runs per size (docs/backbone.md has what was measured).
+INT8_COSINE = 0.97
+INT8_IMAGES = 32
 
 
 def validate_features(req: ExportRequest) -> ExportRequest:
@@ -65,7 +69,13 @@ def validate_features(req: ExportRequest) -> ExportRequest:
     check_bounds(req)
     check_precisions(req)
     if any(req.precision_for(t) == "int8" for t in req.targets):
-        raise ExportError("INT8 backbones are not supported yet: export the backbone in fp32 or fp16 (--precision)")
+        if req.sizes is not None:
+            raise ExportError("INT8 with --sizes is not supported yet (each size would be calibrated on its own): "
+                              "export INT8 backbones one size at a time (--img-size H W), or a range for onnx, "
+                              "openvino (--dynamic-size)")
+        from .int8 import check_calibration_request
+
+        check_calibration_request(req, get_config(req.model))
     if req.checkpoint is None and get_config(req.model).bundled_checkpoint is None:
         raise ExportError(f"{req.model} has no bundled weights; pass --checkpoint PATH (an upstream detection / "
                           "segmentation checkpoint, or a classification one as backbone initialisation)")
@@ -165,6 +175,12 @@ def parity_inputs(hw: tuple[int, int], count: int, samples_dir: Path) -> np.ndar
     return (np.round(torch.stack(images[:count]).numpy().astype(np.float64) * 255) / 255).astype(np.float32)
 
 
+def int8_images(images: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Calibration / held-out images (loaded square) resized to the backbone's H x W, 8-bit like every input."""
+    resized = F.interpolate(images.float(), size=tuple(hw), mode="bilinear", align_corners=False).clamp(0, 1)
+    return torch.round(resized * 255) / 255
+
+
 @torch.no_grad()
 def reference_maps(model, inputs: np.ndarray) -> list[np.ndarray]:
     outs = [model(torch.from_numpy(inputs[i:i + 1])) for i in range(len(inputs))]
@@ -189,32 +205,42 @@ def compare_maps(got: list[np.ndarray], ref: list[np.ndarray], names: list[str])
         diff, peak = g64 - r64, float(np.abs(r64).max())
         mse = float(np.mean(diff ** 2))
         cos = np.sum(g64 * r64, 1) / (np.linalg.norm(g64, axis=1) * np.linalg.norm(r64, axis=1) + 1e-30)
+        noise = float(np.sum(diff ** 2))
         rows.append({"output": name, "shape": list(g.shape[1:]), "max_abs": float(np.abs(diff).max()),
                      "rel_max": float(np.abs(diff).max()) / peak if peak else float(np.abs(diff).max()),
                      "cosine": float(cos.min()),
-                     "psnr_db": float("inf") if mse == 0 else float(10 * np.log10(peak ** 2 / mse))})
+                     "psnr_db": float("inf") if mse == 0 else float(10 * np.log10(peak ** 2 / mse)),
+                     "sqnr_db": float("inf") if noise == 0 else float(10 * np.log10(np.sum(r64 ** 2) / noise))})
     return rows
 
 
 def gate(target: str, precision: str, rows: list[dict]) -> tuple[bool, str]:
+    if precision == "int8":
+        return (all(r["cosine"] >= INT8_COSINE for r in rows),
+                f"every map: cosine with the fp32 reference >= {INT8_COSINE} on held-out real images")
     if precision == "fp32":
         limit = targets.get(target).fp32_gate
         return all(r["rel_max"] <= limit for r in rows), f"every map: max_abs <= {limit:g} x max|ref| of the map"
     return all(r["psnr_db"] >= FP16_PSNR_DB for r in rows), f"every map: PSNR >= {FP16_PSNR_DB:g} dB"
 
 
-def parity(art, reference, req: ExportRequest, samples_dir: Path) -> dict:
+def parity(art, reference, req: ExportRequest, samples_dir: Path, source=None) -> dict:
     """The artifact against the reference backbone at each of `parity_sizes`; worst level and size decide."""
     names, per_size, ok, rule = output_names(req), [], True, ""
+    held = None
+    if art.precision == "int8":  # judged on real images calibration did not see, like the classifier
+        held = source.int8_data
     for hw in parity_sizes(req):
-        inputs = parity_inputs(hw, req.parity_samples, samples_dir)
+        inputs = (parity_inputs(hw, req.parity_samples, samples_dir) if held is None
+                  else int8_images(held.parity[:INT8_IMAGES], hw).numpy())
         rows = compare_maps(run_maps(art.runner, inputs), reference_maps(reference, inputs), names)
         passed, rule = gate(art.target, art.precision, rows)
         ok &= passed
         per_size.append({"size": list(hw), "status": "pass" if passed else "fail", "outputs": rows})
     worst = lambda key, pick: pick(r[key] for s in per_size for r in s["outputs"])  # noqa: E731
     return {"reference_device": "cpu", "rel_max": worst("rel_max", max), "max_abs": worst("max_abs", max),
-            "cosine": worst("cosine", min), "psnr_db": worst("psnr_db", min), "samples": req.parity_samples,
+            "cosine": worst("cosine", min), "psnr_db": worst("psnr_db", min), "sqnr_db": worst("sqnr_db", min),
+            "samples": len(inputs), **({"images": held.source} if held is not None else {}),
             "sizes_checked": len(per_size), "gate": rule, "status": "pass" if ok else "fail", "per_size": per_size}
 
 

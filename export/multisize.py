@@ -132,15 +132,16 @@ def pte_runner(path: str | Path, method: str) -> Callable[[np.ndarray], list[np.
 
 # --- Core ML ------------------------------------------------------------------------------------------------------
 
-def convert_coreml(module_or_program, size: Size, precision: str = "fp16"):
-    """One size as an ML program: RGB image input `image` (scale 1/255), outputs stage1..stageN, iOS 17."""
+def convert_coreml(module_or_program, size: Size, precision: str = "fp16", names: Sequence[str] | None = None):
+    """One size as an ML program: RGB image input `image` (scale 1/255), outputs `names` (default stage1..stageN),
+    iOS 17."""
     ct = require("coremltools", "coreml")
     (program,) = export_sizes([module_or_program], [size]).values()
-    n_maps = len(program.graph_signature.user_outputs)
+    names = list(names or [f"stage{i + 1}" for i in range(len(program.graph_signature.user_outputs))])
     return ct.convert(
         program.run_decompositions({}),
         inputs=[ct.ImageType(name="image", shape=(1, 3, *size), scale=1.0 / 255.0, color_layout=ct.colorlayout.RGB)],
-        outputs=[ct.TensorType(name=f"stage{i + 1}", dtype=np.float32) for i in range(n_maps)],
+        outputs=[ct.TensorType(name=name, dtype=np.float32) for name in names],
         convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
         compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16)
 

@@ -89,6 +89,8 @@ def export(ctx: TargetContext) -> list[Artifact]:
             model = ov.convert_model(ctx.deployable(),
                                      example_input=ctx.source.example())
     model.inputs[0].get_tensor().set_names({"image"})
+    if ctx.request.task == "features":
+        _shape_slices(model)
     if ctx.int8:
         from quantize import quantize_openvino
 

@@ -172,12 +172,12 @@ def _export_into(req: ExportRequest, staging: Path, console: Console) -> dict:
             bar.advance(task)
         bar.update(task, description="parity")
         int8_set = None
-        if any(a.precision == "int8" for a in artifacts):
+        if req.task == "classify" and any(a.precision == "int8" for a in artifacts):
             data = source.int8_data
             held = parity.eight_bit(data.parity.numpy())
             int8_set = (held, parity.reference_logits(reference, held)[0], data.parity_labels.numpy(), data.source)
         entries = [_parity_entry(art, inputs, expected, device, int8_set, source) for art in artifacts]
-        entries = [_features_parity(entry, art, reference, req) if req.task == "features" else entry
+        entries = [_features_parity(entry, art, reference, req, source) if req.task == "features" else entry
                    for entry, art in zip(entries, artifacts)]
         bar.advance(task)
         bar.update(task, description="done")
@@ -205,14 +205,14 @@ def _export_into(req: ExportRequest, staging: Path, console: Console) -> dict:
     return manifest
 
 
-def _features_parity(entry: dict, art: Artifact, reference, req: ExportRequest) -> dict:
+def _features_parity(entry: dict, art: Artifact, reference, req: ExportRequest, source: ModelSource) -> dict:
     """A backbone artifact's parity: per output level, at every size it serves that parity checks."""
     from . import features
 
     if art.runner is None:
         return entry
     structure_ok = all(c["ok"] for c in entry["checks"])
-    result = features.parity(art, reference, req, SAMPLES)
+    result = features.parity(art, reference, req, SAMPLES, source)
     result["status"] = result["status"] if structure_ok else "fail"
     result["runtime_host"] = host_isa()
     if "runtime" in art.info:

@@ -82,7 +82,16 @@ class ModelSource:
         from .int8 import load_int8_data
         from .manifest import resize_spec
 
-        return load_int8_data(self.request, resize_spec(self.request))
+        req = self.request
+        if req.task == "classify":
+            return load_int8_data(req, resize_spec(req))
+        # A backbone: images resized (not cropped) to its H x W, as detectors feed them.
+        from .features import int8_images
+
+        side = max(req.img_hw)
+        data = load_int8_data(req, {"size": side, "crop": side, "interpolation": "bilinear"})
+        data.calibration, data.parity = int8_images(data.calibration, req.img_hw), int8_images(data.parity, req.img_hw)
+        return data
 
     def quant_options(self):
         from quantize import QuantOptions
