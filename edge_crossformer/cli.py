@@ -124,8 +124,12 @@ def img_size(text: str) -> int:
 
 
 def side(text: str) -> int:
-    """argparse type: one side of a backbone's input, a multiple of 32 in [32, MAX_FEATURE_SIDE]."""
-    value = int_in(32, MAX_FEATURE_SIDE)(text)
+    """argparse type: one side of an input, a multiple of 32 in [32, MAX_FEATURE_SIDE] (the classifier's own bound,
+    MAX_IMG_SIZE, is checked with the request)."""
+    value = int_in(32)(text)
+    if value > MAX_FEATURE_SIDE:
+        raise argparse.ArgumentTypeError(f"must be in [32, {MAX_IMG_SIZE}] for the classifier, or [32, "
+                                         f"{MAX_FEATURE_SIDE}] per side for --task features, got {value}")
     if value % 32:
         low = value // 32 * 32
         raise argparse.ArgumentTypeError(f"must be a multiple of 32 (strides 4, 8, 16, 32), got {value}; nearest "

@@ -27,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classify (logits; the default) or features: the detection / segmentation backbone's stage "
                         "maps (strides 4, 8, 16, 32), as upstream's detection and segmentation backbones compute them")
     p.add_argument("--img-size", type=side, nargs="+", metavar="N",
-                   help="input size, a multiple of 32: N for the square classifier (32 to 1024), N or H W for a "
-                        "backbone (default: the model's)")
+                   help="input size, a multiple of 32: N for the square classifier, in [32, 1024]; N or H W for a "
+                        "backbone, each in [32, 1536] (default: the model's)")
     p.add_argument("--out-indices", type=int, nargs="+", metavar="I",
                    help="features: the stage maps to output, 0 to 3 (default: 0 1 2 3)")
     p.add_argument("--sizes", type=hw_size, nargs="+", metavar="HxW",
@@ -94,7 +94,8 @@ def request_from(args: argparse.Namespace) -> ExportRequest:
     if sizes is not None and len(sizes) > 2:
         raise ExportError(f"--img-size takes N or H W, got {len(sizes)} values")
     if sizes is not None and args.task == "classify" and len(sizes) == 1 and sizes[0] > MAX_IMG_SIZE:
-        raise ExportError(f"--img-size {sizes[0]} is above the supported {MAX_IMG_SIZE} px for the classifier")
+        raise ExportError(f"--img-size {sizes[0]} is above the supported {MAX_IMG_SIZE} px for the classifier; use a "
+                          f"size in [32, {MAX_IMG_SIZE}]")
     return ExportRequest(
         task=args.task, out_indices=tuple(args.out_indices) if args.out_indices else None,
         dynamic_size=tuple(args.dynamic_size) if args.dynamic_size else None,

@@ -76,6 +76,23 @@ def test_apple_and_executorch_serve_a_list_of_sizes(tmp_path):
         assert [row["output"] for row in p["per_size"][0]["outputs"]] == ["stage2", "stage3", "stage4"]
 
 
+def test_int8_backbones_both_schemes(tmp_path):
+    """XNNPACK's scheme (ExecuTorch) and NNCF's (ONNX), calibrated on Fashion-MNIST resized to 64 x 96, judged per
+    map against the FP32 reference on held-out real images."""
+    out = tmp_path / "int8"
+    assert run_cli("--target", "executorch,onnx", *FMNIST, "--img-size", "64", "96", "--precision", "int8",
+                   "--calib-size", "64", "--output", out) == 0
+    manifest = load_manifest(out)
+    for art in manifest["artifacts"]:
+        p = art["parity"]
+        assert art["precision"] == "int8" and p["status"] == "pass", p
+        assert "fashion-mnist" in p["images"] and p["samples"] == 32
+        rows = p["per_size"][0]["outputs"]
+        assert all(row["cosine"] >= 0.97 and row["sqnr_db"] > 10 for row in rows), rows
+        assert all(check["ok"] for check in art["checks"]), art["checks"]
+    assert manifest["artifacts"][0]["info"]["ops_outside_delegate"] == 0
+
+
 def test_one_size_artifact_refuses_other_sizes():
     import numpy as np
 
@@ -96,7 +113,7 @@ def test_one_size_artifact_refuses_other_sizes():
     (("--target", "onnx", "--dynamic-size", "128", "128"), "is one size: use --img-size 128 128"),
     (("--target", "onnx", "--out-indices", "0", "4"), "out_indices must be distinct stage indices in 0..3"),
     (("--target", "onnx", "--num-classes", "5"), "--num-classes applies to the classifier"),
-    (("--target", "onnx", "--precision", "int8"), "INT8 backbones are not supported yet"),
+    (("--target", "coreml", "--precision", "int8", "--sizes", "64x64", "64x96"), "INT8 with --sizes is not supported yet"),
 ])
 def test_bad_feature_requests(args, message, tmp_path, capsys):
     out = tmp_path / "o"
