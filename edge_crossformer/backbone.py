@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from .config import CrossFormerConfig
-from .export_friendly import ChannelConcatEmbed, ChannelConcatMerging, FriendlyBlock, Spelling, export_norms
+from .export_friendly import (ChannelConcatEmbed, ChannelConcatMerging, ExportLayerNorm, FriendlyBlock, Spelling,
+                              export_norms)
 from .reference_backbone import STRIDES
 
 STAGES = len(STRIDES)
@@ -116,6 +117,25 @@ class FriendlyBackbone(nn.Module):
                 outs.append(feat)
             h, w = h // 2, w // 2
         return tuple(outs)
+
+
+class FriendlyAnySizeClassifier(FriendlyBackbone):
+    """The export-friendly classifier for every size in a range: the any-size backbone's last map, then the final
+    norm, a 4-D mean (XNNPACK's and the Neural Engine's pooling) and the head. Same state dict as the classifier."""
+
+    def __init__(self, cfg: CrossFormerConfig, num_classes: int, spelling: Spelling = Spelling()):
+        super().__init__(cfg, None, (STAGES - 1,), spelling)
+        self.num_classes = num_classes
+        self.num_features = cfg.embed_dim * 2 ** (STAGES - 1)
+        self.norm = ExportLayerNorm(self.num_features, decompose=spelling.decompose_layernorm)
+        self.head = nn.Linear(self.num_features, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        (feat,) = super().forward(x)
+        b, c = feat.shape[0], feat.shape[1]
+        tokens = self.norm(feat.flatten(2).transpose(1, 2))
+        pooled = tokens.transpose(1, 2).reshape(b, c, -1, 1).mean(dim=(2, 3), keepdim=True).reshape(b, c)
+        return self.head(pooled)
 
 
 def output_specs(cfg: CrossFormerConfig, out_indices: Sequence[int], hw: tuple[int, int] | None) -> list[dict]:

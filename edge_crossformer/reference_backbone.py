@@ -150,3 +150,22 @@ class CrossFormerBackbone(nn.Module):
                 outs.append(feat)
             h, w = h // 2, w // 2
         return outs
+
+
+class AnySizeClassifier(CrossFormerBackbone):
+    """The classifier at any H x W: the faithful backbone's last map, then the classifier's final norm, average
+    pool and head (upstream's `forward_features` / `forward_head`). Same state dict as `reference.CrossFormer`; at a
+    square size the same logits (tests/test_backbone.py). The oracle of a classifier artifact that serves a range."""
+
+    def __init__(self, cfg: CrossFormerConfig, num_classes: int):
+        super().__init__(cfg, out_indices=(len(cfg.depths) - 1,))
+        self.num_classes = num_classes
+        self.num_features = cfg.embed_dim * 2 ** (len(cfg.depths) - 1)
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head = nn.Linear(self.num_features, num_classes)
+        self.apply(ref._init_weights)
+
+    def forward(self, x: Tensor) -> Tensor:
+        (feat,) = super().forward(x)
+        tokens = self.norm(feat.flatten(2).transpose(1, 2))
+        return self.head(tokens.mean(dim=1))

@@ -6,12 +6,12 @@ from pathlib import Path
 
 from torch import nn
 
-from .backbone import FriendlyBackbone, as_hw, check_out_indices, check_range
+from .backbone import FriendlyAnySizeClassifier, FriendlyBackbone, as_hw, check_out_indices, check_range
 from .checkpoint import CheckpointError, backbone_weights, check_classifier_state, load_into, read_state_dict
 from .config import VARIANTS, CrossFormerConfig
 from .export_friendly import ExportFriendlyCrossFormer, Spelling, fold_norm_affine, fold_position_bias
 from .reference import CrossFormer
-from .reference_backbone import CrossFormerBackbone
+from .reference_backbone import AnySizeClassifier, CrossFormerBackbone
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -82,6 +82,9 @@ def create_model(name: str, *, checkpoint: str | Path | None = None, img_size: i
     MLP live, for training). `spelling` (implies the rewrite) picks how it writes its ops for one runtime
     (`export_friendly.Spelling`; each export target declares its own).
 
+    `dynamic_size=(MIN, MAX)` without features_only: the classifier for every H x W (multiples of 32) in the
+    range, as one graph (the rewrite) or its oracle (export_friendly=False).
+
     `features_only=True` returns the detection / segmentation backbone instead (timm's words): the stage maps in
     `out_indices` (NCHW, strides 4, 8, 16, 32), at any H x W that is a multiple of 32 for the reference, at
     `img_size` (int or (H, W)) for the rewrite, or at every size in `dynamic_size` (MIN, MAX) for a rewrite that
@@ -92,10 +95,10 @@ def create_model(name: str, *, checkpoint: str | Path | None = None, img_size: i
     if features_only:
         model = _backbone(name, img_size, out_indices, export_friendly or spelling is not None, spelling,
                           dynamic_size)
+    elif dynamic_size is not None:
+        model = _any_size_classifier(name, num_classes, export_friendly or spelling is not None, spelling,
+                                     dynamic_size)
     else:
-        if dynamic_size is not None:
-            raise ModelConfigError("dynamic_size is for backbones (features_only=True); a classifier's position "
-                                   "bias is folded for one size")
         model = build_model(name, img_size=img_size, num_classes=num_classes, export_friendly=export_friendly,
                             spelling=spelling)
     if checkpoint is None:
@@ -128,6 +131,21 @@ def _backbone(name: str, img_size, out_indices, friendly: bool, spelling: Spelli
         model = FriendlyBackbone(cfg, hw, out_indices, spelling or Spelling())
     model.model_name = name
     model.dynamic_size = dynamic_size
+    return model
+
+
+def _any_size_classifier(name: str, num_classes: int | None, friendly: bool, spelling: Spelling | None,
+                         dynamic_size: tuple[int, int]) -> nn.Module:
+    """The classifier for every size in dynamic_size (MIN, MAX): the rewrite, or (friendly=False) its oracle."""
+    cfg = get_config(name)
+    num_classes = cfg.default_num_classes if num_classes is None else num_classes
+    check_num_classes(num_classes)
+    check_range(cfg, *dynamic_size, name=name)
+    if friendly:
+        model = FriendlyAnySizeClassifier(cfg, num_classes, spelling or Spelling())
+    else:
+        model = AnySizeClassifier(cfg, num_classes)
+    model.model_name, model.dynamic_size = name, dynamic_size
     return model
 
 

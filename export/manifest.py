@@ -61,6 +61,8 @@ def build_manifest(req: ExportRequest, artifacts: list[dict], failures: list[dic
         a["parity"]["status"] in ("pass", "skipped") for a in artifacts) else "fail"
     if req.task == "features":
         return _features_manifest(req, artifacts, failures, source, status)
+    if req.dynamic_size:
+        return _classifier_range_manifest(req, artifacts, failures, source, status)
     return {
         "schema_version": SCHEMA_VERSION,
         "model": req.model,
@@ -90,3 +92,17 @@ def _features_manifest(req: ExportRequest, artifacts: list[dict], failures: list
     return {"schema_version": SCHEMA_VERSION, "model": req.model, "img_size": hw, "input": contract,
             **manifest_sections(req), "artifacts": artifacts, "failures": failures, "status": status,
             "source": source, "tools": tool_versions()}
+
+
+def _classifier_range_manifest(req: ExportRequest, artifacts: list[dict], failures: list[dict], source: dict,
+                               status: str) -> dict:
+    """A classifier for every size in --dynamic-size: the input's H and W are symbolic, the rest as usual."""
+    low, high = req.dynamic_size
+    contract = input_section(req.model, req.img_size)
+    contract["shape"] = [1, 3, "H", "W"]
+    return {"schema_version": SCHEMA_VERSION, "model": req.model, "img_size": None,
+            "sizes": {"kind": "range", "min": low, "max": high, "multiple_of": 32, "non_square": True,
+                      "resize_note": "input.resize describes the classifier's own size; any H x W in the range runs"},
+            "num_classes": req.num_classes, "input": contract, "output": output_section(req.num_classes),
+            "labels": list(req.labels), "labels_file": "labels.txt", "artifacts": artifacts, "failures": failures,
+            "status": status, "source": source, "tools": tool_versions()}

@@ -101,7 +101,7 @@ def export(ctx: TargetContext) -> list[Artifact]:
     info = {"opset": OPSET, "dynamic_batch": ctx.request.dynamic_batch, "op_histogram": dict(sorted(ops.items())),
             "gather_ops": sum(v for k, v in ops.items() if k.startswith("Gather")),
             "quantize_linear_ops": ops.get("QuantizeLinear", 0)}
-    if ctx.request.task == "features":
+    if ctx.request.task == "features" or ctx.request.dynamic_size:
         info.update(dynamic_size=ctx.request.dynamic_size, max_rank=max_rank(model))
     if ctx.int8:
         from .saturation import check_onnx, x86_int8_info

@@ -89,7 +89,7 @@ def export(ctx: TargetContext) -> list[Artifact]:
             model = ov.convert_model(ctx.deployable(),
                                      example_input=ctx.source.example())
     model.inputs[0].get_tensor().set_names({"image"})
-    if ctx.request.task == "features":
+    if ctx.request.task == "features" or ctx.request.dynamic_size:
         _shape_slices(model)
     if ctx.int8:
         from quantize import quantize_openvino
@@ -106,7 +106,7 @@ def export(ctx: TargetContext) -> list[Artifact]:
         ops[op.get_type_name()] = ops.get(op.get_type_name(), 0) + 1
     info = {"runtime_precision_hint": "f32", "op_histogram": dict(sorted(ops.items())),
             "fake_quantize_ops": ops.get("FakeQuantize", 0)}
-    if ctx.request.task == "features":
+    if ctx.request.task == "features" or ctx.request.dynamic_size:
         info.update(dynamic_size=ctx.request.dynamic_size, max_rank=max(
             len(out.get_partial_shape()) for op in model.get_ordered_ops() for out in op.outputs()),
             # Gathers that pick H and W out of ShapeOf's [N, C, H, W] (shape arithmetic, not data).

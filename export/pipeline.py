@@ -138,11 +138,11 @@ def _export_into(req: ExportRequest, staging: Path, console: Console) -> dict:
         task = bar.add_task("loading model", total=len(req.targets) + 2)
         reference = source.reference  # loads the checkpoint: bad checkpoints fail here, before any export
         check_free_space(req, sum(p.numel() for p in reference.parameters()), Path(req.output))
-        if req.task == "classify":
+        if req.task == "classify" and req.dynamic_size is None:
             inputs = parity.eight_bit(parity.parity_inputs(req.img_size, resize_spec(req), req.parity_samples,
                                                            SAMPLES))
             expected, device = parity.reference_logits(reference, inputs)
-        else:  # a backbone is checked per output level and per size (export/features.py)
+        else:  # a backbone, or a range of sizes: checked per size (and per map) in export/features.py
             inputs = expected = device = None
         bar.advance(task)
         for target in req.targets:
@@ -177,7 +177,7 @@ def _export_into(req: ExportRequest, staging: Path, console: Console) -> dict:
             held = parity.eight_bit(data.parity.numpy())
             int8_set = (held, parity.reference_logits(reference, held)[0], data.parity_labels.numpy(), data.source)
         entries = [_parity_entry(art, inputs, expected, device, int8_set, source) for art in artifacts]
-        entries = [_features_parity(entry, art, reference, req, source) if req.task == "features" else entry
+        entries = [_features_parity(entry, art, reference, req, source) if inputs is None else entry
                    for entry, art in zip(entries, artifacts)]
         bar.advance(task)
         bar.update(task, description="done")
@@ -212,7 +212,8 @@ def _features_parity(entry: dict, art: Artifact, reference, req: ExportRequest, 
     if art.runner is None:
         return entry
     structure_ok = all(c["ok"] for c in entry["checks"])
-    result = features.parity(art, reference, req, SAMPLES, source)
+    result = (features.parity(art, reference, req, SAMPLES, source) if req.task == "features"
+              else features.classifier_parity(art, reference, req, SAMPLES))
     result["status"] = result["status"] if structure_ok else "fail"
     result["runtime_host"] = host_isa()
     if "runtime" in art.info:
@@ -392,6 +393,8 @@ def _summary(console: Console, manifest: dict, output: Path, seconds: float) -> 
                 "range": lambda: f"{sizes['min']}-{sizes['max']} (any multiple of 32)",
                 "list": lambda: ", ".join(f"{h}x{w}" for h, w in sizes["sizes"])}[sizes["kind"]]()
         size = f"backbone, {len(manifest['outputs'])} maps, {size}"
+    if manifest.get("task") != "features" and "sizes" in manifest:
+        size = f"{manifest['sizes']['min']}-{manifest['sizes']['max']} (any multiple of 32)"
     table = Table(title=f"{manifest['model']} @ {size}px -> {output}  ({seconds:.0f} s)")
     for col in ("artifact", "MB", "max |err| / max|ref|", "cosine", "PSNR dB", "top-1 agree", "outside delegate",
                 "status"):

@@ -36,7 +36,8 @@ class ModelSource:
             kw = {"features_only": True, "out_indices": req.out_indices, "dynamic_size": req.dynamic_size,
                   "img_size": tuple(req.img_hw), **kw}
         else:
-            kw.update(img_size=req.img_size, num_classes=req.num_classes, reset_head=req.reset_head)
+            kw.update(img_size=req.img_size, num_classes=req.num_classes, reset_head=req.reset_head,
+                      dynamic_size=req.dynamic_size)
         try:
             return create_model(req.model, checkpoint=req.checkpoint, **kw)
         except (CheckpointError, ValueError) as e:
@@ -85,12 +86,13 @@ class ModelSource:
         req = self.request
         if req.task == "classify":
             return load_int8_data(req, resize_spec(req))
-        # A backbone: images resized (not cropped) to its H x W, as detectors feed them.
+        # A backbone: images resized (not cropped) to its H x W (export.features.calibration_arrays), as
+        # detectors feed them.
         from .features import int8_images
 
-        side = max(req.img_hw)
+        side = max(req.dynamic_size or req.img_hw)
         data = load_int8_data(req, {"size": side, "crop": side, "interpolation": "bilinear"})
-        data.calibration, data.parity = int8_images(data.calibration, req.img_hw), int8_images(data.parity, req.img_hw)
+        data.parity = int8_images(data.parity, req.img_hw)
         return data
 
     def quant_options(self):
@@ -209,6 +211,10 @@ class ModelSource:
     def _calibration(self):
         from quantize import calibration_list
 
+        if self.request.task == "features":
+            from .features import calibration_arrays
+
+            return calibration_arrays(self.int8_data.calibration, self.request)
         return calibration_list(self.int8_data.calibration)
 
     def example(self, batch: int = 1) -> torch.Tensor:

@@ -189,9 +189,6 @@ def validate(req: ExportRequest) -> ExportRequest:
         raise ExportError(f"--task must be classify or features, got {req.task!r}")
     if req.sizes is not None:
         raise ExportError("--sizes exports a backbone for several sizes: add --task features")
-    if req.dynamic_size is not None:
-        raise ExportError("--dynamic-size serves many sizes from one artifact for backbones (--task features); "
-                          "the classifier is exported at one size (--img-size N)")
     if req.out_indices is not None:
         raise ExportError("--out-indices picks a backbone's stage maps: add --task features")
     if isinstance(req.img_size, (tuple, list)):
@@ -210,6 +207,10 @@ def validate(req: ExportRequest) -> ExportRequest:
     except ValueError as e:
         raise ExportError(str(e)) from e
     req.img_hw = (req.img_size, req.img_size)
+    if req.dynamic_size is not None:
+        from .features import check_classifier_range
+
+        check_classifier_range(req, cfg)
     check_bounds(req)
     check_weights(req, cfg)
     check_precisions(req)
