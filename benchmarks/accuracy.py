@@ -69,7 +69,7 @@ def counts(logits: np.ndarray, labels: np.ndarray, fp32: np.ndarray | None) -> d
 def merged_scores(local: dict[str, int], images: int) -> dict:
     """Percentages from the counts summed over every process's share (torchrun; one process: its own counts):
     exact counts are merged, never percentages."""
-    keys = sorted(local)
+    keys = list(local)  # every process builds its counts in the same order
     summed = distributed.sum_over_ranks([local[k] for k in keys] + [images])
     total = int(summed[-1])
     return {k: float(int(v) / total * 100) for k, v in zip(keys, summed)}
