@@ -107,19 +107,32 @@ def session():
             torch.distributed.destroy_process_group()
 
 
-def wrap(model: nn.Module) -> nn.Module:
+def _has_unused_parameters(model: nn.Module, example: Tensor) -> bool:
+    """Whether some trainable parameter takes no part in the forward (one evaluation-mode pass over `example`:
+    evaluation mode moves no range observer)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    mode = model.training
+    model.eval()
+    with torch.enable_grad():
+        grads = torch.autograd.grad(model(example).sum(), params, allow_unused=True)
+    model.train(mode)
+    return any(g is None for g in grads)
+
+
+def wrap(model: nn.Module, example: Tensor) -> nn.Module:
     """`model` in DistributedDataParallel (gradients averaged over the ranks in backward), or itself alone.
 
     Buffers are not re-broadcast from rank 0 at every forward: the ones that change in training (learned
     quantizer ranges) are averaged over the ranks by their owner instead, so no rank's batches are ignored.
-    Unused parameters are looked for because the deployable model keeps weights its forward does not use (the
-    position-bias MLP, folded to constants); an optimizer step leaves them alone, as in one process.
+    DDP searches the graph for unused parameters at every step only when some exist (`example`, an input, shows
+    it): the deployable model of the NNCF scheme keeps weights its forward never uses (the position-bias MLP,
+    folded to constants).
     """
     if world_size() == 1:
         return model
     ids = [device().index] if device().type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False,
-                                               find_unused_parameters=True)
+                                               find_unused_parameters=_has_unused_parameters(model, example))
 
 
 def no_sync(model: nn.Module, last: bool):
@@ -192,9 +205,10 @@ def barrier() -> None:
 
 
 def digest(tensors: dict[str, Tensor], structure_only: bool = False) -> str:
-    """sha256 over names, dtypes, shapes and (unless `structure_only`) the values of a state dict."""
+    """sha256 over names, dtypes, shapes and (unless `structure_only`) the values of a state dict, in name order
+    (so a dict read back from a file gives its writer's digest)."""
     h = hashlib.sha256()
-    for name, t in tensors.items():
+    for name, t in sorted(tensors.items()):
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         if not structure_only:
             h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

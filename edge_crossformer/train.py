@@ -182,7 +182,7 @@ def fit(model: nn.Module, images: Tensor, labels: Tensor, cfg: TrainConfig, *, w
         found = distributed.gather(last.exists())
         if any(found):
             state = _resume(last, found, cfg, model, opt, gen)
-    ddp = distributed.wrap(model)
+    ddp = distributed.wrap(model, images[:1].expand(-1, 3, -1, -1).to(dev))
     steps_per_epoch = math.ceil(len(images) / cfg.batch_size)
     total, warmup = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)
     with progress_bar() as bar:
