@@ -145,10 +145,15 @@ def disk_full(error: BaseException) -> OSError | None:
     return None
 
 
+# torchrun stops every process of a job with SIGTERM when one of them fails (or when it is stopped itself).
+TORCHRUN_STOP = ("; torchrun stops all processes this way when one of them fails: its report names the rank and "
+                 "exit code. Rerun the same command to resume from the last completed epoch")
+
+
 def run_cli(main: Callable[[], int], user_errors: tuple[type[BaseException], ...] = ()) -> int:
     """Run a command's body with SIGTERM / SIGHUP handled like Ctrl-C; exit codes: the body's, 2 with one line for
     `user_errors` and a full disk, 130 / 143 / 129 for interrupts (their cleanups have run by then)."""
-    from .distributed import DistributedError, secondary  # here: importing this module needs no torch
+    from .distributed import LostContact, launched, secondary  # here: importing this module needs no torch
 
     previous = {}
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -159,13 +164,14 @@ def run_cli(main: Callable[[], int], user_errors: tuple[type[BaseException], ...
     try:
         return main()
     except user_errors as e:
-        if not secondary() or isinstance(e, DistributedError):  # the latter can be this rank's alone
+        if not secondary() or isinstance(e, LostContact):  # the latter can be this rank's alone
             print(f"error: {e}" + (f" (rank {os.environ.get('RANK')})" if secondary() else ""), file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
         if not secondary():
-            print(f"interrupted ({signal.Signals(signum).name}); nothing half-written was left behind", file=sys.stderr)
+            print(f"interrupted ({signal.Signals(signum).name}); nothing half-written was left behind"
+                  + (TORCHRUN_STOP if launched() and signum == signal.SIGTERM else ""), file=sys.stderr)
         return 128 + int(signum)
     except Exception as e:  # a full disk, however a converter wrapped it; anything else is a bug: traceback
         full = disk_full(e)

@@ -31,6 +31,11 @@ class DistributedError(RuntimeError):
     message says what to do."""
 
 
+class LostContact(DistributedError):
+    """This rank's collective failed: another process of the job died or hung (the one error that can be a single
+    rank's own, so every rank reports it)."""
+
+
 def launched() -> bool:
     """Started by torchrun with more than one process (torchrun with one process runs like the plain command)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -95,7 +100,7 @@ def session():
             sys.stdout = open(os.devnull, "w")
         yield
     except torch.distributed.DistError as e:
-        raise DistributedError(f"rank {rank()} lost contact with the other processes of this torchrun job "
+        raise LostContact(f"rank {rank()} lost contact with the other processes of this torchrun job "
                                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); torchrun's "
                                "report names the rank that failed. Nothing half-written was left: rerun the same "
                                "command to resume from the last completed epoch") from None
