@@ -1,4 +1,4 @@
-"""python -m benchmarks [latency options] | accuracy ... | merge FILES... | golden ... | android ..."""
+"""python -m benchmarks [latency options] | accuracy ... | merge FILES... | golden ... | android ... | ddp ..."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "merge": "benchmarks.merge",
     "golden": "benchmarks.golden",
     "android": "benchmarks.android",
+    "ddp": "benchmarks.ddp",
 }
 
 
