@@ -313,7 +313,9 @@ def run_qat(model: nn.Module, train: tuple[Tensor, Tensor], val: tuple[Tensor, T
         qmodel = prepare_qat_xnnpack(model, calibration, calibrated=ranges == "calibrated")
     else:
         qmodel = prepare_qat(model, calibration, opts)
-    # Every rank built its quantizers the same way; rank 0's are broadcast and checked identical all the same.
+    # Every rank built its quantizers the same way; rank 0's are broadcast and checked identical all the same
+    # (on the rank's device: NCCL moves GPU tensors only).
+    qmodel.to(distributed.device())
     shared = distributed.share_start(qmodel, "model weights and quantizers", extra=repr(getattr(qmodel, "frozen", ())))
     int8_before = evaluate(qmodel, *val)
     print(f"before QAT on {fp32['n']} images: FP32 top-1 {fp32['top1']:.2f}%, simulated INT8 {int8_before['top1']:.2f}%")
