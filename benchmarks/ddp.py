@@ -49,15 +49,16 @@ def _epochs(work: Path) -> list[dict]:
     return json.loads(torch.load(work / "last.pt", map_location="cpu", weights_only=True)["history"])
 
 
-def _case(name: str, module: str, args: list[str], images: int, processes: int, tmp: Path) -> dict:
-    work = tmp / f"{name}-{processes}"
+def _case(name: str, module: str, args: list[str], images: int, processes: int, threads: int, tmp: Path) -> dict:
+    work = tmp / f"{name}-{processes}x{threads}"
     extra = ["--workdir", str(work), "--no-resume"] + (["--output", str(work / "out.safetensors")]
                                                        if module == "quantize" else [])
-    threads = max(1, (os.cpu_count() or 1) // processes)  # the same cores in all: threads split among processes
-    wall = _run(module, processes, [*args, *extra, "--threads", str(threads)], tmp / f"{name}-{processes}.log")
+    load = os.getloadavg()[0]  # another job on the same cores shows here (and slows multi-threaded runs most)
+    wall = _run(module, processes, [*args, *extra, "--threads", str(threads)], work.with_suffix(".log"))
     epochs = _epochs(work)
     seconds = epochs[-1]["seconds"]
-    return {"processes": processes, "threads_per_process": threads, "train_seconds": seconds,
+    return {"processes": processes, "threads_per_process": threads, "load_average_1min_before": round(load, 2),
+            "train_seconds": seconds,
             "images_per_second": round(images * len(epochs) / seconds, 1), "wall_seconds": round(wall, 1),
             "loss": [e["loss"] for e in epochs]}
 
@@ -75,10 +76,12 @@ def run(argv: list[str] | None = None) -> int:
              "qat (crossformer-fmnist, NNCF scheme)": ("quantize", ["qat", *common, "--val-limit", "500",
                                                                       "--calib-size", "64"])}
     results = {}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     with tempfile.TemporaryDirectory(prefix="ddp-") as tmp:
         for i, (name, (module, cmd)) in enumerate(cases.items()):
-            results[name] = [_case(f"case{i}", module, cmd, args.train_images, n, Path(tmp))
-                             for n in (1, args.processes)]
+            # One process on every core, one process on one core, N processes sharing the cores.
+            results[name] = [_case(f"case{i}", module, cmd, args.train_images, n, threads, Path(tmp))
+                             for n, threads in ((1, cores), (1, 1), (args.processes, max(1, cores // args.processes)))]
     report = {"what": "training throughput (images/s, training steps only) with 1 process vs torchrun",
               "train_images": args.train_images, "global_batch": args.batch_size, "results": results,
               "machine": machine(), "versions": versions(), "commit": commit()}
@@ -86,6 +89,7 @@ def run(argv: list[str] | None = None) -> int:
     with atomic_path(args.output / "ddp.json") as tmp_json:
         tmp_json.write_text(json.dumps(report, indent=2) + "\n")
     for name, rows in results.items():
-        print(name, "; ".join(f"{r['processes']} process(es): {r['images_per_second']} images/s" for r in rows))
+        print(name, "; ".join(f"{r['processes']} process(es) x {r['threads_per_process']} thread(s): "
+                              f"{r['images_per_second']} images/s" for r in rows))
     print(f"wrote {args.output / 'ddp.json'}")
     return 0
