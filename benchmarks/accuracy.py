@@ -2,7 +2,8 @@
 
 Exports FP32 and INT8 (post-training, for ExecuTorch also with dynamic activations; and QAT when `--qat-checkpoint`
 is given) artifacts with `export`, runs each on its own runtime over the labelled set, and reports top-1, top-5 and
-agreement with that runtime's FP32 artifact as a table, `accuracy.json` and `accuracy.png`.
+agreement with that runtime's FP32 artifact as a table, `accuracy.json` and `accuracy.png`. Under
+`torchrun --nproc_per_node N` the processes split the labelled images and their exact counts are summed.
 """
 
 from __future__ import annotations

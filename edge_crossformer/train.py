@@ -2,7 +2,8 @@
 
 `python -m edge_crossformer.train` trains `crossformer-fmnist` from scratch on the Fashion-MNIST files of the Debian
 package `dataset-fashion-mnist`, resumably, and with `--publish` writes the FP16 checkpoint, labels and training
-record that ship in `edge_crossformer/assets/`.
+record that ship in `edge_crossformer/assets/`. Behind `torchrun --nproc_per_node N` it trains data parallel
+(edge_crossformer/distributed.py); `fit` and `evaluate` are the same loop for both.
 """
 
 from __future__ import annotations
