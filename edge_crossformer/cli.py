@@ -146,8 +146,9 @@ def disk_full(error: BaseException) -> OSError | None:
 
 
 # torchrun stops every process of a job with SIGTERM when one of them fails (or when it is stopped itself).
-TORCHRUN_STOP = ("; torchrun stops all processes this way when one of them fails: its report names the rank and "
-                 "exit code. Rerun the same command to resume from the last completed epoch")
+TORCHRUN_STOP = ("; under torchrun this is also how every process stops when one of them fails (torchrun's report "
+                 "then names the rank and its exit code). Rerun the same command to resume from the last completed "
+                 "epoch")
 
 
 def run_cli(main: Callable[[], int], user_errors: tuple[type[BaseException], ...] = ()) -> int:
