@@ -1,4 +1,4 @@
-"""python -m benchmarks [latency options] | accuracy ... | merge FILES... | golden ... | android ..."""
+"""python -m benchmarks [latency options] | accuracy ... | merge FILES... | golden ... | android ... | ddp ..."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import importlib
 import sys
 
 from edge_crossformer.cli import run_cli
+from edge_crossformer.distributed import DistributedError
 
 # subcommand -> module with run(argv) -> exit code; no subcommand means the latency benchmark.
 SUBCOMMANDS = {
@@ -13,6 +14,7 @@ SUBCOMMANDS = {
     "merge": "benchmarks.merge",
     "golden": "benchmarks.golden",
     "android": "benchmarks.android",
+    "ddp": "benchmarks.ddp",
 }
 
 
@@ -23,8 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         module, args = "benchmarks.latency", argv
     # Each subcommand reports its own input errors; run_cli adds SIGTERM / SIGHUP handled like Ctrl-C (cleanups
-    # run, exit 143 / 129) and one line for a full disk.
-    return run_cli(lambda: importlib.import_module(module).run(args))
+    # run, exit 143 / 129) and one line for a full disk; processes of a torchrun job that disagree or lose each
+    # other (accuracy) say so in one line too.
+    return run_cli(lambda: importlib.import_module(module).run(args), user_errors=(DistributedError,))
 
 
 if __name__ == "__main__":

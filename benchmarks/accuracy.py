@@ -2,7 +2,8 @@
 
 Exports FP32 and INT8 (post-training, for ExecuTorch also with dynamic activations; and QAT when `--qat-checkpoint`
 is given) artifacts with `export`, runs each on its own runtime over the labelled set, and reports top-1, top-5 and
-agreement with that runtime's FP32 artifact as a table, `accuracy.json` and `accuracy.png`.
+agreement with that runtime's FP32 artifact as a table, `accuracy.json` and `accuracy.png`. Under
+`torchrun --nproc_per_node N` the processes split the labelled images and their exact counts are summed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from edge_crossformer import distributed
 from edge_crossformer.cli import (MAX_IMAGES, MAX_IMG_SIZE, MAX_NUM_CLASSES, float_in, img_size, int_in, names,
                                   percentage_points)
 from edge_crossformer.files import atomic_path
@@ -56,12 +58,26 @@ def evaluate_artifact(run, images: np.ndarray, labels: np.ndarray, progress=None
     return np.stack(logits)
 
 
-def scores(logits: np.ndarray, labels: np.ndarray, fp32: np.ndarray | None) -> dict:
+def counts(logits: np.ndarray, labels: np.ndarray, fp32: np.ndarray | None) -> dict[str, int]:
+    """Images right at top-1 and top-5, and (given the FP32 artifact's logits) agreeing with FP32 at top-1."""
     top5 = np.argsort(-logits, axis=1)[:, :5]
-    out = {"top1": float((top5[:, 0] == labels).mean() * 100), "top5": float((top5 == labels[:, None]).any(1).mean() * 100)}
+    out = {"top1": int((top5[:, 0] == labels).sum()), "top5": int((top5 == labels[:, None]).any(1).sum())}
     if fp32 is not None:
-        out["agreement_with_fp32"] = float((logits.argmax(1) == fp32.argmax(1)).mean() * 100)
+        out["agreement_with_fp32"] = int((logits.argmax(1) == fp32.argmax(1)).sum())
     return out
+
+
+def merged_scores(local: dict[str, int], images: int) -> dict:
+    """Percentages from the counts summed over every process's share (torchrun; one process: its own counts):
+    exact counts are merged, never percentages."""
+    keys = list(local)  # every process builds its counts in the same order
+    summed = distributed.sum_over_ranks([local[k] for k in keys] + [images])
+    total = int(summed[-1])
+    return {k: float(int(v) / total * 100) for k, v in zip(keys, summed)}
+
+
+def scores(logits: np.ndarray, labels: np.ndarray, fp32: np.ndarray | None) -> dict:
+    return merged_scores(counts(logits, labels, fp32), len(labels))
 
 
 def qat_assignment(checkpoints: list[Path], runtimes: tuple[str, ...]) -> dict[Path, tuple[str, ...]]:
@@ -94,6 +110,13 @@ def qat_assignment(checkpoints: list[Path], runtimes: tuple[str, ...]) -> dict[P
 
 
 def run(argv: list[str] | None = None) -> int:
+    """Under torchrun the processes split the labelled images (contiguous shares); each exports the artifacts itself
+    (checked identical across processes) and scores its share on each runtime; the counts are summed and rank 0
+    writes the report."""
+    return distributed.run(lambda: _run(argv))
+
+
+def _run(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks accuracy", description=__doc__)
     p.add_argument("--model", default="crossformer-fmnist")
     p.add_argument("--checkpoint", type=Path)
@@ -120,7 +143,7 @@ def run(argv: list[str] | None = None) -> int:
                    help="also score INT8 exported with --max-accuracy-drop PP (0 <= PP < 100) on every runtime")
     p.add_argument("--output", type=Path, default=Path("benchmark_results/accuracy"))
     args = p.parse_args(argv)
-    console = Console(stderr=True)
+    console = Console(stderr=True, quiet=distributed.secondary())  # rank 0 speaks for every process
     started = time.time()
     try:
         variants = _variants(args)
@@ -128,14 +151,18 @@ def run(argv: list[str] | None = None) -> int:
             data = _labelled_data(args, Path(tmp))
             images = (np.round(data.images.numpy() * 255.0) / 255.0).astype(np.float32)
             labels = data.labels.numpy()
+            share = distributed.shard(len(labels))
             results: dict = {}
             for n, variant in enumerate(variants):
-                _score_variant(args, variant, Path(tmp) / f"{n}_{variant[2].replace(' ', '_')}", images, labels,
-                               results, console)
+                _score_variant(args, variant, Path(tmp) / f"{n}_{variant[2].replace(' ', '_')}", images[share],
+                               labels[share], results, console)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if not distributed.secondary():
+            print(f"error: {e}", file=sys.stderr)
         return 2
     report = _report(args, data.source, labels, results, time.time() - started)
+    if not distributed.is_main():
+        return 0
     args.output.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.output / "accuracy.json") as tmp_json:
         tmp_json.write_text(json.dumps(report, indent=2) + "\n")
@@ -208,6 +235,8 @@ def _score_variant(args, variant: tuple, out: Path, images: np.ndarray, labels: 
         key = art["target"]
         if art["delegate"] != registry.get(key).runtime_delegate:
             continue
+        distributed.check_identical(art["sha256"], f"{name} {key} artifacts", "the export is not deterministic "
+                                    "here; score without torchrun (the shares would be scored by different models)")
         with progress_bar(console=console) as bar:
             task = bar.add_task(f"{name} on {_runtime_name(key)}", total=len(images))
             logits = evaluate_artifact(registry.get(key).load_runner(out / art["file"]), images, labels,
@@ -230,6 +259,7 @@ def _report(args, source: str, labels: np.ndarray, results: dict, seconds: float
               "calib_size": args.calib_size, "seconds": round(seconds, 1),
               # INT8 results depend on the CPU (VNNI or not): every figure names the machine it came from.
               "machine": machine(), "versions": versions(), "commit": commit(),
+              **({"distributed": distributed.describe()} if distributed.world_size() > 1 else {}),
               "results": {rt: {v: {k: x for k, x in e.items() if not k.startswith("_")} for v, e in per.items()}
                           for rt, per in results.items()}}
     for per in report["results"].values():

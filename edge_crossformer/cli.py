@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import errno
 import math
+import os
 import re
 import signal
 import sys
@@ -169,9 +170,17 @@ def disk_full(error: BaseException) -> OSError | None:
     return None
 
 
+# torchrun stops every process of a job with SIGTERM when one of them fails (or when it is stopped itself).
+TORCHRUN_STOP = ("; under torchrun this is also how every process stops when one of them fails (torchrun's report "
+                 "then names the rank and its exit code). Rerun the same command to resume from the last completed "
+                 "epoch")
+
+
 def run_cli(main: Callable[[], int], user_errors: tuple[type[BaseException], ...] = ()) -> int:
     """Run a command's body with SIGTERM / SIGHUP handled like Ctrl-C; exit codes: the body's, 2 with one line for
     `user_errors` and a full disk, 130 / 143 / 129 for interrupts (their cleanups have run by then)."""
+    from .distributed import LostContact, launched, secondary  # here: importing this module needs no torch
+
     previous = {}
     for sig in (signal.SIGTERM, signal.SIGHUP):
         try:
@@ -181,11 +190,14 @@ def run_cli(main: Callable[[], int], user_errors: tuple[type[BaseException], ...
     try:
         return main()
     except user_errors as e:
-        print(f"error: {e}", file=sys.stderr)
+        if not secondary() or isinstance(e, LostContact):  # the latter can be this rank's alone
+            print(f"error: {e}" + (f" (rank {os.environ.get('RANK')})" if secondary() else ""), file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
-        print(f"interrupted ({signal.Signals(signum).name}); nothing half-written was left behind", file=sys.stderr)
+        if not secondary():
+            print(f"interrupted ({signal.Signals(signum).name}); nothing half-written was left behind"
+                  + (TORCHRUN_STOP if launched() and signum == signal.SIGTERM else ""), file=sys.stderr)
         return 128 + int(signum)
     except Exception as e:  # a full disk, however a converter wrapped it; anything else is a bug: traceback
         full = disk_full(e)

@@ -14,6 +14,8 @@ from pathlib import Path
 from edge_crossformer.cli import (MAX_BATCH, MAX_IMAGES, MAX_IMG_SIZE, MAX_NUM_CLASSES, MAX_SEED, MAX_THREADS,
                                   float_in, img_size, int_in, regex, run_cli)
 
+from edge_crossformer import distributed
+
 from export import targets as registry
 
 from .qat import QATConfig, QATError
@@ -59,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--distill", type=float_in(0, 1), default=QATConfig.distill,
                    help="weight of distillation from the float model vs. the labels, in [0, 1] (0: labels only; "
                         f"default {QATConfig.distill})")
+    p.add_argument("--grad-accum", type=int_in(1, MAX_BATCH), default=QATConfig.grad_accum,
+                   help="micro-batches per step on each process (torchrun); --batch-size stays the global batch and "
+                        "must split into processes x GRAD_ACCUM (default 1)")
     p.add_argument("--calib-size", type=int_in(1, MAX_IMAGES), default=QATConfig.calib_size,
                    help=f"images that initialise the quantizer ranges, >= 1 (default {QATConfig.calib_size})")
     p.add_argument("--keep-float", action="append", default=[], metavar="REGEX", type=regex,
@@ -81,9 +86,13 @@ def qat_main(argv: list[str]) -> int:
     from edge_crossformer.checkpoint import CheckpointError
     from edge_crossformer.data import DataError
     from edge_crossformer.registry import ModelConfigError
+    from edge_crossformer.train import ResumeError
 
     # SIGTERM / SIGHUP stop the run like Ctrl-C: the resume state and the checkpoint are only ever replaced whole.
-    return run_cli(lambda: _qat(args, argv), user_errors=(ModelConfigError, CheckpointError, DataError, QATError))
+    # Under torchrun every process runs this; they form one group (edge_crossformer.distributed).
+    return run_cli(lambda: distributed.run(lambda: _qat(args, argv)),
+                   user_errors=(ModelConfigError, CheckpointError, DataError, QATError, ResumeError,
+                                distributed.DistributedError))
 
 
 def _qat(args: argparse.Namespace, argv: list[str]) -> int:
@@ -95,7 +104,8 @@ def _qat(args: argparse.Namespace, argv: list[str]) -> int:
 
     spec = get_config(args.model)
     cfg = QATConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, calib_size=args.calib_size,
-                    seed=args.seed, threads=args.threads, distill=args.distill)
+                    seed=args.seed, threads=args.threads, distill=args.distill, grad_accum=args.grad_accum)
+    distributed.check_batch(cfg.batch_size, cfg.grad_accum)  # before the model and data are loaded, not after
     target = registry.get(args.target)
     scheme = target.int8_scheme
     _check_scheme_options(args, scheme)
@@ -113,7 +123,9 @@ def _qat(args: argparse.Namespace, argv: list[str]) -> int:
     settings = {"model": args.model, "checkpoint": str(args.checkpoint or "bundled"), "scheme": scheme,
                 "ranges": args.ranges,
                 "img_size": img_size,
-                "data": train.source, "train_images": int(len(train_x)), **{k: v for k, v in vars(cfg).items()},
+                "data": train.source, "train_images": int(len(train_x)),
+                # How the global batch is spread (processes, grad-accum) may change when a run resumes.
+                **{k: v for k, v in vars(cfg).items() if k != "grad_accum"},
                 "keep_float": args.keep_float}
     _claim_workdir(workdir, settings, resume=not args.no_resume)
     opts = QuantOptions(subset_size=cfg.calib_size, keep_float=tuple(args.keep_float))
@@ -170,15 +182,22 @@ def _qat_data(args: argparse.Namespace, resize: dict, num_classes: int):
 
 
 def _claim_workdir(workdir: Path, settings: dict, resume: bool) -> None:
-    """A resumable run continues only with the settings it started with (recorded in settings.json)."""
+    """A resumable run continues only with the settings it started with (recorded in settings.json). Every rank
+    checks (so every rank stops alike); rank 0 alone removes and writes, and the others wait for it."""
+    from edge_crossformer.files import atomic_path
+
     marker = workdir / "settings.json"
-    if not resume:
-        (workdir / "last.pt").unlink(missing_ok=True)
-    elif (workdir / "last.pt").exists() and marker.exists() and json.loads(marker.read_text()) != settings:
+    if resume and (workdir / "last.pt").exists() and marker.exists() and json.loads(marker.read_text()) != settings:
         raise QATError(f"{workdir} holds a QAT run with different settings; pass --no-resume to start over or "
                        "--workdir DIR for a separate run")
-    workdir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(settings, indent=2) + "\n")
+    distributed.barrier()  # every rank has read the old marker before rank 0 replaces it
+    if distributed.is_main():
+        if not resume:
+            (workdir / "last.pt").unlink(missing_ok=True)
+        workdir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(marker) as tmp:
+            tmp.write_text(json.dumps(settings, indent=2) + "\n")
+    distributed.barrier()
 
 
 USAGE = """usage: python -m quantize {qat,sensitivity} [options]   (--help after a command for its options)

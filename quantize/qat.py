@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from edge_crossformer import distributed
 from edge_crossformer.preprocessing import Normalized
 from edge_crossformer.train import TrainConfig, TrainState, evaluate, fit, machine_description
 from edge_crossformer.files import atomic_path
@@ -81,6 +82,8 @@ class QATConfig(TrainConfig):
     distill: float = 1.0
     temperature: float = 2.0
     calib_size: int = 300
+    # Fake-quantization is simulated in FP32 (bfloat16 would round the very values INT8 is fitted to).
+    amp: bool = False
 
 
 def _use_cpu_extension_safely() -> None:
@@ -196,6 +199,24 @@ def prepare_qat_xnnpack(model: nn.Module, calibration: Tensor, batch: int = 32,
     return qat.eval()
 
 
+def synchronise_ranges(qat: PT2EQAT) -> None:
+    """Under torchrun, each rank's learned (moving-average) activation ranges follow its own batches: average the
+    observed min / max over the ranks and recompute scale and zero point from them, so that every rank evaluates,
+    checkpoints and saves one set of ranges. Frozen (calibrated) ranges and per-channel weight ranges (computed
+    from weights that are the same everywhere) are left alone."""
+    if distributed.world_size() == 1:
+        return
+    with torch.no_grad():
+        for name, fq in qat.graph.named_children():
+            observer = getattr(fq, "activation_post_process", None)
+            if name in qat.frozen or observer is None or observer.min_val.numel() != 1:
+                continue
+            distributed.average_([observer.min_val, observer.max_val])
+            scale, zero_point = fq.calculate_qparams()
+            fq.scale.resize_(scale.shape).copy_(scale)
+            fq.zero_point.resize_(zero_point.shape).copy_(zero_point)
+
+
 def learned_ranges(qat: PT2EQAT) -> dict[str, Tensor]:
     """The fake-quantizers' state (observed ranges, scales, zero points) of a trained PT2E QAT graph."""
     return {k: v.detach().clone().contiguous() for k, v in qat.graph.state_dict().items()
@@ -286,18 +307,28 @@ def run_qat(model: nn.Module, train: tuple[Tensor, Tensor], val: tuple[Tensor, T
     fp32 = evaluate(model, *val)
     teacher = copy.deepcopy(model).eval() if cfg.distill > 0 else None
     inner = model.model if isinstance(model, Normalized) else model
-    start = {k: v.detach().clone() for k, v in inner.state_dict().items()}
+    start = {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()}
     calibration = calibration_subset(train[0], cfg.calib_size)
     if scheme == "xnnpack":
         qmodel = prepare_qat_xnnpack(model, calibration, calibrated=ranges == "calibrated")
     else:
         qmodel = prepare_qat(model, calibration, opts)
+    # Every rank built its quantizers the same way; rank 0's are broadcast and checked identical all the same
+    # (on the rank's device: NCCL moves GPU tensors only).
+    qmodel.to(distributed.device())
+    shared = distributed.share_start(qmodel, "model weights and quantizers", extra=repr(getattr(qmodel, "frozen", ())))
     int8_before = evaluate(qmodel, *val)
     print(f"before QAT on {fp32['n']} images: FP32 top-1 {fp32['top1']:.2f}%, simulated INT8 {int8_before['top1']:.2f}%")
     state: TrainState = fit(qmodel, train[0], train[1], cfg, workdir=workdir, eval_set=val,
-                            resume=resume, loss_fn=distillation_loss(teacher, cfg) if teacher is not None else None)
+                            resume=resume, loss_fn=distillation_loss(teacher, cfg) if teacher is not None else None,
+                            sync_state=(lambda: synchronise_ranges(qmodel)) if isinstance(qmodel, PT2EQAT) else None)
     int8_after = evaluate(qmodel, *val)
-    weights = float_weights(qmodel, start)
+    weights = float_weights(qmodel.cpu(), start)
+    saved = learned_ranges(qmodel) if isinstance(qmodel, PT2EQAT) and ranges == "learned" else None
+    if distributed.world_size() > 1:  # one set of weights and ranges, whichever rank would write them
+        shared["weights_sha256"] = distributed.check_identical(
+            distributed.digest({**weights, **(saved or {})}), "fine-tuned weights and ranges",
+            "the ranks drifted apart; rerun with --no-resume and report it")
     record = {
         "method": _method(scheme, ranges), "scheme": scheme,
         **({"ranges": ranges} if scheme == "xnnpack" else {}),
@@ -310,10 +341,13 @@ def run_qat(model: nn.Module, train: tuple[Tensor, Tensor], val: tuple[Tensor, T
         "epochs_run": state.epoch, "train_seconds": round(state.seconds, 1),
         "wall_seconds": round(time.time() - started, 1), "history": state.history,
         "machine": machine_description(),
+        **({"distributed": {**distributed.describe(), **shared}} if distributed.world_size() > 1 else {}),
     }
-    if isinstance(qmodel, PT2EQAT) and ranges == "learned":
+    if not distributed.is_main():
+        return record
+    if saved is not None:
         with atomic_path(ranges_path(output)) as tmp:
-            save_file(learned_ranges(qmodel), str(tmp), metadata={"scheme": scheme, "checkpoint": output.name})
+            save_file(saved, str(tmp), metadata={"scheme": scheme, "checkpoint": output.name})
     else:
         ranges_path(output).unlink(missing_ok=True)  # a stale one from an earlier XNNPACK run would not fit
     with atomic_path(output) as tmp:
