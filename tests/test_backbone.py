@@ -108,9 +108,22 @@ def test_bad_backbone_requests(kwargs, message):
         create_model("crossformer-fmnist", features_only=True, **kwargs)
 
 
-def test_dynamic_size_is_for_backbones():
-    with pytest.raises(ValueError, match="dynamic_size is for backbones"):
-        create_model("crossformer-fmnist", dynamic_size=(64, 128))
+def test_classifier_for_a_range_of_sizes():
+    """The any-size classifier (oracle and rewrite) gives the fixed-size classifier's logits at square sizes."""
+    torch.manual_seed(0)
+    oracle = create_model("crossformer-fmnist", dynamic_size=(64, 256))
+    rewrite = create_model("crossformer-fmnist", dynamic_size=(64, 256), export_friendly=True)
+    for size in (64, 96, 256):
+        x = torch.rand(2, 3, size, size)
+        with torch.no_grad():
+            want = create_model("crossformer-fmnist", img_size=size)(x)
+            assert float((oracle(x) - want).abs().max()) <= 1e-5 * float(want.abs().max())
+            assert float((rewrite(x) - want).abs().max()) <= 1e-5 * float(want.abs().max())
+    x = torch.rand(1, 3, 96, 224)
+    with torch.no_grad():
+        assert float((rewrite(x) - oracle(x)).abs().max()) <= 1e-5 * float(oracle(x).abs().max())
+    with pytest.raises(BackboneConfigError, match="only for sides >= 64"):
+        create_model("crossformer-fmnist", dynamic_size=(32, 128))
 
 
 def test_checkpoint_layouts(tmp_path):

@@ -93,6 +93,19 @@ def test_int8_backbones_both_schemes(tmp_path):
     assert manifest["artifacts"][0]["info"]["ops_outside_delegate"] == 0
 
 
+def test_one_classifier_serves_a_range(tmp_path):
+    out = tmp_path / "cls"
+    assert run_cli("--target", "onnx", "--dynamic-size", "64", "256", "--parity-samples", "4", "--output", out) == 0
+    manifest = load_manifest(out)
+    assert manifest["sizes"]["kind"] == "range" and manifest["input"]["shape"] == [1, 3, "H", "W"]
+    (art,) = manifest["artifacts"]
+    p = art["parity"]
+    assert p["status"] == "pass" and p["sizes_checked"] == 10 and p["top1_agreement"] == 1.0
+    assert p["rel_max"] <= _target("onnx").fp32_gate and all(s["status"] == "pass" for s in p["per_size"])
+    assert art["info"]["gather_ops"] == 0 and art["info"]["max_rank"] <= 4
+    assert (out / "labels.txt").exists()
+
+
 def test_one_size_artifact_refuses_other_sizes():
     import numpy as np
 
@@ -106,6 +119,7 @@ def test_one_size_artifact_refuses_other_sizes():
 
 @pytest.mark.parametrize("args, message", [
     (("--target", "coreml", "--dynamic-size", "64", "256"), "made for onnx, openvino"),
+    (("--target", "coreml", "--task", "classify", "--dynamic-size", "64", "256"), "one classifier for a range"),
     (("--target", "onnx", "--sizes", "64x64", "96x96"), "export them with --dynamic-size MIN MAX"),
     (("--target", "coreml", "--sizes", "64x64"), "--sizes takes 2 to 8 sizes"),
     (("--target", "coreml", "--sizes", "64x64", "64"), "--sizes repeats a size"),
