@@ -148,7 +148,7 @@ def _xnnpack_sizes(ctx: TargetContext) -> Artifact:
         outside.update(method["outside"])
     runner = size_dispatch({hw: multisize.pte_runner(path, multisize.method_name(*hw)) for hw in sizes})
     return Artifact("executorch", "xnnpack", ctx.precision, path, runner, info={
-        "methods": list(report), "delegates": sum(m["delegates"] for m in report.values()),
+        "methods": [multisize.method_name(*hw) for hw in sizes], "delegates": sum(m["delegates"] for m in report.values()),
         "ops_outside_delegate": sum(outside.values()), "ops_outside_delegate_by_op": dict(sorted(outside.items())),
         "delegation_by_method": report})
 
