@@ -104,8 +104,6 @@ def check_classifier_range(req: ExportRequest, cfg) -> None:
 
 
 def check_sizes(req: ExportRequest) -> tuple[tuple[int, int], ...]:
-    if req.img_size is not None:
-        raise ExportError("--sizes lists every size the artifact serves: drop --img-size")
     sizes = tuple(as_hw(hw) for hw in req.sizes)
     if len(sizes) < 2 or len(sizes) > MAX_SIZES:
         raise ExportError(f"--sizes takes 2 to {MAX_SIZES} sizes (one entry point each), got {len(sizes)}; for "

@@ -181,6 +181,7 @@ def check_accuracy_request(req: ExportRequest) -> None:
 
 def validate(req: ExportRequest) -> ExportRequest:
     """Fill per-model defaults and reject anything that cannot work, before doing any work."""
+    check_one_size_flag(req)
     if req.task == "features":
         from .features import validate_features
 
@@ -226,6 +227,16 @@ def validate(req: ExportRequest) -> ExportRequest:
     check_output(req.output, req.overwrite, (req.checkpoint, req.calib_data,
                                              Path(req.labels_source) if req.labels_source else None))
     return req
+
+
+def check_one_size_flag(req: ExportRequest) -> None:
+    """--img-size, --dynamic-size and --sizes each say every size the artifact serves: one of them at a time."""
+    given = [flag for flag, value in (("--img-size", req.img_size), ("--dynamic-size", req.dynamic_size),
+                                      ("--sizes", req.sizes)) if value is not None]
+    if len(given) > 1:
+        raise ExportError(f"{' and '.join(given)} both set the input size: give one (--img-size for one size, "
+                          "--dynamic-size MIN MAX for a range on onnx / openvino, --sizes HxW ... for a list on "
+                          "coreml / executorch)")
 
 
 def check_weights(req: ExportRequest, cfg) -> None:
