@@ -25,7 +25,7 @@ from edge_crossformer.cli import (MAX_IMAGES, MAX_IMG_SIZE, MAX_NUM_CLASSES, flo
 from edge_crossformer.files import atomic_path
 from edge_crossformer.util import progress_bar
 
-from export import targets as registry
+from edge_crossformer import targets as registry
 
 from .system import commit, machine, versions
 
@@ -35,7 +35,7 @@ def _runtime_name(target: str) -> str:
     return t.runtime_name + (f" {t.runtime_delegate.upper()}" if t.runtime_delegate else "")
 
 
-# Scored per export target whose artifact runs here (export.targets), named by its runtime.
+# Scored per export target whose artifact runs here (edge_crossformer.targets), named by its runtime.
 RUNTIMES = registry.names(lambda t: t.runtime is not None)
 
 
@@ -201,7 +201,7 @@ def _labelled_data(args, tmp: Path):
     """The labelled test set, resized as the model's manifest says, with the model's number of classes."""
     from edge_crossformer.data import DataError, load_dataset
     from export import ExportError, ExportRequest, validate
-    from export.manifest import resize_spec
+    from export.sizes import resize_spec
 
     try:
         base = validate(ExportRequest(targets=args.runtimes, model=args.model, checkpoint=args.checkpoint,

@@ -30,14 +30,14 @@ from rich.table import Table
 from edge_crossformer.cli import MAX_IMG_SIZE, MAX_RUNS, MAX_THREADS, img_size, int_in, names
 from edge_crossformer.files import atomic_path
 from edge_crossformer.util import progress_bar
-from export import targets as registry
+from edge_crossformer import targets as registry
 
 from . import peaks as peaks_mod
 from . import system
 from .runners import Case, load
 from .stats import latency_stats
 
-# PyTorch eager, then the runtime of every export target that runs here (export.targets).
+# PyTorch eager, then the runtime of every export target that runs here (edge_crossformer.targets).
 TARGET_OF = {t.runtime: t.name for t in registry.runnable()}
 RUNTIMES = ("pytorch", *TARGET_OF)
 TRIM = 0.1

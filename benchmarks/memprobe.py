@@ -43,7 +43,7 @@ def main() -> int:
     spec = json.loads(sys.argv[1])
     c = spec["case"]
     case = Case(**{**c, "artifact": Path(c["artifact"]) if c["artifact"] else None})
-    from export import targets
+    from edge_crossformer import targets
 
     module = "torch" if case.runtime == "pytorch" else targets.by_runtime(case.runtime).runtime_module
     __import__(module)

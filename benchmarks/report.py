@@ -7,7 +7,7 @@ from pathlib import Path
 
 from edge_crossformer.files import atomic_path
 
-from export import targets as registry
+from edge_crossformer import targets as registry
 
 # Display names: PyTorch eager, then each target's runtime (Core ML's too: device results name it).
 RUNTIME_NAMES = {"pytorch": "PyTorch eager", **{t.runtime or t.name: t.runtime_name for t in registry.TARGETS.values()}}

@@ -33,8 +33,8 @@ class Case:
 
 
 def load_artifact(case: Case, threads: int) -> tuple[Runner, float]:
-    """The artifact through its target's one loader (export.targets), the one parity and accuracy use."""
-    from export import targets
+    """The artifact through its target's one loader (edge_crossformer.targets), the one parity and accuracy use."""
+    from edge_crossformer import targets
 
     target = targets.by_runtime(case.runtime)
     options = {"precision_hint": case.hint} if case.hint else {}

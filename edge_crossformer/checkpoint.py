@@ -8,6 +8,7 @@ against the values this model computes, then dropped), and `.safetensors`. Pickl
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -193,8 +194,10 @@ def compare(state: dict[str, Tensor], model: nn.Module) -> LoadReport:
 
 
 def load_into(model: nn.Module, state: dict[str, Tensor], *, reset_head: bool = False,
-              model_name: str = "", source: str = "checkpoint") -> LoadReport:
-    """Strictly load `state` into `model`; raise CheckpointError with a readable report and a variant hint."""
+              model_name: str = "", source: str = "checkpoint",
+              guess: Callable[[dict[str, Tensor]], str | None] | None = None) -> LoadReport:
+    """Strictly load `state` into `model`; raise CheckpointError with a readable report and, where `guess` names
+    the variant the state fits better (edge_crossformer.registry.guess_variant), a hint."""
     state = dict(state)
     dropped = drop_v1_buffers(state, model)
     report = compare(state, model)
@@ -218,7 +221,7 @@ def load_into(model: nn.Module, state: dict[str, Tensor], *, reset_head: bool = 
         report.dropped_v1_buffers = dropped
         report.head_reset = True
     if not report.ok:
-        hint = guess_variant(state, exclude=model_name)
+        hint = guess(state) if guess else None
         msg = f"{source} does not fit {model_name or 'this model'}: {report.describe()}"
         if hint:
             msg += f"; is this a {hint} checkpoint? try --model {hint}"
@@ -243,20 +246,16 @@ def seed_head(model: nn.Module) -> None:
         model.head.bias.zero_()
 
 
-def guess_variant(state: dict[str, Tensor], exclude: str = "") -> str | None:
-    """Name of the registered variant whose parameter shapes best match `state` (None if nothing is close)."""
-    from .registry import build_model, list_models
+# The ranges an XNNPACK-scheme QAT run (quantize.qat) learned are kept beside its checkpoint, under this suffix.
+RANGES_SUFFIX = ".ranges.safetensors"
 
-    best, best_score = None, 0.0
-    keys = {k: tuple(v.shape) for k, v in state.items() if not k.endswith(V1_BUFFERS) and k not in HEAD_KEYS}
-    for name in list_models():
-        with torch.device("meta"):
-            candidate = build_model(name, img_size=224, num_classes=2)
-        shapes = {k: tuple(v.shape) for k, v in candidate.state_dict().items() if k not in HEAD_KEYS}
-        hits = sum(1 for k, s in shapes.items() if keys.get(k) == s)
-        score = hits / max(len(shapes), len(keys))
-        if score > best_score:
-            best, best_score = name, score
-    if best == exclude or best_score < 0.5:
-        return None
-    return best
+
+def ranges_path(checkpoint: Path) -> Path:
+    """Where the XNNPACK-scheme QAT keeps the ranges it learned, beside the checkpoint."""
+    return Path(checkpoint).with_suffix(RANGES_SUFFIX)
+
+
+def learned_ranges_file(checkpoint: Path | None) -> Path | None:
+    """The ranges file an XNNPACK-scheme QAT run left beside `checkpoint`, or None."""
+    path = ranges_path(checkpoint) if checkpoint is not None else None
+    return path if path is not None and path.is_file() else None

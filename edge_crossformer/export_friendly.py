@@ -40,7 +40,7 @@ MASK_VALUE = -1.0e4
 @dataclass(frozen=True)
 class Spelling:
     """How the rewrite writes its ops for one runtime. Every spelling computes the same function from the same
-    state dict (tests/test_rewrites.py); each export target declares the one its runtime runs best (export.targets).
+    state dict (tests/test_rewrites.py); each export target declares the one its runtime runs best (edge_crossformer.targets).
 
     decompose_layernorm: LayerNorm and the final pool as 4-D means (ExecuTorch's XNNPACK has no LayerNorm).
     matmul_4d: attention as 4-D q @ k^T + bias -> softmax -> @ v, projected after the merge (OpenVINO fuses it into

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from .backbone import FriendlyAnySizeClassifier, FriendlyBackbone, as_hw, check_out_indices, check_range
-from .checkpoint import CheckpointError, backbone_weights, check_classifier_state, load_into, read_state_dict
+from .checkpoint import (HEAD_KEYS, V1_BUFFERS, CheckpointError, backbone_weights, check_classifier_state, load_into,
+                         read_state_dict)
 from .config import VARIANTS, CrossFormerConfig
-from .export_friendly import ExportFriendlyCrossFormer, Spelling, fold_norm_affine, fold_position_bias
+from .export_friendly import ExportFriendlyCrossFormer, Spelling, fold_norm_affine, fold_position_bias, strip_position_mlp
+from .preprocessing import Normalized
 from .reference import CrossFormer
 from .reference_backbone import AnySizeClassifier, CrossFormerBackbone
 
@@ -117,6 +120,12 @@ def create_model(name: str, *, checkpoint: str | Path | None = None, img_size: i
     return model
 
 
+def deployable(model: nn.Module) -> nn.Module:
+    """What an export ships of a model from `create_model`: the position MLP stripped (its folded bias is what
+    runs), ImageNet normalization inside (input float in [0, 1]), eval mode. The one place it is assembled."""
+    return Normalized(strip_position_mlp(model)).eval()
+
+
 def _backbone(name: str, img_size, out_indices, friendly: bool, spelling: Spelling | None,
               dynamic_size: tuple[int, int] | None) -> nn.Module:
     cfg = get_config(name).backbone()
@@ -149,12 +158,30 @@ def _any_size_classifier(name: str, num_classes: int | None, friendly: bool, spe
     return model
 
 
+def guess_variant(state: dict[str, Tensor], exclude: str = "") -> str | None:
+    """Name of the registered variant whose parameter shapes best match `state` (None if nothing is close)."""
+    best, best_score = None, 0.0
+    keys = {k: tuple(v.shape) for k, v in state.items() if not k.endswith(V1_BUFFERS) and k not in HEAD_KEYS}
+    for name in list_models():
+        with torch.device("meta"):
+            candidate = build_model(name, img_size=224, num_classes=2)
+        shapes = {k: tuple(v.shape) for k, v in candidate.state_dict().items() if k not in HEAD_KEYS}
+        hits = sum(1 for k, s in shapes.items() if keys.get(k) == s)
+        score = hits / max(len(shapes), len(keys))
+        if score > best_score:
+            best, best_score = name, score
+    if best == exclude or best_score < 0.5:
+        return None
+    return best
+
+
 def _load(model: nn.Module, state: dict, name: str, source: str, features_only: bool, reset_head: bool) -> None:
     if not features_only:
         check_classifier_state(state, source)
-        model.head_reset = load_into(model, state, reset_head=reset_head, model_name=name, source=source).head_reset
+        model.head_reset = load_into(model, state, reset_head=reset_head, model_name=name, source=source,
+                                     guess=lambda s: guess_variant(s, exclude=name)).head_reset
         return
     weights = backbone_weights(state)
-    load_into(model, weights.state, model_name=name, source=source)
+    load_into(model, weights.state, model_name=name, source=source, guess=lambda s: guess_variant(s, exclude=name))
     # What the manifest reports: which kind of checkpoint initialised the backbone, and what of it was left out.
     model.checkpoint_kind, model.ignored_keys = weights.kind, weights.ignored

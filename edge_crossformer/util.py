@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import tempfile
 import time
+import warnings
 from datetime import timedelta
 
 
@@ -82,6 +84,27 @@ class LineProgress:
 
 def _count(n: float) -> str:
     return str(int(n)) if float(n).is_integer() else f"{n:.1f}"
+
+
+@contextlib.contextmanager
+def quiet_converters():
+    """While converters and quantizers run: their INFO / WARNING logging (they set their own logger levels, so
+    loggers are silenced globally, below ERROR), their Python warnings and their tqdm bars off; the caller's
+    settings come back afterwards. Errors still surface as exceptions. The one place this tool quiets others."""
+    disabled = logging.root.manager.disable
+    tqdm = os.environ.get("TQDM_DISABLE")
+    logging.disable(max(disabled, logging.WARNING))
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(disabled)
+        if tqdm is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = tqdm
 
 
 @contextlib.contextmanager

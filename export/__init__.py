@@ -3,7 +3,8 @@
 Importing it changes no global state (environment, loggers, warning filters): `run_export` quiets the converters
 while it runs and restores the caller's settings."""
 
-from .request import ExportError, ExportRequest, validate
 from .pipeline import run_export
+from .request import ExportError, ExportRequest
+from .validate import validate
 
 __all__ = ["ExportError", "ExportRequest", "run_export", "validate"]

@@ -9,10 +9,12 @@ from pathlib import Path
 from edge_crossformer.cli import (MAX_IMAGES, MAX_IMG_SIZE, MAX_NUM_CLASSES, float_in, int_in, percentage_points, regex, run_cli,
                                   hw_size, side)
 
-from . import targets
-from .request import (DEFAULT_MODEL, INT8_ACTIVATIONS, MAX_PARITY_SAMPLES, ExportError, ExportRequest, parse_targets,
-                      validate)
-from .targets import PRECISIONS
+from edge_crossformer import targets
+from edge_crossformer.targets import PRECISIONS
+
+from .pipeline import run_export
+from .request import DEFAULT_MODEL, INT8_ACTIVATIONS, MAX_PARITY_SAMPLES, ExportError, ExportRequest, parse_targets
+from .validate import validate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,14 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8: calibration images used, >= 1 (default 300)")
     p.add_argument("--smooth-quant-alpha", type=float_in(0, 1, negative_disables=True),
                    help="int8: SmoothQuant alpha for MatMul/Linear in [0, 1]; negative disables (default: -1, off, by "
-                        "measurement: it cost OpenVINO 2 pp top-1 agreement on crossformer-fmnist)")
+                        "measurement: docs/int8.md)")
     p.add_argument("--keep-float", action="append", default=[], metavar="REGEX", type=regex,
                    help="int8: regular expression of what stays float (repeatable): OpenVINO / ONNX node names, "
                         "module paths or node names for ExecuTorch / Core ML (e.g. '^model\\.head$')")
     p.add_argument("--int8-activations", choices=INT8_ACTIVATIONS, default="static",
                    help="int8: static (ranges calibrated once, NNCF; every target, the default) or dynamic "
-                        "(ExecuTorch only: linears' inputs quantized per row at run time; on crossformer-fmnist "
-                        "0.02 pp below FP32 instead of 0.15; CrossFormer-T 224 runs 12-18%% slower)")
+                        "(ExecuTorch only: linears' inputs quantized per row at run time; closer to FP32, slower: "
+                        "docs/int8.md)")
     p.add_argument("--full-range-int8-weights", action="store_true",
                    help="int8, OpenVINO / ONNX: use the full 8-bit weight range instead of 7-bit weights. Only for "
                         "deployments that never leave CPUs with VNNI or AMX (or Arm): on x86 CPUs without VNNI "
@@ -83,7 +85,7 @@ INT8_ONLY = ("calib_data", "calib_size", "smooth_quant_alpha", "keep_float")
 
 
 def request_from(args: argparse.Namespace) -> ExportRequest:
-    targets = parse_targets(args.target)
+    names = parse_targets(args.target)
     precisions = {args.precision} if args.precision else set()
     if "int8" not in precisions:
         given = [f"--{name.replace('_', '-')}" for name in INT8_ONLY if getattr(args, name) not in (None, [])]
@@ -100,7 +102,7 @@ def request_from(args: argparse.Namespace) -> ExportRequest:
         task=args.task, out_indices=tuple(args.out_indices) if args.out_indices else None,
         dynamic_size=tuple(args.dynamic_size) if args.dynamic_size else None,
         sizes=tuple(args.sizes) if args.sizes else None,
-        targets=targets, model=args.model, checkpoint=args.checkpoint,
+        targets=names, model=args.model, checkpoint=args.checkpoint,
         img_size=None if sizes is None else (sizes[0] if len(sizes) == 1 else tuple(sizes)),
         num_classes=args.num_classes, labels_source=str(args.labels) if args.labels else "",
         precision=args.precision, output=args.output or Path("artifacts") / args.model, overwrite=args.overwrite,
@@ -117,8 +119,6 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         req = validate(request_from(args))
-        from .pipeline import run_export
-
         code, manifest = run_export(req)
         if code == 0:
             print_next_steps(req)

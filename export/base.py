@@ -9,9 +9,12 @@ from typing import Callable
 
 import numpy as np
 
-from . import targets
+from edge_crossformer import targets
+
 from .prepare import ModelSource
 from .request import ExportError, ExportRequest
+from .schemes import SCHEMES
+
 
 def require(module: str, target: str):
     """Import a backend lazily; a missing one is a clear error with the install command."""
@@ -50,15 +53,18 @@ class TargetContext:
     @property
     def int8(self):
         """The INT8 scheme this artifact is made with (export.schemes), or None for FP32 / FP16."""
-        from .schemes import SCHEMES
-
         return SCHEMES[self.target.int8_scheme] if self.precision == "int8" else None
 
-    def deployable(self):
-        """The model in this target's spelling (export.targets)."""
-        return self.source.deployable(self.target.spelling)
+    @property
+    def spelling(self):
+        """How the model spells its ops for this target at the request's size mode (edge_crossformer.targets)."""
+        return self.target.spelling_for(self.request.size_mode)
 
-    def file_name(self, target: str, delegate: str | None, ext: str, precision: str | None = None) -> Path:
+    def deployable(self):
+        """The model in this target's spelling."""
+        return self.source.deployable(self.spelling)
+
+    def file_name(self, delegate: str | None, ext: str, precision: str | None = None) -> Path:
         """`<model>_<target>-<delegate>_<precision>.<ext>` inside the staging directory."""
-        kind = f"{target}-{delegate}" if delegate else target
+        kind = f"{self.target.name}-{delegate}" if delegate else self.target.name
         return self.staging / f"{self.request.stem}_{kind}_{precision or self.precision}.{ext}"

@@ -3,20 +3,36 @@ Vision can feed (scaled to [0, 1]; normalization is inside the graph), class lab
 
 Off macOS the Core ML runtime does not exist: parity runs the saved ML program through coremltools' own op
 definitions (export/coreml_mil.py, FP16 emulated), and the manifest says so; on macOS Core ML is the judge and the
-evaluator's parity is recorded beside it. Structural checks (rank, ops, precision) run everywhere."""
+evaluator's parity is recorded beside it. Structural checks (rank, ops, precision) run everywhere.
+
+A backbone for a list of sizes (--sizes) is one multifunction `.mlpackage`, one static-shape ML program per size
+(`forward_HxW`, the first the default); `save_multifunction` stores the weights the functions share once
+(docs/multisize.md).
+"""
 
 from __future__ import annotations
 
 import collections
 import json
 import platform
+import shutil
 import sys
+import types
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
+import torch
+
+from edge_crossformer import get_config
+from edge_crossformer.backbone import output_specs
 
 from . import coreml_mil
 from .base import Artifact, TargetContext, require
+from .coreml_mil_ops import ConstCache, uncovered
+from .sizes import Size, export_sizes, method_name, output_names, size_dispatch
 
+WEIGHTS_DIR = ("Data", "com.apple.CoreML", "weights")
 GATHER_OPS = ("gather", "gather_nd", "gather_along_axis", "scatter", "scatter_nd", "scatter_along_axis")
 
 
@@ -36,12 +52,26 @@ def mil_structure(mlmodel) -> dict:
             "gather_ops": sum(ops[name] for name in GATHER_OPS), "value_dtypes": dict(sorted(dtypes.items()))}
 
 
-def export(ctx: TargetContext) -> list[Artifact]:
+def convert(program, size: Size, precision: str, names: Sequence[str]):
+    """One torch.export program at one size as an ML program: RGB image input `image` (scale 1/255; normalization
+    is inside the graph), float32 outputs `names`, iOS 17, FP16 or FP32 compute."""
     ct = require("coremltools", "coreml")
+    return ct.convert(
+        program.run_decompositions({}),
+        inputs=[ct.ImageType(name="image", shape=(1, 3, *size), scale=1.0 / 255.0, color_layout=ct.colorlayout.RGB)],
+        outputs=[ct.TensorType(name=name, dtype=np.float32) for name in names],
+        convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
+        compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16)
+
+
+def export(ctx: TargetContext) -> list[Artifact]:
+    """The ML program `.mlpackage` (FP16 / FP32; INT8 as W8A8 from the XNNPACK scheme's quantize / dequantize
+    graph; a backbone for --sizes: a multifunction package), described for Xcode, judged by the Core ML runtime on
+    macOS and by the MIL evaluator elsewhere."""
+    require("coremltools", "coreml")
     req = ctx.request
     if req.sizes:
         return [_multifunction(ctx)]
-    height, width = req.img_hw
     accuracy = None
     ctx.step("converting to Core ML")
     if ctx.int8:
@@ -49,32 +79,23 @@ def export(ctx: TargetContext) -> list[Artifact]:
         # activations (iOS 17 / A17 and later run INT8 activations on the Neural Engine). coremltools' own
         # activation calibration would need the Core ML runtime (macOS); its CoreMLQuantizer fails to import with
         # torch 2.13 (docs/parity.md).
-        import torch
-
         example = ctx.source.example()
         if req.max_accuracy_drop is not None:
             ctx.step("ranking layers for --max-accuracy-drop (XNNPACK scheme)")
             accuracy = ctx.int8.search_info(ctx)
         graph = ctx.int8.graph(ctx, example)
         with torch.no_grad():
-            program = torch.export.export(graph, (example,)).run_decompositions({})
+            program = torch.export.export(graph, (example,))
     else:
-        program = ctx.source.exported_program(ctx.target.spelling).run_decompositions({})
-    mlmodel = ct.convert(
-        program,
-        inputs=[ct.ImageType(name="image", shape=(1, 3, height, width), scale=1.0 / 255.0,
-                             color_layout=ct.colorlayout.RGB)],
-        outputs=[ct.TensorType(name=name, dtype=np.float32) for name in output_names(req)],
-        convert_to="mlprogram",
-        minimum_deployment_target=ct.target.iOS17,
-        compute_precision=ct.precision.FLOAT32 if ctx.precision == "fp32" else ct.precision.FLOAT16,
-    )
+        program = ctx.source.exported_program(ctx.spelling)
+    mlmodel = convert(program, tuple(req.img_hw), ctx.precision, output_names(req))
     structure = mil_structure(mlmodel)
     describe(mlmodel, req)
-    path = ctx.file_name("coreml", None, "mlpackage")
+    path = ctx.file_name(None, "mlpackage")
     mlmodel.save(str(path))
     runner, reason, runtime, cross_checks = _judges(path, ctx.precision)
-    return [Artifact("coreml", None, ctx.precision, path, runner, skip_reason=reason, cross_checks=cross_checks,
+    return [Artifact(ctx.target.name, None, ctx.precision, path, runner, skip_reason=reason,
+                     cross_checks=cross_checks,
                      info={**structure, "compute_precision": ctx.precision,
                            "minimum_deployment_target": "iOS17/macOS14",
                            "input_type": "image (RGB, scale 1/255)", "runtime": runtime,
@@ -83,22 +104,19 @@ def export(ctx: TargetContext) -> list[Artifact]:
 
 def _multifunction(ctx: TargetContext) -> Artifact:
     """A backbone for --sizes: one ML program per size in one multifunction package, weights stored once
-    (export/multisize.py). Static shapes in every function (the Neural Engine's), checked function by function."""
-    from . import multisize
-    from .features import size_dispatch
-
+    Static shapes in every function (the Neural Engine's), checked function by function."""
     req, models = ctx.request, {}
     for hw in req.sizes:
         ctx.step(f"converting to Core ML at {hw[0]}x{hw[1]}")
-        mlmodel = multisize.convert_coreml(ctx.source.deployable_at(ctx.target.spelling, hw), hw, ctx.precision,
-                                           output_names(req))
+        (program,) = export_sizes([ctx.source.deployable_at(ctx.spelling, hw)], [hw]).values()
+        mlmodel = convert(program, hw, ctx.precision, output_names(req))
         describe(mlmodel, req, hw)
-        models[multisize.method_name(*hw)] = mlmodel
-    path = ctx.file_name("coreml", None, "mlpackage")
-    multisize.save_coreml_multifunction(models, path, ctx.staging / ".tmp")
-    structure = multisize.coreml_structure(path)
-    runner = size_dispatch({hw: multisize.coreml_runner(path, multisize.method_name(*hw)) for hw in req.sizes})
-    return Artifact("coreml", None, ctx.precision, path, runner, info={
+        models[method_name(*hw)] = mlmodel
+    path = ctx.file_name(None, "mlpackage")
+    save_multifunction(models, path, ctx.staging / ".tmp")
+    structure = package_structure(path)
+    runner = size_dispatch({hw: function_runner(path, method_name(*hw)) for hw in req.sizes})
+    return Artifact(ctx.target.name, None, ctx.precision, path, runner, info={
         "functions": list(models), "default_function": next(iter(models)),
         "max_rank": max(s["max_rank"] for s in structure.values()),
         "gather_ops": sum(s["gather_ops"] for s in structure.values()),
@@ -113,9 +131,6 @@ def describe(mlmodel, req, hw: tuple[int, int] | None = None) -> None:
     height, width = hw or req.img_hw
     image = f"RGB image {height}x{width}; scaled to [0, 1], normalized inside the model"
     if req.task == "features":
-        from edge_crossformer import get_config
-        from edge_crossformer.backbone import output_specs
-
         specs = output_specs(get_config(req.model).backbone(), req.out_indices, (height, width))
         mlmodel.short_description = f"{req.model} detection / segmentation backbone, exported by edge-crossformer"
         mlmodel.author = "edge-crossformer"
@@ -134,12 +149,6 @@ def describe(mlmodel, req, hw: tuple[int, int] | None = None) -> None:
     mlmodel.user_defined_metadata["labels"] = json.dumps(req.labels)
     mlmodel.user_defined_metadata["model"] = req.model
     mlmodel.user_defined_metadata["img_size"] = str(height)
-
-
-def output_names(req) -> list[str]:
-    from .onnx_target import output_names as names
-
-    return names(req)
 
 
 def load_runner(path, threads: int | None = None):
@@ -168,3 +177,57 @@ def _judges(path, precision: str):
         return (load_runner(path), None, f"Core ML (macOS {platform.mac_ver()[0]})",
                 {evaluated_as: evaluator} if evaluator else {})
     return evaluator, reason, evaluated_as if evaluator else None, {}
+
+
+def save_multifunction(models: Mapping[str, object], path: str | Path, work_dir: str | Path) -> Path:
+    """{function name: MLModel} -> one `.mlpackage`, the first function the default. coremltools combines saved
+    packages (written to `work_dir`) and stores weights the functions share once. The package's spec is version 9:
+    multifunction models load on iOS 18 / macOS 15 and later, whatever each function's own target."""
+    ct = require("coremltools", "coreml")
+    desc = ct.utils.MultiFunctionDescriptor()
+    for name, mlmodel in models.items():
+        single = Path(work_dir) / f"{name}.mlpackage"
+        mlmodel.save(str(single))
+        desc.add_function(str(single), src_function_name="main", target_function_name=name)
+    desc.default_function_name = next(iter(models))
+    path = Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+    ct.utils.save_multifunction(desc, str(path))
+    return path
+
+
+def coreml_functions(path: str | Path) -> dict[str, object]:
+    """{function name: MIL function} read back from the saved package (spec + weight blob), as coreml_mil.load does
+    for single-function packages."""
+    ct = require("coremltools", "coreml")
+    from coremltools.converters.mil.frontend.milproto import load as milproto
+
+    spec = ct.utils.load_spec(str(path))
+    program = milproto.load(spec, spec.specificationVersion, str(Path(path).joinpath(*WEIGHTS_DIR)))
+    return dict(program.functions)
+
+
+def package_structure(path: str | Path) -> dict[str, dict]:
+    """mil_structure (op histogram, max rank, gather ops) of each function of a saved package."""
+    # mil_structure walks `mlmodel._mil_program.functions`; hand it one function at a time.
+    return {name: mil_structure(types.SimpleNamespace(_mil_program=types.SimpleNamespace(functions={name: fn})))
+            for name, fn in coreml_functions(path).items()}
+
+
+def function_runner(path: str | Path, function: str) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """One function of a saved package through the MIL evaluator (export/coreml_mil.py): [1, 3, H, W] float32 in
+    [0, 1] -> the stage maps, fed as the 8-bit RGB image Core ML would hand the program."""
+    functions = coreml_functions(path)
+    if function not in functions:
+        raise KeyError(f"{Path(path).name} has no function {function!r}; it has {sorted(functions)}")
+    program, consts = functions[function], ConstCache()
+    missing = uncovered([op for op in program.operations if op.op_type not in coreml_mil.CONST_OPS])
+    if missing:
+        raise NotImplementedError(f"the MIL evaluator has no numpy definition for MIL op(s) {', '.join(missing)}")
+    (image,) = program.inputs
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        outs = coreml_mil.run_function(program, {image: coreml_mil.pixels(x, "RGB")}, consts)
+        return [np.asarray(outs[var.name], np.float32) for var in program.outputs]
+
+    return run

@@ -1,18 +1,26 @@
 """ExecuTorch: a `.pte` lowered to XNNPACK (runs here through `executorch.runtime`) and a `.pte` lowered to the Core
 ML delegate for iOS (lowers here; runs only on Apple devices: parity evaluates the Core ML program it embeds,
-export/coreml_mil.py). Ops left outside each delegate are counted."""
+export/coreml_mil.py). Ops left outside each delegate are counted.
+
+A backbone for a list of sizes (--sizes) is one `.pte` with one method per size (`forward_HxW`), each lowered whole
+to XNNPACK; ExecuTorch stores constants once, so the weights are shared. Why not one dynamic-size program: its
+views, slices and shape arithmetic stayed outside the delegate (docs/multisize.md).
+"""
 
 from __future__ import annotations
 
 import collections
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from edge_crossformer.util import captured_native_stderr
 
-from . import coreml_mil, targets
+from . import coreml_mil
 from .base import Artifact, TargetContext, require
+from .sizes import Size, export_sizes, method_name, size_dispatch
 
 # Graph nodes that are bookkeeping, not compute: they may sit outside a delegate.
 NON_COMPUTE = ("executorch_call_delegate", "getitem", "alloc", "memory.view", "dim_order_ops._clone_dim_order")
@@ -36,7 +44,8 @@ def delegate_count(edge_program) -> int:
 
 
 def lower_xnnpack(exported_program):
-    """One call: ATen program -> edge program with every XNNPACK-able op in the delegate."""
+    """One call: ATen program (or {method name: program}) -> edge program manager with every XNNPACK-able op in the
+    delegate; `.to_executorch().buffer` is the `.pte`."""
     exir = require("executorch.exir", "executorch")
     partition = require("executorch.backends.xnnpack.partition.xnnpack_partitioner", "executorch")
     return exir.to_edge_transform_and_lower(exported_program, partitioner=[partition.XnnpackPartitioner()])
@@ -54,14 +63,30 @@ def lower_coreml(exported_program, precision: str):
         exported_program, partitioner=[coreml_partition.CoreMLPartitioner(compile_specs=specs)])
 
 
-def save_program(edge, path) -> None:
-    program = edge.to_executorch()
-    path.write_bytes(program.buffer)
+def lower_xnnpack_sizes(modules_or_programs: Sequence, sizes: Sequence[Size]):
+    """One edge program manager with a method per size (`forward_HxW`), every method lowered to XNNPACK."""
+    return lower_xnnpack(export_sizes(modules_or_programs, sizes))
 
 
-def load_runner(path, threads: int | None = None):
-    """A .pte's `forward` on ExecuTorch's runtime: [1, 3, S, S] float32 -> logits. `threads` resizes the
-    process-wide XNNPACK thread pool (the runtime has no per-program setting)."""
+def delegation(edge) -> dict[str, dict]:
+    """Per method: XNNPACK delegate pieces and the histogram of compute ops left outside them."""
+    report = {}
+    for name in edge.methods:
+        program = edge.exported_program(name)
+        report[name] = {"delegates": delegate_count(program), "outside": outside_delegate(program)}
+    return report
+
+
+def save_program(edge, path: str | Path) -> int:
+    """Write the `.pte`; its size in bytes."""
+    data = edge.to_executorch().buffer
+    Path(path).write_bytes(data)
+    return len(data)
+
+
+def load_runner(path, threads: int | None = None, method: str = "forward"):
+    """One method of a .pte on ExecuTorch's runtime: [1, 3, H, W] float32 -> logits (a backbone: its maps).
+    `threads` resizes the process-wide XNNPACK thread pool (the runtime has no per-program setting)."""
     runtime = require("executorch.runtime", "executorch")
     # The C++ runtime's cpuinfo and "Resetting threadpool" chatter on fd 2.
     with captured_native_stderr():
@@ -69,7 +94,10 @@ def load_runner(path, threads: int | None = None):
             from executorch.extension.pybindings import portable_lib
 
             portable_lib._unsafe_reset_threadpool(threads)
-        method = runtime.Runtime.get().load_program(str(path)).load_method("forward")
+        program = runtime.Runtime.get().load_program(str(path))
+    if method not in program.method_names:
+        raise KeyError(f"{Path(path).name} has no method {method!r}; it has {sorted(program.method_names)}")
+    method = program.load_method(method)
 
     def run(x: np.ndarray) -> np.ndarray:
         outputs = method.execute([torch.from_numpy(np.ascontiguousarray(x))])
@@ -112,18 +140,18 @@ def _accuracy_controlled(ctx: TargetContext, example: torch.Tensor, path):
 
 def _xnnpack(ctx: TargetContext) -> Artifact:
     """The XNNPACK .pte: the whole network in one delegate, in the request's precision and INT8 scheme."""
-    path = ctx.file_name("executorch", "xnnpack", "pte")
+    path = ctx.file_name("xnnpack", "pte")
     accuracy = None
     if ctx.int8 and ctx.request.max_accuracy_drop is not None:
         edge, accuracy = _accuracy_controlled(ctx, ctx.source.example(), path)
     else:
         program = (_int8_program(ctx, ctx.source.example()) if ctx.int8
-                   else ctx.source.exported_program(ctx.target.spelling))
+                   else ctx.source.exported_program(ctx.spelling))
         ctx.step("lowering to ExecuTorch XNNPACK")
         edge = lower_xnnpack(program)
         save_program(edge, path)
     outside = outside_delegate(edge.exported_program())
-    return Artifact("executorch", "xnnpack", ctx.precision, path, load_runner(path), info={
+    return Artifact(ctx.target.name, "xnnpack", ctx.precision, path, load_runner(path), info={
         "delegates": delegate_count(edge.exported_program()), "ops_outside_delegate": sum(outside.values()),
         "ops_outside_delegate_by_op": outside,
         **({"int8_activations": ctx.request.int8_activations, "int8_ranges": ctx.int8.ranges(ctx)}
@@ -132,28 +160,26 @@ def _xnnpack(ctx: TargetContext) -> Artifact:
 
 
 def _xnnpack_sizes(ctx: TargetContext) -> Artifact:
-    """A backbone for --sizes: one method per size in one .pte, each lowered whole to XNNPACK, weights stored once
-    (export/multisize.py; a dynamic-size program left 235 ops outside the delegate: docs/multisize.md)."""
-    from . import multisize
-    from .features import size_dispatch
-
+    """A backbone for --sizes: one method per size in one .pte, each lowered whole to XNNPACK, weights stored once."""
     sizes = ctx.request.sizes
     ctx.step(f"lowering to ExecuTorch XNNPACK, {len(sizes)} methods")
-    edge = multisize.lower_xnnpack_sizes([ctx.source.deployable_at(ctx.target.spelling, hw) for hw in sizes], sizes)
-    path = ctx.file_name("executorch", "xnnpack", "pte")
-    multisize.save_pte(edge, path)
-    report = multisize.delegation(edge)
+    edge = lower_xnnpack_sizes([ctx.source.deployable_at(ctx.spelling, hw) for hw in sizes], sizes)
+    path = ctx.file_name("xnnpack", "pte")
+    save_program(edge, path)
+    report = delegation(edge)
     outside: collections.Counter = collections.Counter()
     for method in report.values():
         outside.update(method["outside"])
-    runner = size_dispatch({hw: multisize.pte_runner(path, multisize.method_name(*hw)) for hw in sizes})
-    return Artifact("executorch", "xnnpack", ctx.precision, path, runner, info={
-        "methods": [multisize.method_name(*hw) for hw in sizes], "delegates": sum(m["delegates"] for m in report.values()),
+    runner = size_dispatch({hw: load_runner(path, method=method_name(*hw)) for hw in sizes})
+    return Artifact(ctx.target.name, "xnnpack", ctx.precision, path, runner, info={
+        "methods": [method_name(*hw) for hw in sizes], "delegates": sum(m["delegates"] for m in report.values()),
         "ops_outside_delegate": sum(outside.values()), "ops_outside_delegate_by_op": dict(sorted(outside.items())),
         "delegation_by_method": report})
 
 
 def export(ctx: TargetContext) -> list[Artifact]:
+    """The XNNPACK .pte (FP32 or INT8 in the request's scheme; a backbone for --sizes: one method per size) and,
+    for FP32, the Core ML delegate .pte (FP16) for iOS."""
     require("executorch.exir", "executorch")
     if ctx.request.sizes:
         # The Core ML delegate .pte is one size per file; Core ML's own target makes the multifunction package.
@@ -165,15 +191,14 @@ def export(ctx: TargetContext) -> list[Artifact]:
     ctx.step("lowering to ExecuTorch Core ML delegate")
     # The Core ML delegate computes in FP16 (what the Neural Engine runs), whatever the XNNPACK precision.
     coreml_precision = "fp16"
-    # The delegate runs Core ML: Core ML's spelling.
-    edge = lower_coreml(ctx.source.exported_program(targets.get("coreml").spelling), coreml_precision)
+    edge = lower_coreml(ctx.source.exported_program(ctx.target.spelling_for_delegate("coreml")), coreml_precision)
     outside = outside_delegate(edge.exported_program())
-    path = ctx.file_name("executorch", "coreml", "pte", precision=coreml_precision)
+    path = ctx.file_name("coreml", "pte", precision=coreml_precision)
     save_program(edge, path)
     # The delegate runs only on Apple devices; its embedded Core ML program goes through the MIL evaluator here.
     runner, why = coreml_mil.pte_runner(path, sum(outside.values()))
     artifacts.append(Artifact(
-        "executorch", "coreml", coreml_precision, path, runner,
+        ctx.target.name, "coreml", coreml_precision, path, runner,
         skip_reason=why and f"the ExecuTorch Core ML delegate runs only on Apple devices (Core ML runtime); {why}",
         info={"delegates": delegate_count(edge.exported_program()), "ops_outside_delegate": sum(outside.values()),
               "ops_outside_delegate_by_op": outside, "coreml_compute_precision": coreml_precision,

@@ -7,11 +7,13 @@ import importlib.metadata
 import platform
 from pathlib import Path
 
-from edge_crossformer import get_config
+from edge_crossformer import get_config, targets
+from edge_crossformer.backbone import output_specs
 from edge_crossformer.preprocessing import input_contract
+from edge_crossformer.reference_backbone import STRIDES
 
-from . import targets
 from .request import ExportRequest
+from .sizes import method_name
 
 SCHEMA_VERSION = 1
 TOOLS = ("edge-crossformer", "torch", *targets.packages(), "numpy")
@@ -41,11 +43,6 @@ def tool_versions() -> dict:
     return versions
 
 
-def resize_spec(req: ExportRequest) -> dict:
-    """How apps must resize a photo before it enters the model (upstream eval: bicubic, crop ratio 0.875)."""
-    return get_config(req.model).resize_for(req.img_size)
-
-
 def input_section(model: str, img_size: int) -> dict:
     """The manifest's `input`: the model's input contract, plus how Core ML's image input feeds it."""
     return {**input_contract(get_config(model).resize_for(img_size), img_size),
@@ -57,6 +54,9 @@ def output_section(num_classes: int) -> dict:
 
 
 def build_manifest(req: ExportRequest, artifacts: list[dict], failures: list[dict], source: dict) -> dict:
+    """The manifest of an export: the input contract, outputs, sizes and labels an app needs, every artifact with its
+    parity, the failures, and the tools that made it; status "pass" only when every artifact passed or was
+    skipped for want of its runtime and no target failed."""
     status = "pass" if artifacts and not failures and all(
         a["parity"]["status"] in ("pass", "skipped") for a in artifacts) else "fail"
     if req.task == "features":
@@ -82,8 +82,6 @@ def build_manifest(req: ExportRequest, artifacts: list[dict], failures: list[dic
 
 def _features_manifest(req: ExportRequest, artifacts: list[dict], failures: list[dict], source: dict,
                        status: str) -> dict:
-    from .features import manifest_sections
-
     hw = None if req.dynamic_size or req.sizes else list(req.img_hw)
     contract = input_section(req.model, req.img_hw[0])
     # A backbone's input is resized to H x W without a crop (detectors letterbox or resize; no classifier crop).
@@ -106,3 +104,23 @@ def _classifier_range_manifest(req: ExportRequest, artifacts: list[dict], failur
             "num_classes": req.num_classes, "input": contract, "output": output_section(req.num_classes),
             "labels": list(req.labels), "labels_file": "labels.txt", "artifacts": artifacts, "failures": failures,
             "status": status, "source": source, "tools": tool_versions()}
+
+
+def manifest_sections(req: ExportRequest) -> dict:
+    """What an app or a detection head needs: outputs (name, stride, channels, shape) and the sizes accepted."""
+    cfg = get_config(req.model).backbone()
+    fixed = None if req.dynamic_size else tuple(req.img_hw)
+    if req.dynamic_size:
+        low, high = req.dynamic_size
+        sizes = {"kind": "range", "min": low, "max": high, "multiple_of": 32, "non_square": True}
+    elif req.sizes:
+        fixed = None
+        sizes = {"kind": "list", "sizes": [list(hw) for hw in req.sizes],
+                 "entry_points": [method_name(*hw) for hw in req.sizes],
+                 "entry_point_kind": "ExecuTorch method / Core ML function (default: the first)"}
+    else:
+        sizes = {"kind": "fixed", "height": fixed[0], "width": fixed[1]}
+    return {"task": "features", "outputs": output_specs(cfg, req.out_indices, fixed), "sizes": sizes,
+            "strides": [STRIDES[i] for i in req.out_indices],
+            "backbone": {"group_size": list(cfg.group_size), "interval": list(cfg.interval),
+                         "norm_after_stage": False}}

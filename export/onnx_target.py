@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from .base import Artifact, TargetContext, require
+from quantize import quantize_onnx
 
-# 20: GELU is one `Gelu` node (ONNX Runtime runs it as one kernel) instead of Div / Erf / Add / Mul / Mul.
-OPSET = 20
+from .base import Artifact, TargetContext, require
+from .onnx_io import OPSET, max_rank, to_onnx
+from .onnx_qdq import fix_for_onnxruntime
+from .saturation import check_onnx, x86_int8_info
+from .sizes import output_names
 
 
 def load_runner(path, threads: int | None = None):
@@ -31,51 +34,13 @@ def _one_or_all(outputs: list):
     return outputs[0] if len(outputs) == 1 else outputs
 
 
-# Node metadata torch.onnx records: the Python stack (file paths and line numbers of the exporting checkout).
-SOURCE_METADATA = ("pkg.torch.onnx.stack_trace",)
-
-
-def without_source_paths(model):
-    """The model without the exporting machine's source paths and line numbers in its node metadata: the same model
-    exported from another checkout or machine gives the same bytes, and the file does not carry local paths."""
-    for node in model.graph.node:
-        kept = [prop for prop in node.metadata_props if prop.key not in SOURCE_METADATA]
-        del node.metadata_props[:]
-        node.metadata_props.extend(kept)
-    return model
-
-
-def output_names(req) -> list[str]:
-    if req.task == "classify":
-        return ["logits"]
-    from .features import output_names as maps
-
-    return maps(req)
-
-
-def to_onnx(module, example, dynamic, names: list[str], path):
-    """torch.onnx (dynamo) export to `path`, without source paths; returns the loaded ModelProto."""
-    onnx = require("onnx", "onnx")
-    with torch.no_grad():
-        program = torch.onnx.export(module, (example,), dynamo=True, opset_version=OPSET, input_names=["image"],
-                                    output_names=names, dynamic_shapes=dynamic, verbose=False, optimize=True)
-    program.save(str(path))
-    return without_source_paths(onnx.load(str(path)))
-
-
-def max_rank(model) -> int:
-    """Highest tensor rank in the graph after ONNX shape inference (symbolic sizes count as dims)."""
-    onnx = require("onnx", "onnx")
-    inferred = onnx.shape_inference.infer_shapes(model)
-    values = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
-    return max(len(v.type.tensor_type.shape.dim) for v in values if v.type.HasField("tensor_type"))
-
-
 def export(ctx: TargetContext) -> list[Artifact]:
+    """The deployable through torch.onnx (dynamo, opset 20), symbolic H / W for a range of sizes, a dynamic batch on
+    request; INT8 by NNCF on the ONNX graph, then fixed for ONNX Runtime's INT8 kernels; checked by onnx.checker."""
     onnx = require("onnx", "onnx")
     require("onnxscript", "onnx")
     require("onnxruntime", "onnx")
-    path = ctx.file_name("onnx", None, "onnx")
+    path = ctx.file_name(None, "onnx")
     module = ctx.deployable()
     ctx.step("exporting to ONNX")
     dynamic = ctx.source.dynamic_shapes()
@@ -86,10 +51,6 @@ def export(ctx: TargetContext) -> list[Artifact]:
         dynamic = ({0: torch.export.Dim("batch", min=1, max=64)},)
     model = to_onnx(module, example, dynamic, output_names(ctx.request), path)
     if ctx.int8:
-        from quantize import quantize_onnx
-
-        from .onnx_qdq import fix_for_onnxruntime
-
         model = ctx.int8.quantize(ctx, model, quantize_onnx, "ONNX")
         if not ctx.request.plain_int8:  # ONNX Runtime's own part: its INT8 kernels' patterns
             model = fix_for_onnxruntime(model, ctx.source.calibration(), ctx.source.quant_options().subset_size)
@@ -104,7 +65,5 @@ def export(ctx: TargetContext) -> list[Artifact]:
     if ctx.request.task == "features" or ctx.request.dynamic_size:
         info.update(dynamic_size=ctx.request.dynamic_size, max_rank=max_rank(model))
     if ctx.int8:
-        from .saturation import check_onnx, x86_int8_info
-
         info.update(x86_int8_info(ctx, check_onnx(path)))
-    return [Artifact("onnx", None, ctx.precision, path, load_runner(path), info=info)]
+    return [Artifact(ctx.target.name, None, ctx.precision, path, load_runner(path), info=info)]

@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import torch
 
+from quantize import quantize_openvino
+
 from .base import Artifact, TargetContext, require
+from .onnx_io import to_onnx
+from .saturation import check_openvino, x86_int8_info
+from .sizes import output_names
 
 
 AUTO_NAME = re.compile(r"^[A-Za-z0-9]+_\d+$")
@@ -46,12 +50,8 @@ def _from_onnx(ctx: TargetContext, ov):
     """A backbone for a range of sizes, through torch.onnx (symbolic H and W; shapes read with ONNX's Shape
     start / end, no data gather). OpenVINO's module tracing picks sizes with Gather ops (116 on crossformer-fmnist)
     and its ExportedProgram path took 4 min on it, against seconds from ONNX."""
-    from .onnx_target import output_names, to_onnx
-
     scratch = ctx.staging / ".tmp" / "openvino-from-onnx.onnx"
-    # 3-D attention: with the 4-D spelling and symbolic sizes, the CPU plugin's fused attention subgraph failed
-    # its broadcast shape inference on the in-graph mask (OpenVINO 2026.4, crossformer-fmnist 64-256).
-    module = ctx.source.deployable(dataclasses.replace(ctx.target.spelling, matmul_4d=False))
+    module = ctx.deployable()  # the registry's range spelling
     to_onnx(module, ctx.source.example(), ctx.source.dynamic_shapes(), output_names(ctx.request), scratch)
     model = ov.convert_model(str(scratch))
     _shape_slices(model)
@@ -77,8 +77,10 @@ def _shape_slices(model) -> None:
 
 
 def export(ctx: TargetContext) -> list[Artifact]:
+    """The deployable through OpenVINO's module tracing (a range of sizes: through ONNX), ShapeOf gathers rewritten
+    as slices, INT8 by NNCF on the ov.Model, names made stable so that re-exports are byte-identical."""
     ov = require("openvino", "openvino")
-    path = ctx.file_name("openvino", None, "xml")
+    path = ctx.file_name(None, "xml")
     ctx.step("converting to OpenVINO IR")
     if ctx.request.dynamic_size:
         model = _from_onnx(ctx, ov)
@@ -92,12 +94,8 @@ def export(ctx: TargetContext) -> list[Artifact]:
     if ctx.request.task == "features" or ctx.request.dynamic_size:
         _shape_slices(model)
     if ctx.int8:
-        from quantize import quantize_openvino
-
         model = ctx.int8.quantize(ctx, model, quantize_openvino, "OpenVINO")
     _stable_names(model, ctx.request.model)
-    from .onnx_target import output_names
-
     for out, name in zip(model.outputs, output_names(ctx.request)):
         out.get_tensor().set_names({name})
     ov.save_model(model, str(path), compress_to_fp16=ctx.precision == "fp16")
@@ -112,8 +110,6 @@ def export(ctx: TargetContext) -> list[Artifact]:
             # Gathers that pick H and W out of ShapeOf's [N, C, H, W] (shape arithmetic, not data).
             gather_ops=ops.get("Gather", 0) + ops.get("GatherND", 0) + ops.get("GatherElements", 0))
     if ctx.int8:
-        from .saturation import check_openvino, x86_int8_info
-
         info.update(x86_int8_info(ctx, check_openvino(path)))
-    return [Artifact("openvino", None, ctx.precision, path, load_runner(path), extra_files=[path.with_suffix(".bin")],
+    return [Artifact(ctx.target.name, None, ctx.precision, path, load_runner(path), extra_files=[path.with_suffix(".bin")],
                      info=info)]

@@ -2,37 +2,33 @@
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import importlib.util
 import json
-import logging
 import os
-import sys
 import shutil
+import sys
 import time
 import traceback
-import warnings
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from edge_crossformer import targets
 from edge_crossformer.checkpoint import HEAD_SEED
 from edge_crossformer.cli import disk_full
 from edge_crossformer.files import (OutputBusy, free_bytes, json_safe, output_lock, private_tmpdir, remove,
                                     signals_deferred, staging_dir, sweep_stale)
 from edge_crossformer.host import host_isa
-from edge_crossformer.util import progress_bar
+from edge_crossformer.util import progress_bar, quiet_converters
 
-from . import parity, targets
+from . import parity
 from .base import Artifact, TargetContext
-from .manifest import build_manifest, resize_spec, sha256_of
+from .manifest import build_manifest, sha256_of
 from .prepare import SAMPLES, ModelSource
 from .request import ExportError, ExportRequest
-
-
+from .sizes import resize_spec
 
 def check_backends(req: ExportRequest) -> None:
     """Fail before any work when a target's package (or INT8's quantizer) is missing, naming the install command."""
@@ -99,7 +95,7 @@ def run_export(req: ExportRequest, console: Console | None = None) -> tuple[int,
             started = time.time()
             staging = staging_dir(output)
             try:
-                with private_tmpdir(staging / SCRATCH), _converters_quiet():
+                with private_tmpdir(staging / SCRATCH), quiet_converters():
                     manifest = _export_into(req, staging, console)
                 _publish(staging, output)
             except BaseException:
@@ -142,7 +138,7 @@ def _export_into(req: ExportRequest, staging: Path, console: Console) -> dict:
             inputs = parity.eight_bit(parity.parity_inputs(req.img_size, resize_spec(req), req.parity_samples,
                                                            SAMPLES))
             expected, device = parity.reference_logits(reference, inputs)
-        else:  # a backbone, or a range of sizes: checked per size (and per map) in export/features.py
+        else:  # a backbone, or a range of sizes: checked per size (and per map), below
             inputs = expected = device = None
         bar.advance(task)
         for target in req.targets:
@@ -152,9 +148,7 @@ def _export_into(req: ExportRequest, staging: Path, console: Console) -> dict:
             before = {p.name for p in staging.iterdir()}
             made: list[Artifact] = []
             try:
-                module = targets.get(target).backend()
-                with _quiet_converters():
-                    made = module.export(ctx)
+                made = targets.get(target).backend().export(ctx)
             except ExportError:
                 raise
             except Exception as e:  # a converter failing on this model: recorded, the other targets go on
@@ -206,14 +200,14 @@ def _export_into(req: ExportRequest, staging: Path, console: Console) -> dict:
 
 
 def _features_parity(entry: dict, art: Artifact, reference, req: ExportRequest, source: ModelSource) -> dict:
-    """A backbone artifact's parity: per output level, at every size it serves that parity checks."""
-    from . import features
-
+    """A backbone artifact's parity (per output level), or a range classifier's, at every size it serves that
+    parity checks."""
     if art.runner is None:
         return entry
     structure_ok = all(c["ok"] for c in entry["checks"])
-    result = (features.parity(art, reference, req, SAMPLES, source) if req.task == "features"
-              else features.classifier_parity(art, reference, req, SAMPLES))
+    held = source.int8_data if art.precision == "int8" else None
+    result = (parity.features_parity(art, reference, req, SAMPLES, held) if req.task == "features"
+              else parity.classifier_range_parity(art, reference, req, SAMPLES))
     result["status"] = result["status"] if structure_ok else "fail"
     result["runtime_host"] = host_isa()
     if "runtime" in art.info:
@@ -280,92 +274,14 @@ def _parity_entry(art: Artifact, inputs: np.ndarray, expected: np.ndarray, devic
     elif inputs is None:
         result = {}  # a backbone: export.features measures it (_features_parity)
     else:
-        extra = {}
-        if art.precision == "int8" and int8_set is not None:
-            # INT8 is judged on real held-out images against the float model, not on the synthetic inputs.
-            inputs, expected, labels, where = int8_set
-            extra["images"] = where
-        got = parity.run_batched(art.runner, inputs)
-        measured = parity.compare(got, expected)
-        status, rule = parity.gate(art.target, art.precision, measured)
-        if art.precision == "int8" and int8_set is not None and (labels >= 0).all():
-            fp32_acc = float((expected.argmax(1) == labels).mean() * 100)
-            int8_acc = float((got.argmax(1) == labels).mean() * 100)
-            extra.update({"top1_fp32": fp32_acc, "top1_int8": int8_acc, "top1_drop_pp": fp32_acc - int8_acc})
-            if fp32_acc - int8_acc > parity.INT8_DROP_PP:
-                status = "fail"
-            rule += f" and top-1 drop <= {parity.INT8_DROP_PP} pp on labelled images"
+        result = parity.classifier_parity(art, inputs, expected, device, int8_set)
         # Where it ran: INT8 (and BF16) arithmetic depends on the CPU's ISA (edge_crossformer.host).
-        result = {"reference_device": device, **measured.as_dict(), **extra, "gate": rule,
-                  "status": status if structure_ok else "fail", "runtime_host": host_isa(),
-                  **({"runtime": art.info["runtime"]} if "runtime" in art.info else {})}
-        if art.cross_checks:
-            result["cross_checks"] = _cross_checks(art, inputs, expected, got)
+        result.update(status=result["status"] if structure_ok else "fail", runtime_host=host_isa(),
+                      **({"runtime": art.info["runtime"]} if "runtime" in art.info else {}))
     entry["parity"] = result
     entry["checks"] = checks
     entry["info"] = art.info
     return entry
-
-
-# Converters that log INFO chatter and warn on every conversion: this tool shows one progress display and a summary.
-CONVERTER_LOGGERS = ("executorch", "coremltools", "torch.onnx", "torch._export", "nncf", "torchao")
-CONVERTER_WARNINGS = r"(coremltools|executorch|torchao|torch\.onnx|onnxscript|nncf)(\..*)?"
-
-
-@contextlib.contextmanager
-def _converters_quiet():
-    """For a whole export: converters' loggers at ERROR, their warnings and tqdm bars off; the caller's settings
-    come back afterwards."""
-    loggers = {name: logging.getLogger(name) for name in CONVERTER_LOGGERS}
-    levels = {name: log.level for name, log in loggers.items()}
-    tqdm = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", module=CONVERTER_WARNINGS)
-            for log in loggers.values():
-                log.setLevel(logging.ERROR)
-            yield
-    finally:
-        for name, log in loggers.items():
-            log.setLevel(levels[name])
-        _restore_env("TQDM_DISABLE", tqdm)
-
-
-def _restore_env(name: str, value: str | None) -> None:
-    if value is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = value
-
-
-def _cross_checks(art: Artifact, inputs: np.ndarray, expected: np.ndarray, judged: np.ndarray) -> dict:
-    """Parity of the artifact's other runners (Core ML on a Mac: the MIL evaluator), recorded, not gated; and how
-    close each is to the judging runtime itself."""
-    out = {}
-    for name, run in art.cross_checks.items():
-        got = parity.run_batched(run, inputs)
-        measured = parity.compare(got, expected)
-        out[name] = {**measured.as_dict(), "status": parity.gate(art.target, art.precision, measured)[0],
-                     "vs_runtime": parity.compare(got, judged).as_dict()}
-    return out
-
-
-@contextlib.contextmanager
-def _quiet_converters():
-    """Converters log INFO/WARNING chatter (and set their own logger levels) and draw tqdm bars: silence both while
-    they run, then restore the caller's settings; errors still surface as exceptions and land in the manifest."""
-    disabled = logging.root.manager.disable
-    tqdm = os.environ.get("TQDM_DISABLE")
-    logging.disable(max(disabled, logging.WARNING))
-    os.environ["TQDM_DISABLE"] = "1"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(disabled)
-        _restore_env("TQDM_DISABLE", tqdm)
 
 
 def _publish(staging: Path, output: Path) -> None:

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from edge_crossformer import Normalized, Spelling, create_model, strip_position_mlp
-from edge_crossformer.checkpoint import CheckpointError
+from edge_crossformer import Normalized, Spelling, create_model, deployable, targets
+from edge_crossformer.checkpoint import CheckpointError, learned_ranges_file
+from quantize import AccuracyTarget, QuantOptions, calibration_list, quantize_pt2e
+from quantize.sensitivity import keep_float_pattern, measure, search_keep_float, units
 
-from . import targets
+from .int8 import load_int8_data
+from .parity import eight_bit, reference_logits, run_batched
 from .request import ExportError, ExportRequest
+from .sizes import calibration_arrays, dynamic_shapes, int8_images, resize_spec
 
 SAMPLES = Path(__file__).parent / "samples"
-# The spelling the XNNPACK-scheme INT8 tools (keep-float search, sensitivity) work on: the graph ExecuTorch lowers.
-PT2E_SPELLING = targets.get("executorch").spelling
 
 
 @dataclass
@@ -47,8 +49,7 @@ class ModelSource:
         """A backbone's deployable at one of --sizes (one ExecuTorch method / Core ML function each)."""
         key = (spelling, tuple(hw))
         if key not in self._deployables:
-            self._deployables[key] = Normalized(strip_position_mlp(self._create(spelling=spelling,
-                                                                                img_size=tuple(hw)))).eval()
+            self._deployables[key] = deployable(self._create(spelling=spelling, img_size=tuple(hw)))
         return self._deployables[key]
 
     @functools.cached_property
@@ -67,37 +68,24 @@ class ModelSource:
         if self.request.reference_model:
             return self.reference
         if spelling not in self._deployables:
-            self._deployables[spelling] = Normalized(strip_position_mlp(self._create(spelling=spelling))).eval()
+            self._deployables[spelling] = deployable(self._create(spelling=spelling))
         return self._deployables[spelling]
 
     @functools.cached_property
     def qat_ranges(self) -> Path | None:
         """INT8 ranges learned by an XNNPACK-scheme QAT run, when the checkpoint has them beside it."""
-        from quantize.qat import learned_ranges_file
-
         return None if self.request.reference_model else learned_ranges_file(self.request.checkpoint)
 
     @functools.cached_property
     def int8_data(self):
         """Calibration and held-out parity images for INT8 (loaded once)."""
-        from .int8 import load_int8_data
-        from .manifest import resize_spec
-
         req = self.request
-        if req.task == "classify":
-            return load_int8_data(req, resize_spec(req))
-        # A backbone: images resized (not cropped) to its H x W (export.features.calibration_arrays), as
-        # detectors feed them.
-        from .features import int8_images
-
-        side = max(req.dynamic_size or req.img_hw)
-        data = load_int8_data(req, {"size": side, "crop": side, "interpolation": "bilinear"})
-        data.parity = int8_images(data.parity, req.img_hw)
+        data = load_int8_data(req, resize_spec(req))
+        if req.task == "features":  # resized (not cropped) to its H x W, as detectors feed them
+            data.parity = int8_images(data.parity, req.img_hw)
         return data
 
-    def quant_options(self):
-        from quantize import QuantOptions
-
+    def quant_options(self) -> QuantOptions:
         req = self.request
         # The benchmarks' upstream baseline keeps NNCF's default (overflow fix on the first layer only).
         fix = "first_layer" if req.plain_int8 else ("none" if req.full_range_int8_weights else "all")
@@ -107,8 +95,6 @@ class ModelSource:
     @functools.cached_property
     def search_images(self) -> np.ndarray:
         """The --max-accuracy-drop images as the artifacts see them (8-bit pixels, like every parity input)."""
-        from .parity import eight_bit
-
         return eight_bit(self.int8_data.search.numpy())
 
     @functools.cached_property
@@ -124,22 +110,16 @@ class ModelSource:
 
     @functools.cached_property
     def search_fp32(self) -> np.ndarray:
-        from .parity import reference_logits
-
         return reference_logits(self.reference, self.search_images)[0]
 
     def search_drop(self, runner) -> float:
         """Top-1 points an artifact loses against the FP32 reference on the search images."""
-        from .parity import run_batched
-
         labels = self.search_labels
         fp32 = float((self.search_fp32.argmax(1) == labels).mean() * 100)
         return fp32 - float((run_batched(runner, self.search_images).argmax(1) == labels).mean() * 100)
 
     def accuracy_target(self):
         """--max-accuracy-drop for NNCF's accuracy control (OpenVINO, ONNX), or None."""
-        from quantize import AccuracyTarget, calibration_list
-
         if self.request.max_accuracy_drop is None:
             return None
         return AccuracyTarget(calibration_list(torch.from_numpy(self.search_images)), self.search_labels,
@@ -147,9 +127,7 @@ class ModelSource:
 
     @functools.cached_property
     def _sensitivity(self):
-        from quantize.sensitivity import measure
-
-        return measure(self.deployable(PT2E_SPELLING), self.int8_data.calibration,
+        return measure(self.deployable(targets.spelling_for_scheme("xnnpack")), self.int8_data.calibration,
                        torch.from_numpy(self.search_images), self.search_labels if self.search_labelled else None,
                        self.quant_options())
 
@@ -159,25 +137,17 @@ class ModelSource:
         rank the layers by what keeping each float buys on the search images, keep the most sensitive float until
         the simulated drop holds. Computed once, on the graph ExecuTorch quantizes (Core ML's differs only in
         keeping LayerNorm whole); `refine_keep_float` continues it."""
-        from quantize.sensitivity import search_keep_float, units
-
         if self._search is None:
             self._search = search_keep_float(self._sensitivity, self.request.max_accuracy_drop)
         return self._search, len(units(self._sensitivity.graph))
 
     def refine_keep_float(self, simulated_target_pp: float) -> None:
         """Keep more layers float, until the simulation reaches a stricter target (a runtime measured more)."""
-        from quantize.sensitivity import search_keep_float
-
         found, _ = self.keep_float_search
         self._search = search_keep_float(self._sensitivity, simulated_target_pp, after=found)
 
     def pt2e_quant_options(self):
         """quant_options plus, with --max-accuracy-drop, the layers the search keeps float."""
-        from dataclasses import replace
-
-        from quantize.sensitivity import keep_float_pattern
-
         opts = self.quant_options()
         if self.request.max_accuracy_drop is None:
             return opts
@@ -189,8 +159,6 @@ class ModelSource:
         ExecuTorch takes LayerNorm decomposed (XNNPACK has no LayerNorm); Core ML W8A8 keeps it whole, on
         purpose: decomposed, its variance is a square computed in FP16, which overflows (65504) once activations
         pass about 256, where Core ML's own layer_norm stays exact."""
-        from quantize import quantize_pt2e
-
         opts = self.pt2e_quant_options()
         key = (spelling, repr(opts))
         if key not in self._int8_graphs:
@@ -209,11 +177,7 @@ class ModelSource:
 
     @functools.cached_property
     def _calibration(self):
-        from quantize import calibration_list
-
         if self.request.task == "features":
-            from .features import calibration_arrays
-
             return calibration_arrays(self.int8_data.calibration, self.request)
         return calibration_list(self.int8_data.calibration)
 
@@ -222,8 +186,6 @@ class ModelSource:
 
     def dynamic_shapes(self):
         """torch.export's symbolic H and W for a backbone that serves a range of sizes (else None)."""
-        from .features import dynamic_shapes
-
         return dynamic_shapes(self.request)
 
     def exported_program(self, spelling: Spelling) -> torch.export.ExportedProgram:

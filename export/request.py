@@ -1,16 +1,13 @@
-"""What the user asked for, validated before any work starts (so bad input writes nothing)."""
+"""What the user asked for (`ExportRequest`), the error every bad request raises, and the checks that need nothing
+but the request itself. export.validate fills the defaults and rejects what cannot work, before any work."""
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_crossformer import get_config
-from edge_crossformer.registry import ASSETS, check_img_size, check_num_classes
-
-from . import targets
+from edge_crossformer import targets
 
 TARGETS = targets.names()
 DEFAULT_MODEL = "crossformer-fmnist"
@@ -39,8 +36,7 @@ class ExportRequest:
     dynamic_batch: bool = False
     calib_data: Path | None = None
     calib_size: int = 300
-    # Off by default: measured on crossformer-fmnist (500 held-out images), NNCF's default SmoothQuant (0.95)
-    # lowered OpenVINO INT8 top-1 agreement from 99.0% to 96.8% and 0.5 to 95.6%; ONNX 98.8% either way.
+    # Off by default: it lowered OpenVINO INT8's agreement with FP32 on crossformer-fmnist (docs/int8.md).
     smooth_quant_alpha: float | None = -1.0
     keep_float: tuple[str, ...] = ()
     int8_activations: str = "static"
@@ -55,7 +51,7 @@ class ExportRequest:
     qat_checkpoint: Path | None = None
     # NNCF's output as is, without this project's INT8 graph fixes (the benchmarks' upstream baseline).
     plain_int8: bool = False
-    # "classify" (logits) or "features" (the detection / segmentation backbone's stage maps: export/features.py).
+    # "classify" (logits) or "features" (the detection / segmentation backbone's stage maps).
     task: str = "classify"
     # Input (H, W): the square img_size for the classifier; --img-size H W for a backbone (filled by validate).
     img_hw: tuple[int, int] | None = None
@@ -64,6 +60,11 @@ class ExportRequest:
     dynamic_size: tuple[int, int] | None = None
     # ((H, W), ...): one artifact with an entry point per size (features only; Core ML, ExecuTorch).
     sizes: tuple[tuple[int, int], ...] | None = None
+
+    @property
+    def size_mode(self) -> str:
+        """"fixed", "range" (--dynamic-size) or "list" (--sizes): edge_crossformer.targets.SIZE_MODES."""
+        return "range" if self.dynamic_size is not None else "list" if self.sizes is not None else "fixed"
 
     @property
     def stem(self) -> str:
@@ -153,190 +154,22 @@ def check_output(output: Path, overwrite: bool, inputs: tuple[Path | None, ...] 
         raise ExportError(f"cannot write to {probe}; choose another --output directory")
 
 
-def check_accuracy_request(req: ExportRequest) -> None:
-    drop = req.max_accuracy_drop
-    if not math.isfinite(drop) or not 0 <= drop < 100:
-        raise ExportError(f"--max-accuracy-drop is in percentage points, 0 <= PP < 100; got {drop}")
-    if not any(req.precision_for(t) == "int8" for t in req.targets):
-        raise ExportError("--max-accuracy-drop applies to INT8: add --precision int8")
-    if req.int8_activations == "dynamic":
-        raise ExportError("--max-accuracy-drop searches the static INT8 scheme; drop --int8-activations dynamic "
-                          "(dynamic INT8 already keeps activations in float between linears)")
-    pt2e = [t for t in req.targets if targets.get(t).int8_scheme == "xnnpack"]
-    if pt2e and req.smooth_quant_alpha is not None and req.smooth_quant_alpha >= 0:
-        raise ExportError(f"--max-accuracy-drop for {', '.join(pt2e)} needs SmoothQuant off (its per-layer search "
-                          "switches layers back to their original float weights); pass --smooth-quant-alpha -1")
-    if req.reference_model:
-        raise ExportError("--max-accuracy-drop applies to the export-friendly model; drop --reference-model")
-    from quantize.qat import learned_ranges_file
-
-    ranges = learned_ranges_file(req.checkpoint)
-    learned = [t for t in req.targets if targets.get(t).uses_learned_ranges]
-    if ranges is not None and learned:
-        raise ExportError(f"--max-accuracy-drop recalibrates, but {req.checkpoint} comes with ranges learned in QAT "
-                          f"({ranges}); export {' / '.join(targets.get(t).title for t in learned)} without "
-                          "--max-accuracy-drop to use them, or "
-                          "move the ranges file away")
 
 
-def validate(req: ExportRequest) -> ExportRequest:
-    """Fill per-model defaults and reject anything that cannot work, before doing any work."""
-    check_one_size_flag(req)
-    if req.task == "features":
-        from .features import validate_features
-
-        return validate_features(req)
-    if req.task != "classify":
-        raise ExportError(f"--task must be classify or features, got {req.task!r}")
-    if req.sizes is not None:
-        raise ExportError("--sizes exports a backbone for several sizes: add --task features")
-    if req.out_indices is not None:
-        raise ExportError("--out-indices picks a backbone's stage maps: add --task features")
-    if isinstance(req.img_size, (tuple, list)):
-        if len(req.img_size) != 2 or req.img_size[0] != req.img_size[1]:
-            raise ExportError(f"the classifier takes a square input: --img-size N (got {list(req.img_size)}); "
-                              "non-square sizes are for backbones (--task features --img-size H W)")
-        req.img_size = req.img_size[0]
-    try:
-        cfg = get_config(req.model)
-        if req.img_size is None:
-            req.img_size = cfg.default_img_size
-        if req.num_classes is None:
-            req.num_classes = cfg.default_num_classes
-        check_img_size(req.img_size)
-        check_num_classes(req.num_classes)
-    except ValueError as e:
-        raise ExportError(str(e)) from e
-    req.img_hw = (req.img_size, req.img_size)
-    if req.dynamic_size is not None:
-        from .features import check_classifier_range
-
-        check_classifier_range(req, cfg)
-    check_bounds(req)
-    check_weights(req, cfg)
-    check_precisions(req)
-    req.labels, req.labels_source = labels_for(req, cfg)
-    check_int8_activations(req)
-    if req.max_accuracy_drop is not None:
-        check_accuracy_request(req)
-    if any(req.precision_for(t) == "int8" for t in req.targets):
-        from .int8 import check_calibration_request
-
-        check_calibration_request(req, cfg)
-    req.output = Path(os.path.abspath(req.output))
-    check_output(req.output, req.overwrite, (req.checkpoint, req.calib_data,
-                                             Path(req.labels_source) if req.labels_source else None))
-    return req
 
 
-def check_one_size_flag(req: ExportRequest) -> None:
-    """--img-size, --dynamic-size and --sizes each say every size the artifact serves: one of them at a time."""
-    given = [flag for flag, value in (("--img-size", req.img_size), ("--dynamic-size", req.dynamic_size),
-                                      ("--sizes", req.sizes)) if value is not None]
-    if len(given) > 1:
-        raise ExportError(f"{' and '.join(given)} both set the input size: give one (--img-size for one size, "
-                          "--dynamic-size MIN MAX for a range on onnx / openvino, --sizes HxW ... for a list on "
-                          "coreml / executorch)")
 
 
-def check_weights(req: ExportRequest, cfg) -> None:
-    """A checkpoint that exists (or bundled weights), and a head the request can have."""
-    if req.checkpoint is None and cfg.bundled_checkpoint is None:
-        raise ExportError(
-            f"{req.model} has no bundled weights; pass --checkpoint PATH (an upstream .pth or .safetensors file). "
-            "Upstream checkpoints must be downloaded by hand; nothing is fetched at run time"
-        )
-    if req.checkpoint is not None and not Path(req.checkpoint).exists():
-        raise ExportError(f"checkpoint not found: {req.checkpoint}")
-    if req.checkpoint is not None and not Path(req.checkpoint).is_file():
-        raise ExportError(f"checkpoint {req.checkpoint} is not a file; pass the .pth/.pt/.safetensors file itself")
-    if req.reset_head and req.checkpoint is None:
-        raise ExportError("--reset-head replaces the head of a --checkpoint with another class count; pass "
-                          "--checkpoint and --num-classes")
-    if req.checkpoint is None and req.num_classes != cfg.default_num_classes:
-        raise ExportError(f"the bundled {req.model} weights have {cfg.default_num_classes} classes; "
-                          "pass --checkpoint to export another head")
 
 
-def _able(where) -> str:
-    return ", ".join(targets.names(where))
 
 
-def check_precisions(req: ExportRequest) -> None:
-    """Each target can produce the precision asked of it; target-only options name a target that takes them."""
-    if req.dynamic_batch and not any(targets.get(t).dynamic_batch for t in req.targets):
-        raise ExportError(f"--dynamic-batch applies to {targets.titles(lambda t: t.dynamic_batch)} only: add "
-                          f"--target {_able(lambda t: t.dynamic_batch)} (or all)")
-    for name in req.targets:
-        precision, target = req.precision_for(name), targets.get(name)
-        if not target.supports(precision):
-            raise ExportError(
-                f"--precision {precision} is not supported for target {name} "
-                f"(it supports {', '.join(target.precisions)}); {precision} is available for: "
-                f"{_able(lambda t: t.supports(precision))}"
-            )
-    if req.full_range_int8_weights and not any(req.precision_for(t) == "int8" for t in req.targets
-                                               if targets.get(t).x86_pair_sums):
-        raise ExportError(f"--full-range-int8-weights applies to INT8 {targets.titles(lambda t: t.x86_pair_sums)} "
-                          f"artifacts only: add --precision int8 and --target {_able(lambda t: t.x86_pair_sums)} or "
-                          "all")
 
 
-def labels_for(req: ExportRequest, cfg) -> tuple[list[str], str]:
-    """(labels, where they came from): --labels, the bundled model's own, or class_0 ... class_{K-1}."""
-    if req.labels_source:
-        return read_labels(Path(req.labels_source), req.num_classes), req.labels_source
-    if cfg.labels_file and req.checkpoint is None:
-        return read_labels(ASSETS / cfg.labels_file, req.num_classes), str(ASSETS / cfg.labels_file)
-    return [f"class_{i}" for i in range(req.num_classes)], ""
 
 
-def check_int8_activations(req: ExportRequest) -> None:
-    if req.int8_activations not in INT8_ACTIVATIONS:
-        raise ExportError(f"--int8-activations must be one of {', '.join(INT8_ACTIVATIONS)}, "
-                          f"got {req.int8_activations!r}")
-    if req.int8_activations == "static":
-        return
-    int8 = [t for t in req.targets if req.precision_for(t) == "int8"]
-    other = [t for t in int8 if req.int8_activations not in targets.get(t).int8_activations]
-    if not int8:
-        raise ExportError(f"--int8-activations {req.int8_activations} applies to INT8 only: add --precision int8")
-    if other:
-        able = _able(lambda t: req.int8_activations in t.int8_activations)
-        raise ExportError(f"--int8-activations {req.int8_activations} is supported by {able} only, not "
-                          f"{', '.join(other)}; export those targets in a separate command (static INT8)")
-    from quantize.qat import learned_ranges_file
-
-    ranges = None if req.reference_model else learned_ranges_file(req.checkpoint)
-    if ranges is not None:
-        raise ExportError(f"--int8-activations dynamic cannot use the static ranges learned in QAT ({ranges}): "
-                          "export with static activations, or move the ranges file away to quantize the QAT "
-                          "weights dynamically")
 
 
-def check_bounds(req: ExportRequest) -> None:
-    """Sizes and knobs within what the tool can do in reasonable time and memory (also for callers that build an
-    ExportRequest without the command line's argument types)."""
-    from edge_crossformer.cli import MAX_FEATURE_SIDE, MAX_IMG_SIZE, MAX_IMAGES, MAX_NUM_CLASSES, regex_problem
-
-    sides = list(req.img_hw) + list(req.dynamic_size or ()) + [v for hw in req.sizes or () for v in hw]
-    limit, what = (MAX_IMG_SIZE, "img_size") if req.task == "classify" else (MAX_FEATURE_SIDE, "input side")
-    if max(sides) > limit:
-        raise ExportError(f"{what} {max(sides)} is above the supported {limit} px (export time and memory "
-                          f"grow with its square); use a size in [32, {limit}]")
-    if req.num_classes is not None and req.num_classes > MAX_NUM_CLASSES:
-        raise ExportError(f"num_classes {req.num_classes} is above the supported {MAX_NUM_CLASSES}")
-    if not 1 <= req.parity_samples <= MAX_PARITY_SAMPLES:
-        raise ExportError(f"--parity-samples must be in [1, {MAX_PARITY_SAMPLES}], got {req.parity_samples}")
-    if not 1 <= req.calib_size <= MAX_IMAGES:
-        raise ExportError(f"--calib-size must be in [1, {MAX_IMAGES}], got {req.calib_size}")
-    alpha = req.smooth_quant_alpha
-    if alpha is not None and (not math.isfinite(alpha) or alpha > 1):
-        raise ExportError(f"--smooth-quant-alpha must be in [0, 1] (or negative to disable), got {alpha}")
-    for pattern in req.keep_float:
-        problem = regex_problem(pattern)
-        if problem:
-            raise ExportError(f"--keep-float: {problem}")
 
 
 # More parity inputs add time and say nothing new: INT8 is judged on held-out images anyway.

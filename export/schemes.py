@@ -5,7 +5,7 @@ how to quantize; what it adds is its format's own part (ONNX Runtime's QDQ fixes
 
 - "xnnpack" (`Pt2eInt8`): XNNPACK's quantizer on the torch.export graph (ExecuTorch; Core ML converts the same
   quantize / dequantize graph into a W8A8 ML program). Its activation ranges come from one of three places, chosen
-  by the request and what the target supports (export.targets): NNCF's calibration (static), the run time (dynamic:
+  by the request and what the target supports (edge_crossformer.targets): NNCF's calibration (static), the run time (dynamic:
   per row), or a QAT run (ranges learned beside the checkpoint).
 - "nncf" (`NncfInt8`): `nncf.quantize` on the runtime's own graph (OpenVINO ov.Model, ONNX ModelProto), with NNCF's
   accuracy control for --max-accuracy-drop.
@@ -16,6 +16,9 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+
+from quantize import quantize_pt2e_dynamic
+from quantize.qat import QATError, convert_with_ranges
 
 from .request import ExportError
 
@@ -31,9 +34,6 @@ class Pt2eInt8:
 
     def graph(self, ctx, example: torch.Tensor) -> torch.fx.GraphModule:
         """The INT8 quantize / dequantize graph of the target's spelling."""
-        from quantize import quantize_pt2e_dynamic
-        from quantize.qat import QATError, convert_with_ranges
-
         learned = self._learned(ctx)
         if ctx.request.int8_activations == "dynamic":
             ctx.step("quantizing for XNNPACK (linears' inputs quantized per row at run time)")

@@ -2,7 +2,7 @@
 INT8 sensitivity (quantize/sensitivity.py).
 
 The library below knows INT8 schemes only; this command line resolves `--target` to a scheme and a spelling through
-export's target registry (export.targets), the one place targets are described."""
+the target registry (edge_crossformer.targets), the one place targets are described."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from edge_crossformer.cli import (MAX_BATCH, MAX_IMAGES, MAX_IMG_SIZE, MAX_NUM_C
 
 from edge_crossformer import distributed
 
-from export import targets as registry
+from edge_crossformer import targets as registry
 
 from .qat import QATConfig, QATError
 
@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, help="trained weights to start from (default: the bundled ones)")
     p.add_argument("--target", default="openvino", choices=sorted(registry.TARGETS),
                    help="the target whose INT8 scheme is simulated: " + "; ".join(
-                       f"{', '.join(_served(scheme))} share the {scheme} scheme" for scheme in ("nncf", "xnnpack"))
+                       f"{', '.join(_served(scheme))} share the {scheme} scheme" for scheme in registry.schemes())
                    + " (default: openvino)")
     p.add_argument("--ranges", choices=("calibrated", "learned"), default="calibrated",
                    help="XNNPACK scheme only: activation ranges fixed at post-training INT8's (export recalibrates, "

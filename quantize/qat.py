@@ -38,26 +38,15 @@ from torch import Tensor, nn
 from edge_crossformer import distributed
 from edge_crossformer.preprocessing import Normalized
 from edge_crossformer.train import TrainConfig, TrainState, evaluate, fit, machine_description
+from edge_crossformer.checkpoint import ranges_path
 from edge_crossformer.files import atomic_path
 
 from .ptq import QuantOptions, _advanced, _ignored, _nncf
 
 NNCF_HOOK_PREFIX = "__nncf_hooks"
-# The INT8 schemes QAT simulates (see the module docstring); which target uses which is export.targets' to say.
+# The INT8 schemes QAT simulates (see the module docstring); which target uses which is edge_crossformer.targets' to say.
 SCHEMES = ("nncf", "xnnpack")
-RANGES_SUFFIX = ".ranges.safetensors"
 FAKE_QUANT_PREFIX = "activation_post_process_"
-
-
-def ranges_path(checkpoint: Path) -> Path:
-    """Where the XNNPACK-scheme QAT keeps the ranges it learned, beside the checkpoint."""
-    return Path(checkpoint).with_suffix(RANGES_SUFFIX)
-
-
-def learned_ranges_file(checkpoint: Path | None) -> Path | None:
-    """The ranges file an XNNPACK-scheme QAT run left beside `checkpoint`, or None."""
-    path = ranges_path(checkpoint) if checkpoint is not None else None
-    return path if path is not None and path.is_file() else None
 
 
 class QATError(ValueError):

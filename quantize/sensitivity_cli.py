@@ -47,8 +47,7 @@ class SensitivityError(Exception):
 
 def _load(args):
     """(model in [0, 1] -> logits, calibration images, evaluation images, labels or None, sources)"""
-    from edge_crossformer import Normalized, create_model, get_config, strip_position_mlp
-    from export.prepare import PT2E_SPELLING
+    from edge_crossformer import create_model, deployable, get_config, targets
     from edge_crossformer.data import find_fashion_mnist, load_dataset
 
     spec = get_config(args.model)
@@ -64,14 +63,14 @@ def _load(args):
     img_size = args.img_size or spec.default_img_size
     resize = spec.resize_for(img_size)
     model = create_model(args.model, checkpoint=args.checkpoint, img_size=img_size, num_classes=args.num_classes,
-                         spelling=PT2E_SPELLING)
+                         spelling=targets.spelling_for_scheme("xnnpack"))
     calib = load_dataset(args.calib_data, resize, split="train", limit=args.calib_size)
     data = load_dataset(args.data, resize, split="test", limit=args.limit)
     labels = data.labels.numpy() if data.labelled and (data.labels >= 0).all() else None
     classes = model.head.out_features
     if labels is not None and (labels.max() >= classes):
         raise SensitivityError(f"{data.source} has labels up to {labels.max()} but {args.model} has {classes} classes")
-    return Normalized(strip_position_mlp(model)).eval(), calib.images, data.images, labels, (calib.source, data.source)
+    return deployable(model), calib.images, data.images, labels, (calib.source, data.source)
 
 
 def sensitivity_main(argv: list[str]) -> int:

@@ -9,7 +9,7 @@ from executorch.runtime import Runtime
 from edge_crossformer import build_model
 
 from conftest import load_manifest, run_cli
-from export.targets import get as _target
+from edge_crossformer.targets import get as _target
 
 GATE = _target("executorch").fp32_gate  # docs/parity.md
 

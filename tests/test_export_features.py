@@ -6,7 +6,7 @@ import openvino as ov
 import pytest
 
 from conftest import load_manifest, run_cli
-from export.targets import get as _target
+from edge_crossformer.targets import get as _target
 
 FMNIST = ("--model", "crossformer-fmnist", "--task", "features")
 
@@ -53,7 +53,7 @@ def test_one_artifact_serves_a_range(tmp_path):
 
 
 def test_apple_and_executorch_serve_a_list_of_sizes(tmp_path):
-    """One Core ML multifunction package and one .pte with a method per size (export/multisize.py)."""
+    """One Core ML multifunction package and one .pte with a method per size (export/coreml_target.py, export/executorch_target.py)."""
     out = tmp_path / "sizes"
     sizes = [(64, 64), (64, 96), (128, 96)]
     assert run_cli("--target", "coreml,executorch", *FMNIST, "--sizes", *(f"{h}x{w}" for h, w in sizes),
@@ -109,7 +109,7 @@ def test_one_classifier_serves_a_range(tmp_path):
 def test_one_size_artifact_refuses_other_sizes():
     import numpy as np
 
-    from export.features import size_dispatch
+    from export.sizes import size_dispatch
 
     run = size_dispatch({(64, 64): lambda x: "a", (64, 96): lambda x: "b"})
     assert run(np.zeros((1, 3, 64, 96), np.float32)) == "b"

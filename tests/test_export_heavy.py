@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import load_manifest, run_cli
-from export import targets
+from edge_crossformer import targets
 
 
 @pytest.mark.heavy

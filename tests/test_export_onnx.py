@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import load_manifest, run_cli
-from export.targets import get as _target
+from edge_crossformer.targets import get as _target
 
 GATE = _target("onnx").fp32_gate  # docs/parity.md
 

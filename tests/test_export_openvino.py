@@ -4,7 +4,7 @@ import openvino as ov
 import pytest
 
 from conftest import load_manifest, run_cli
-from export.targets import get as _target
+from edge_crossformer.targets import get as _target
 
 GATE = _target("openvino").fp32_gate  # docs/parity.md
 

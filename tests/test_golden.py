@@ -171,7 +171,7 @@ def test_fp32_artifacts_reproduce_golden(golden, artifacts, target, delegate):
     assert manifest["labels"] == golden["labels"]
     art = next(a for a in manifest["artifacts"] if a["target"] == target and a["delegate"] == delegate)
     assert art["precision"] == "fp32"
-    from export import targets
+    from edge_crossformer import targets
 
     runner = targets.get(target).load_runner(out / art["file"])
     tol = golden["tolerances"]

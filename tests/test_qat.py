@@ -119,7 +119,7 @@ def test_qat_xnnpack_scheme_trains_the_executorch_graph(xnnpack_run):
     assert code == 0 and out.exists()
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["scheme"] == "xnnpack" and sorted(record["targets"]) == ["coreml", "executorch"]
-    from quantize.qat import ranges_path
+    from edge_crossformer.checkpoint import ranges_path
 
     assert ranges_path(out).is_file()
     bundled, tuned = assert_trained_checkpoint(out, record)
@@ -149,7 +149,7 @@ def test_qat_ranges_that_do_not_fit_the_model_are_refused(xnnpack_run, tmp_path,
 
     from safetensors.torch import save_file
 
-    from quantize.qat import ranges_path
+    from edge_crossformer.checkpoint import ranges_path
 
     _, ckpt = xnnpack_run
     copy = tmp_path / "copy.safetensors"
@@ -166,7 +166,7 @@ def test_qat_xnnpack_scheme_resumes(tmp_path, monkeypatch, capsys):
     args = [*QUICK, "--train-limit", "256", "--target", "executorch", "--epochs", "2", "--workdir", work,
             "--output", out]
     interrupt_then_resume(args, work, out, monkeypatch, capsys)
-    from quantize.qat import ranges_path
+    from edge_crossformer.checkpoint import ranges_path
 
     assert not ranges_path(out).exists()  # calibrated ranges (the default): the export recalibrates
 

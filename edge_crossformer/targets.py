@@ -1,9 +1,10 @@
 """The target registry: everything the tool knows about a target, in one `Target` entry each.
 
-Every other table of targets (the command line's choices, precisions and defaults, install hints, parity gates,
-benchmark runtimes, QAT schemes) is derived from `TARGETS`. Adding a target means its module (`export(ctx)` and
-`load_runner(path, threads)`), one entry here, its pip extra, its tests and README lines (README, "Adding a
-target"). Importing this module imports no converter or runtime.
+Every other table of targets (the command line's choices, precisions and defaults, the sizes each serves, the
+spelling each use of the model takes, install hints, parity gates, benchmark runtimes, QAT schemes) is derived
+from `TARGETS`. Adding a target means its module (`export(ctx)` and `load_runner(path, threads)`), one entry here,
+its pip extra, its tests and README lines (README, "Adding a target"). Importing this module imports no converter
+or runtime, and nothing of `quantize` or `export`: both read it from below.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
-from edge_crossformer.export_friendly import Spelling
+from .export_friendly import Spelling
 
 PRECISIONS = ("fp32", "fp16", "int8")
+# How many sizes one artifact serves: one (fixed), every multiple of 32 in a range from one graph with symbolic H
+# and W (range), or a list with one entry point per size (list: ExecuTorch methods, Core ML functions).
+SIZE_MODES = ("fixed", "range", "list")
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,13 @@ class Target:
     bf16_hint: bool = False
     # Files written per parameter, relative to one file (free-space check before an export).
     files_per_param: float = 1.0
+    # The size modes its artifacts serve (SIZE_MODES).
+    size_modes: tuple[str, ...] = ("fixed",)
+    # The spelling for a range of sizes, where it differs from `spelling`.
+    range_spelling: Spelling | None = None
+    # Artifacts lowered to another runtime's delegate inside this one's program, and the spelling each delegate
+    # takes (ExecuTorch's Core ML delegate runs Core ML: Core ML's spelling).
+    delegate_spellings: tuple[tuple[str, Spelling], ...] = ()
     # FP16 top-1 agreement gate where it is stricter than export.parity's FP16_TOP1 (docs/parity.md).
     fp16_top1: float | None = None
 
@@ -77,30 +88,44 @@ class Target:
     def supports(self, precision: str) -> bool:
         return precision in self.precisions
 
+    def serves(self, size_mode: str) -> bool:
+        return size_mode in self.size_modes
+
+    def spelling_for(self, size_mode: str = "fixed") -> Spelling:
+        """How the exported model spells its ops for this target at a size mode."""
+        return self.range_spelling if size_mode == "range" and self.range_spelling else self.spelling
+
+    def spelling_for_delegate(self, delegate: str) -> Spelling:
+        return dict(self.delegate_spellings)[delegate]
+
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("coreml", "export.coreml_target", ("coremltools",), "coreml", "coremltools==9.0",
            title="Core ML", precisions=("fp16", "fp32", "int8"), default_precision="fp16", fp32_gate=1e-3,
            spelling=Spelling(), qat_spelling=Spelling(decompose_layernorm=True), int8_scheme="xnnpack",
-           runtime_name="Core ML", fp16_top1=1.0),
+           runtime_name="Core ML", fp16_top1=1.0, size_modes=("fixed", "list")),
     Target("executorch", "export.executorch_target", ("executorch", "coremltools"), "executorch", "executorch==1.5.1",
            title="ExecuTorch", precisions=("fp32", "int8"), default_precision="fp32", fp32_gate=1e-3,
            spelling=Spelling(decompose_layernorm=True), qat_spelling=Spelling(decompose_layernorm=True),
            int8_scheme="xnnpack", int8_activations=("static", "dynamic"),
            uses_learned_ranges=True,
            runtime="executorch", runtime_name="ExecuTorch", runtime_delegate="xnnpack",
-           runtime_module="executorch.runtime", files_per_param=1.5),
+           runtime_module="executorch.runtime", files_per_param=1.5, size_modes=("fixed", "list"),
+           delegate_spellings=(("xnnpack", Spelling(decompose_layernorm=True)), ("coreml", Spelling()))),
     Target("openvino", "export.openvino_target", ("openvino",), "openvino", "openvino, nncf",
            title="OpenVINO", precisions=("fp32", "fp16", "int8"), default_precision="fp32", fp32_gate=1e-3,
            # 4-D attention: the CPU plugin fuses it into one (INT8) attention kernel, CrossFormer-T 224 INT8 measured
            # 9% faster than the 3-D bmm spelling; LayerNorm affine folded into the next linears (README, Performance).
            spelling=Spelling(matmul_4d=True, fold_norms=True), qat_spelling=Spelling(), int8_scheme="nncf",
            x86_pair_sums=True, bf16_hint=True,
-           runtime="openvino", runtime_name="OpenVINO CPU", runtime_module="openvino"),
+           runtime="openvino", runtime_name="OpenVINO CPU", runtime_module="openvino", size_modes=("fixed", "range"),
+           # 3-D attention for a range: with the 4-D spelling and symbolic sizes, the CPU plugin's fused attention
+           # failed its broadcast shape inference on the in-graph mask (docs/backbone.md).
+           range_spelling=Spelling(matmul_4d=False, fold_norms=True)),
     Target("onnx", "export.onnx_target", ("onnx", "onnxruntime", "onnxscript"), "onnx", "onnx, onnxruntime, onnxscript",
            title="ONNX", precisions=("fp32", "int8"), default_precision="fp32", fp32_gate=1e-4,
            spelling=Spelling(flat_linears=True), qat_spelling=Spelling(), int8_scheme="nncf", x86_pair_sums=True,
-           dynamic_batch=True,
+           dynamic_batch=True, size_modes=("fixed", "range"),
            runtime="onnxruntime", runtime_name="ONNX Runtime", runtime_module="onnxruntime"),
 )}
 # The quantizer every INT8 export runs (not a target of its own).
@@ -112,6 +137,20 @@ def get(name: str) -> Target:
     if name not in TARGETS:
         raise KeyError(f"unknown target '{name}'; choose one of: {', '.join(TARGETS)}")
     return TARGETS[name]
+
+
+def spelling_for_scheme(scheme: str) -> Spelling:
+    """The spelling an INT8 scheme's own tools (keep-float search, sensitivity) work on: that of the first target
+    exporting with it whose runtime runs here (for "xnnpack", the graph ExecuTorch lowers)."""
+    using = [t for t in TARGETS.values() if t.int8_scheme == scheme]
+    if not using:
+        raise KeyError(f"no target uses the INT8 scheme '{scheme}'")
+    return next((t for t in using if t.runtime), using[0]).spelling
+
+
+def schemes() -> tuple[str, ...]:
+    """The INT8 schemes targets use, in registry order."""
+    return tuple(dict.fromkeys(t.int8_scheme for t in TARGETS.values()))
 
 
 def install_hint(package: str) -> str:
