@@ -24,6 +24,38 @@ class OutputBusy(Exception):
     """Another live process is writing the same output."""
 
 
+def inputs_at_risk(output: str | Path, inputs) -> list[Path]:
+    """The inputs (paths the user gave; None entries skipped) that replacing or removing `output` would delete:
+    `output` itself or anything inside it, reached however the user named it: symlinks, `..`, and (through the
+    file system's own identity, device and inode) bind mounts and other aliases of a directory. Every command that
+    writes an output it may replace asks this one function, for every input it was given."""
+    out = Path(os.path.abspath(os.path.expanduser(output)))
+    if not out.exists():
+        return []
+    real_out = out.resolve()
+    risky = []
+    for item in inputs:
+        if item is None or str(item) == "":
+            continue
+        path = Path(os.path.abspath(os.path.expanduser(item)))
+        if path == out or path.is_relative_to(out) or _inside(path.resolve(), real_out):
+            risky.append(Path(item))
+    return risky
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    """Whether `path` is `directory` or lies under it, by path or by file identity of an existing ancestor."""
+    if path == directory or path.is_relative_to(directory):
+        return True
+    for ancestor in (path, *path.parents):
+        try:
+            if ancestor.exists() and os.path.samefile(ancestor, directory):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def _owned(kind: str, target: Path) -> str:
     """Prefix of a scratch entry beside `target`, tagged with this process id."""
     return f".{target.name}.{kind}-{os.getpid()}-"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_crossformer import targets
+from edge_crossformer.files import inputs_at_risk
 
 TARGETS = targets.names()
 DEFAULT_MODEL = "crossformer-fmnist"
@@ -70,6 +71,11 @@ class ExportRequest:
     def stem(self) -> str:
         """What artifact file names start with: the model, and `-features` for a backbone."""
         return self.model if self.task == "classify" else f"{self.model}-features"
+
+    def user_inputs(self) -> tuple[Path | None, ...]:
+        """Every path the user gave: none of them may be deleted by replacing the output (check_output)."""
+        return (self.checkpoint, self.calib_data, self.qat_checkpoint,
+                Path(self.labels_source) if self.labels_source else None)
 
     def precision_for(self, target: str) -> str:
         return self.precision or targets.get(target).default_precision
@@ -141,10 +147,9 @@ def check_output(output: Path, overwrite: bool, inputs: tuple[Path | None, ...] 
         if not (output / "manifest.json").is_file():
             raise ExportError(f"output directory {output} holds files but no manifest.json, so it is not an earlier "
                               "export; --overwrite replaces only earlier exports: choose a new or empty directory")
-        for item in inputs:
-            if item is not None and Path(os.path.abspath(item)).is_relative_to(output):
-                raise ExportError(f"{item} is inside the output directory {output}, which --overwrite replaces; "
-                                  "move it out or choose another --output")
+        for item in inputs_at_risk(output, inputs):
+            raise ExportError(f"{item} is inside the output directory {output}, which --overwrite replaces; "
+                              "move it out or choose another --output")
     probe = output.parent if not output.exists() else output
     while not probe.exists():
         probe = probe.parent

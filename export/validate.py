@@ -86,8 +86,7 @@ def validate(req: ExportRequest) -> ExportRequest:
     if any(req.precision_for(t) == "int8" for t in req.targets):
         check_calibration_request(req, cfg)
     req.output = Path(os.path.abspath(req.output))
-    check_output(req.output, req.overwrite, (req.checkpoint, req.calib_data,
-                                             Path(req.labels_source) if req.labels_source else None))
+    check_output(req.output, req.overwrite, req.user_inputs())
     return req
 
 
@@ -236,7 +235,7 @@ def validate_features(req: ExportRequest) -> ExportRequest:
     if req.checkpoint is not None and not Path(req.checkpoint).is_file():
         raise ExportError(f"checkpoint not found (or not a file): {req.checkpoint}")
     req.output = Path(os.path.abspath(req.output))
-    check_output(req.output, req.overwrite, (req.checkpoint,))
+    check_output(req.output, req.overwrite, req.user_inputs())
     return req
 
 # How each size mode is asked for, and what it makes: the words of the refusal below.
