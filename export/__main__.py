@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-float", action="append", default=[], metavar="REGEX", type=regex,
                    help="int8: regular expression of what stays float (repeatable): OpenVINO / ONNX node names, "
                         "module paths or node names for ExecuTorch / Core ML (e.g. '^model\\.head$')")
-    p.add_argument("--int8-activations", choices=INT8_ACTIVATIONS, default="static",
+    p.add_argument("--int8-activations", choices=INT8_ACTIVATIONS,
                    help="int8: static (ranges calibrated once, NNCF; every target, the default) or dynamic "
                         "(ExecuTorch only: linears' inputs quantized per row at run time; closer to FP32, slower: "
                         "docs/int8.md)")
@@ -75,23 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamic-batch", action="store_true", help="ONNX only: dynamic batch dimension")
     p.add_argument("--reset-head", action="store_true",
                    help="drop a checkpoint head whose class count differs (fine-tuning starting point)")
-    p.add_argument("--parity-samples", type=int_in(1, MAX_PARITY_SAMPLES), default=8,
-                   help=f"inputs used for the parity check, 1 to {MAX_PARITY_SAMPLES} (default 8)")
+    p.add_argument("--parity-samples", type=int_in(1, MAX_PARITY_SAMPLES),
+                   help=f"FP32 / FP16: inputs used for the parity check, 1 to {MAX_PARITY_SAMPLES} (default 8; INT8 "
+                        "is judged on held-out real images)")
     return p
 
 
-# Flags that only shape INT8: given without an INT8 target they would silently do nothing.
-INT8_ONLY = ("calib_data", "calib_size", "smooth_quant_alpha", "keep_float")
-
-
 def request_from(args: argparse.Namespace) -> ExportRequest:
+    """The request as given: a flag not given stays None (export.validate refuses flags that would do nothing and
+    then fills the defaults)."""
     names = parse_targets(args.target)
-    precisions = {args.precision} if args.precision else set()
-    if "int8" not in precisions:
-        given = [f"--{name.replace('_', '-')}" for name in INT8_ONLY if getattr(args, name) not in (None, [])]
-        if given:
-            raise ExportError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to INT8 only: add "
-                              "--precision int8, or drop the flag")
     sizes = args.img_size
     if sizes is not None and len(sizes) > 2:
         raise ExportError(f"--img-size takes N or H W, got {len(sizes)} values")
@@ -108,8 +101,7 @@ def request_from(args: argparse.Namespace) -> ExportRequest:
         precision=args.precision, output=args.output or Path("artifacts") / args.model, overwrite=args.overwrite,
         reference_model=args.reference_model, dynamic_batch=args.dynamic_batch, calib_data=args.calib_data,
         reset_head=args.reset_head, parity_samples=args.parity_samples,
-        calib_size=300 if args.calib_size is None else args.calib_size,
-        smooth_quant_alpha=-1.0 if args.smooth_quant_alpha is None else args.smooth_quant_alpha,
+        calib_size=args.calib_size, smooth_quant_alpha=args.smooth_quant_alpha,
         keep_float=tuple(args.keep_float), int8_activations=args.int8_activations,
         full_range_int8_weights=args.full_range_int8_weights, max_accuracy_drop=args.max_accuracy_drop)
 

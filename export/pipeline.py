@@ -29,6 +29,7 @@ from .manifest import build_manifest, sha256_of
 from .prepare import SAMPLES, ModelSource
 from .request import ExportError, ExportRequest
 from .sizes import resize_spec
+from .validate import flags_for, flags_given
 
 def check_backends(req: ExportRequest) -> None:
     """Fail before any work when a target's package (or INT8's quantizer) is missing, naming the install command."""
@@ -173,6 +174,8 @@ def _export_into(req: ExportRequest, staging: Path, console: Console) -> dict:
         entries = [_parity_entry(art, inputs, expected, device, int8_set, source) for art in artifacts]
         entries = [_features_parity(entry, art, reference, req, source) if inputs is None else entry
                    for entry, art in zip(entries, artifacts)]
+        for entry in entries:  # what each given flag did to this artifact (export.validate.FLAGS)
+            entry["flags"] = flags_for(req, entry["target"], entry["precision"])
         bar.advance(task)
         bar.update(task, description="done")
     if req.task == "classify":
@@ -193,7 +196,7 @@ def _export_into(req: ExportRequest, staging: Path, console: Console) -> dict:
     if source.head_reset:
         source_info["head"] = (f"reset: a new {req.num_classes}-class head drawn from seed {HEAD_SEED}, to be "
                                "fine-tuned; its logits mean nothing yet")
-    manifest = json_safe(build_manifest(req, entries, failures, source_info))
+    manifest = json_safe({**build_manifest(req, entries, failures, source_info), "flags": flags_given(req)})
     shutil.rmtree(staging / SCRATCH, ignore_errors=True)
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return manifest

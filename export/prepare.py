@@ -89,7 +89,9 @@ class ModelSource:
         req = self.request
         # The benchmarks' upstream baseline keeps NNCF's default (overflow fix on the first layer only).
         fix = "first_layer" if req.plain_int8 else ("none" if req.full_range_int8_weights else "all")
-        return QuantOptions(subset_size=req.calib_size, smooth_quant_alpha=req.smooth_quant_alpha,
+        # plain_int8 (the benchmarks' upstream baseline) takes NNCF's own recipe: smooth_quant_alpha None.
+        alpha = None if req.plain_int8 else req.smooth_quant_alpha
+        return QuantOptions(subset_size=req.calib_size, smooth_quant_alpha=alpha,
                             keep_float=tuple(req.keep_float), overflow_fix=fix)
 
     @functools.cached_property

@@ -36,11 +36,14 @@ class ExportRequest:
     reference_model: bool = False
     dynamic_batch: bool = False
     calib_data: Path | None = None
-    calib_size: int = 300
-    # Off by default: it lowered OpenVINO INT8's agreement with FP32 on crossformer-fmnist (docs/int8.md).
-    smooth_quant_alpha: float | None = -1.0
+    # None below means "not given" (export.validate refuses a flag given where it would be ignored, so presence must
+    # be testable); validate fills the defaults (DEFAULTS) once the request is accepted.
+    calib_size: int | None = None
+    # Negative: off, the default: it lowered OpenVINO INT8's agreement with FP32 on crossformer-fmnist
+    # (docs/int8.md). plain_int8 takes NNCF's own default recipe instead.
+    smooth_quant_alpha: float | None = None
     keep_float: tuple[str, ...] = ()
-    int8_activations: str = "static"
+    int8_activations: str | None = None
     # OpenVINO / ONNX INT8 weights over the full 8-bit range: exact only on CPUs with VNNI / AMX (or Arm); x86 CPUs
     # without VNNI may saturate (quantize.QuantOptions.overflow_fix). Off: 7-bit weights, the same on every CPU.
     full_range_int8_weights: bool = False
@@ -48,7 +51,7 @@ class ExportRequest:
     # lose; layers go back to float until it holds (quantize.sensitivity; NNCF's accuracy control for OV / ONNX).
     max_accuracy_drop: float | None = None
     reset_head: bool = False
-    parity_samples: int = 8
+    parity_samples: int | None = None
     qat_checkpoint: Path | None = None
     # NNCF's output as is, without this project's INT8 graph fixes (the benchmarks' upstream baseline).
     plain_int8: bool = False
@@ -61,6 +64,9 @@ class ExportRequest:
     dynamic_size: tuple[int, int] | None = None
     # ((H, W), ...): one artifact with an entry point per size (features only; Core ML, ExecuTorch).
     sizes: tuple[tuple[int, int], ...] | None = None
+    # The fields the caller set, noted by validate before it fills defaults (None: not validated yet); what the
+    # manifest's `flags` report.
+    flags_given: tuple[str, ...] | None = None
 
     @property
     def size_mode(self) -> str:
@@ -159,23 +165,8 @@ def check_output(output: Path, overwrite: bool, inputs: tuple[Path | None, ...] 
         raise ExportError(f"cannot write to {probe}; choose another --output directory")
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
+# What validate fills in for a flag not given, once the request is accepted.
+DEFAULTS = {"calib_size": 300, "smooth_quant_alpha": -1.0, "int8_activations": "static", "parity_samples": 8}
 
 # More parity inputs add time and say nothing new: INT8 is judged on held-out images anyway.
 MAX_PARITY_SAMPLES = 256
