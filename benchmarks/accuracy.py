@@ -218,15 +218,18 @@ def _labelled_data(args, tmp: Path):
 def _score_variant(args, variant: tuple, out: Path, images: np.ndarray, labels: np.ndarray, results: dict,
                    console: Console) -> None:
     """Export one variant and score each of its artifacts on its runtime; entries land in results[target][name]."""
-    from export import ExportError, ExportRequest, run_export, validate
+    from export import ExportError, ExportRequest, run_export, validate, with_options
 
     precision, ckpt, name, runtimes, activations = variant
     req = ExportRequest(targets=runtimes, model=args.model, checkpoint=ckpt, img_size=args.img_size,
                         num_classes=args.num_classes, precision=precision, output=out,
-                        calib_data=args.calib_data, calib_size=args.calib_size,
-                        smooth_quant_alpha=args.smooth_quant_alpha, parity_samples=4,
-                        int8_activations=activations, full_range_int8_weights=name == FULL_RANGE,
+                        int8_activations=activations if precision == "int8" else None,
+                        full_range_int8_weights=name == FULL_RANGE,
                         max_accuracy_drop=args.max_accuracy_drop if name == CONTROLLED else None)
+    # One set of knobs for every variant, each set only where the variant's export uses it (validate refuses a
+    # knob an export would ignore: calibration for FP32, the size of a calibration QAT ranges replace, ...).
+    with_options(req, calib_data=args.calib_data, calib_size=args.calib_size,
+                 smooth_quant_alpha=args.smooth_quant_alpha, parity_samples=4)
     try:
         _, manifest = run_export(validate(req), console)
     except ExportError as e:

@@ -145,7 +145,7 @@ def _random_checkpoint(model: str, img_size: int, root: Path) -> Path:
 def _export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], root: Path, console: Console
                  ) -> dict[tuple[str, str], dict]:
     """(variant, precision) -> manifest, exporting what OUTPUT/artifacts does not have yet."""
-    from export import ExportRequest, run_export, validate
+    from export import ExportRequest, run_export, validate, with_options
     targets = tuple(TARGET_OF[r] for r in runtimes if r in TARGET_OF)
     saturation = tuple(t for t in targets if registry.get(t).x86_pair_sums)
     dynamic = tuple(t for t in targets if "dynamic" in registry.get(t).int8_activations)
@@ -188,12 +188,16 @@ def _export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], roo
         req = ExportRequest(
             targets=want, model=model, checkpoint=args.checkpoint, img_size=img_size,
             precision=_base(precision) if not (variant == "project" and precision == "fp32") else None,
-            int8_activations="dynamic" if precision == DYNAMIC else "static",
+            int8_activations="dynamic" if precision == DYNAMIC else None,
             full_range_int8_weights=precision == FULL_RANGE,
-            output=out, overwrite=True, reference_model=variant == "baseline", calib_data=calib,
-            calib_size=48 if calib is not None or args.quick else 300, parity_samples=2,
-            # The baseline gets NNCF's default transformer recipe (SmoothQuant on); the project its measured one.
-            smooth_quant_alpha=None if variant == "baseline" else -1.0, plain_int8=variant == "baseline")
+            output=out, overwrite=True, reference_model=variant == "baseline",
+            # The baseline gets NNCF's default transformer recipe (SmoothQuant on: plain_int8); the project its
+            # measured one (the default).
+            plain_int8=variant == "baseline")
+        # One set of knobs for every variant, each set only where the variant's export uses it (validate refuses
+        # a knob an export would ignore).
+        with_options(req, calib_data=calib, calib_size=48 if calib is not None or args.quick else 300,
+                     parity_samples=2)
         console.print(f"[bold]exporting {variant} {precision}[/] ({', '.join(want)}) -> {out}")
         validate(req)
         _, manifest = run_export(req, console)

@@ -5,6 +5,6 @@ while it runs and restores the caller's settings."""
 
 from .pipeline import run_export
 from .request import ExportError, ExportRequest
-from .validate import validate
+from .validate import validate, with_options
 
-__all__ = ["ExportError", "ExportRequest", "run_export", "validate"]
+__all__ = ["ExportError", "ExportRequest", "run_export", "validate", "with_options"]

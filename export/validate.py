@@ -238,6 +238,7 @@ def validate_features(req: ExportRequest) -> None:
     check_size_mode(req)
     check_bounds(req)
     check_precisions(req)
+    check_int8_activations(req)
     if any(req.precision_for(t) == "int8" for t in req.targets):
         if req.sizes is not None:
             raise ExportError("INT8 with --sizes is not supported yet (each size would be calibrated on its own): "
@@ -343,10 +344,19 @@ FLAGS: tuple[Flag, ...] = (
          scope="sets the one input size"),
     Flag("--out-indices", "out_indices", "outputs, strides", tasks=("features",),
          scope="picks a backbone's stage maps (--task features) only"),
+    # INT8 with --sizes is not supported yet (each size would be calibrated on its own).
     Flag("--sizes", "sizes", "sizes (kind list, entry points)", tasks=("features",), size_modes=("list",),
-         target=lambda t: t.serves("list"), scope=f"applies to backbones on {targets.titles(lambda t: t.serves('list'))} only"),
-    Flag("--dynamic-size", "dynamic_size", "sizes (kind range)", size_modes=("range",),
-         target=lambda t: t.serves("range"), scope=f"applies to {targets.titles(lambda t: t.serves('range'))} only"),
+         precisions=("fp32", "fp16"), target=lambda t: t.serves("list"),
+         scope=f"applies to FP32 / FP16 backbones on {targets.titles(lambda t: t.serves('list'))} only"),
+    # Two rows: the classifier for a range is FP32 / FP16 for now, a backbone's takes INT8 too.
+    Flag("--dynamic-size", "dynamic_size", "sizes (kind range)", tasks=("classify",), size_modes=("range",),
+         precisions=("fp32", "fp16"), target=lambda t: t.serves("range"),
+         scope=f"applies to FP32 / FP16 classifiers and to backbones, on "
+               f"{targets.titles(lambda t: t.serves('range'))} only"),
+    Flag("--dynamic-size", "dynamic_size", "sizes (kind range)", tasks=("features",), size_modes=("range",),
+         target=lambda t: t.serves("range"),
+         scope=f"applies to FP32 / FP16 classifiers and to backbones, on "
+               f"{targets.titles(lambda t: t.serves('range'))} only"),
     Flag("--num-classes", "num_classes", "num_classes, output.shape", tasks=("classify",),
          scope="applies to the classifier only (a backbone has no head)"),
     Flag("--labels", "labels_source", "labels, labels.txt", tasks=("classify",),
@@ -383,6 +393,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--parity-samples", "parity_samples", "parity.samples", precisions=("fp32", "fp16"),
          scope="applies to FP32 / FP16 artifacts only (INT8 is judged on held-out real images)"),
 )
+# A flag may have several rows (where each is used); it is used where any of its rows is.
 FLAG_BY_FIELD = {f.field: f for f in FLAGS}
 
 
@@ -428,6 +439,21 @@ def flags_for(req: ExportRequest, name: str, precision: str) -> dict:
             and f.restricted and why_unused(f, req, name, precision) is None}
 
 
+def used(field: str, req: ExportRequest, name: str, precision: str | None = None) -> bool:
+    """Whether a row of the flag that sets `field` uses it for target `name`'s artifact."""
+    return any(why_unused(f, req, name, precision) is None for f in FLAGS if f.field == field)
+
+
+def with_options(req: ExportRequest, **options) -> ExportRequest:
+    """`req` with each of `options` (ExportRequest fields) set where one of its targets uses it (FLAGS), left unset
+    elsewhere: for callers that hand one set of knobs to several exports (the benchmarks). A user's own flags go
+    through check_flags, which refuses instead."""
+    for field, value in options.items():
+        if value is not None and any(used(field, req, t) for t in req.targets):
+            setattr(req, field, value)
+    return req
+
+
 def flags_given(req: ExportRequest) -> dict:
     """Every flag the request gave, with its value (the manifest's `flags`)."""
     return {f.flag: _json_value(getattr(req, f.field)) for f in FLAGS if f.field in (req.flags_given or ())}
@@ -440,7 +466,7 @@ def _json_value(value):
 def check_flags(req: ExportRequest) -> None:
     """Refuse every given flag that no requested target would use (FLAGS), naming why and the fix."""
     for flag in FLAGS:
-        if flag.field not in (req.flags_given or ()):
+        if flag.field not in (req.flags_given or ()) or any(used(flag.field, req, t) for t in req.targets):
             continue
         reasons = [why_unused(flag, req, name) for name in req.targets]
         if all(reasons):
