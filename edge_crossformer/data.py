@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import struct
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,8 @@ from torch import Tensor
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                         "Ankle boot"]
+# Unreadable files a report names (the count covers them all).
+SKIPPED_EXAMPLES = 5
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
@@ -96,6 +98,8 @@ class ImageSet:
     classes: list[str]
     skipped: int = 0
     source: str = ""
+    # Up to SKIPPED_EXAMPLES of the unreadable files, as "path: why" (what a report names).
+    skipped_examples: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -109,7 +113,8 @@ def load_image_folder(path: str | Path, resize: dict, limit: int | None = None, 
                       progress=None) -> ImageSet:
     """An ImageFolder tree (one sub-folder per class, sorted names = class indices) or a flat folder of images.
 
-    Corrupt files are skipped and counted in one warning; an empty or unreadable set is a DataError.
+    Corrupt files are skipped, counted (`skipped`, `skipped_examples`: callers report them) and named in one warning;
+    an empty or unreadable set is a DataError.
     """
     root = Path(path)
     if not root.exists():
@@ -131,12 +136,14 @@ def load_image_folder(path: str | Path, resize: dict, limit: int | None = None, 
         # Spread a subset over classes: every k-th file of the sorted list.
         step = max(1, len(files) // limit)
         files = files[::step][:limit]
-    images, labels, skipped = [], [], 0
+    images, labels, skipped, examples = [], [], 0, []
     for f, label in files:
         try:
             arr = load_image(f)
-        except DataError:
+        except DataError as e:
             skipped += 1
+            if len(examples) < SKIPPED_EXAMPLES:
+                examples.append(str(e).removeprefix("cannot read image "))
             continue
         images.append(preprocess(torch.from_numpy(arr)[None], resize)[0])
         labels.append(label)
@@ -146,7 +153,7 @@ def load_image_folder(path: str | Path, resize: dict, limit: int | None = None, 
         warnings.warn(f"skipped {skipped} unreadable image file(s) in {root}", stacklevel=2)
     if not images:
         raise DataError(f"none of the {len(files)} image files in {root} could be read")
-    return ImageSet(torch.stack(images), torch.tensor(labels), classes, skipped, str(root))
+    return ImageSet(torch.stack(images), torch.tensor(labels), classes, skipped, str(root), examples)
 
 
 # ---------------------------------------------------------------------------------------------- Fashion-MNIST

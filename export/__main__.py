@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "points of agreement with FP32). OpenVINO / ONNX: NNCF's accuracy control; ExecuTorch / "
                         "Core ML: the most sensitive layers (python -m quantize sensitivity) stay float until it "
                         "holds. The manifest lists what stayed float and the measured drop")
+    p.add_argument("--labels-map-by-order", action="store_true",
+                   help="int8: the labelled --calib-data folder's classes are the model's labels in order, whatever "
+                        "their names (without it, other names or another class count are refused)")
     p.add_argument("--output", type=Path, help="output directory (default: artifacts/<model>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output directory")
     p.add_argument("--reference-model", action="store_true",
@@ -101,6 +104,7 @@ def request_from(args: argparse.Namespace) -> ExportRequest:
         precision=args.precision, output=args.output or Path("artifacts") / args.model, overwrite=args.overwrite,
         reference_model=args.reference_model, dynamic_batch=args.dynamic_batch, calib_data=args.calib_data,
         reset_head=args.reset_head, parity_samples=args.parity_samples,
+        labels_map_by_order=args.labels_map_by_order,
         calib_size=args.calib_size, smooth_quant_alpha=args.smooth_quant_alpha,
         keep_float=tuple(args.keep_float), int8_activations=args.int8_activations,
         full_range_int8_weights=args.full_range_int8_weights, max_accuracy_drop=args.max_accuracy_drop)

@@ -196,7 +196,10 @@ def _export_into(req: ExportRequest, staging: Path, console: Console) -> dict:
     if source.head_reset:
         source_info["head"] = (f"reset: a new {req.num_classes}-class head drawn from seed {HEAD_SEED}, to be "
                                "fine-tuned; its logits mean nothing yet")
-    manifest = json_safe({**build_manifest(req, entries, failures, source_info), "flags": flags_given(req)})
+    manifest = {**build_manifest(req, entries, failures, source_info), "flags": flags_given(req)}
+    if "int8_data" in vars(source):  # INT8 images were read: what was read, skipped and how labels matched
+        manifest["int8_calibration"] = source.int8_data.report
+    manifest = json_safe(manifest)
     shutil.rmtree(staging / SCRATCH, ignore_errors=True)
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return manifest
@@ -211,6 +214,8 @@ def _features_parity(entry: dict, art: Artifact, reference, req: ExportRequest, 
     held = source.int8_data if art.precision == "int8" else None
     result = (parity.features_parity(art, reference, req, SAMPLES, held) if req.task == "features"
               else parity.classifier_range_parity(art, reference, req, SAMPLES))
+    # The parity gate's own verdict, kept apart from the structural checks' (the console names what failed).
+    result["gate_status"] = result["status"]
     result["status"] = result["status"] if structure_ok else "fail"
     result["runtime_host"] = host_isa()
     if "runtime" in art.info:
@@ -279,7 +284,8 @@ def _parity_entry(art: Artifact, inputs: np.ndarray, expected: np.ndarray, devic
     else:
         result = parity.classifier_parity(art, inputs, expected, device, int8_set)
         # Where it ran: INT8 (and BF16) arithmetic depends on the CPU's ISA (edge_crossformer.host).
-        result.update(status=result["status"] if structure_ok else "fail", runtime_host=host_isa(),
+        result.update(status=result["status"] if structure_ok else "fail", gate_status=result["status"],
+                      runtime_host=host_isa(),
                       **({"runtime": art.info["runtime"]} if "runtime" in art.info else {}))
     entry["parity"] = result
     entry["checks"] = checks
@@ -304,6 +310,23 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+# What a failed parity gate reports, per precision: the measured values its rule bounds.
+GATE_METRICS = {"fp32": ("rel_max", "top1_agreement"), "fp16": ("psnr_db", "top1_agreement"),
+                "int8": ("top1_agreement", "top1_drop_pp", "cosine")}
+
+
+def failed_checks(entry: dict) -> list[str]:
+    """Each check a manifest artifact failed, in words: a structural check with what was found, or the parity rule
+    with the measured values it bounds."""
+    failed = [f"{c['check']} (found: {c['value']})" for c in entry.get("checks", []) if not c["ok"]]
+    parity_ = entry["parity"]
+    if parity_.get("gate_status", parity_.get("status")) == "fail" and parity_.get("gate"):
+        measured = ", ".join(f"{key} {parity_[key]:.4g}" for key in GATE_METRICS.get(entry["precision"], ())
+                             if isinstance(parity_.get(key), (int, float)))
+        failed.append(f"parity: {parity_['gate']} (measured: {measured or 'see the manifest'})")
+    return failed
+
+
 def _summary(console: Console, manifest: dict, output: Path, seconds: float) -> None:
     size = manifest["img_size"]
     if manifest.get("task") == "features":
@@ -322,6 +345,8 @@ def _summary(console: Console, manifest: dict, output: Path, seconds: float) -> 
         p = a["parity"]
         outside = a["info"].get("ops_outside_delegate")
         status = p["status"] + (" *" if p.get("reason") else "")
+        if p["status"] == "fail":  # which check: structural (their names) or the parity gate
+            status += f" ({'; '.join(c.split(' (')[0] for c in failed_checks(a)) or 'see below'})"
         style = {"pass": "green", "fail": "red"}.get(p["status"], "yellow")
         table.add_row(a["file"], f"{a['bytes'] / 1e6:.1f}", _fmt(p.get("rel_max"), ".2e"), _fmt(p.get("cosine"), ".6f"),
                       _fmt(p.get("psnr_db"), ".1f"), _fmt(p.get("top1_agreement"), ".0%"),
@@ -338,4 +363,13 @@ def _summary(console: Console, manifest: dict, output: Path, seconds: float) -> 
             console.print(f"[yellow]{a['file']}: {sat['layers_at_risk']} INT8 layer(s) can saturate on x86 CPUs "
                           f"without VNNI (AVX2, AVX-512 without VNNI); results there will differ from this "
                           f"machine's[/yellow]")
+    for a in manifest["artifacts"]:
+        for check in failed_checks(a) if a["parity"]["status"] == "fail" else ():
+            console.print(f"[red]{a['file']} failed: {check}[/red]")
+    skipped = manifest.get("int8_calibration", {}).get("skipped_files")
+    if skipped:
+        examples = manifest["int8_calibration"]["examples"]
+        console.print(f"[yellow]INT8 data: {skipped} unreadable image file(s) skipped in "
+                      f"{manifest['int8_calibration']['source']} (e.g. {examples[0]}); listed in the manifest's "
+                      "int8_calibration[/yellow]")
     console.print(f"manifest: {output / 'manifest.json'}   overall: {manifest['status']}")

@@ -51,6 +51,8 @@ class ExportRequest:
     # lose; layers go back to float until it holds (quantize.sensitivity; NNCF's accuracy control for OV / ONNX).
     max_accuracy_drop: float | None = None
     reset_head: bool = False
+    # A labelled calibration set's classes are the model's labels in order, whatever their names.
+    labels_map_by_order: bool = False
     parity_samples: int | None = None
     qat_checkpoint: Path | None = None
     # NNCF's output as is, without this project's INT8 graph fixes (the benchmarks' upstream baseline).
@@ -104,7 +106,8 @@ MAX_LABELS_BYTES = 16 << 20
 
 
 def read_labels(path: Path, num_classes: int) -> list[str]:
-    """One label per line, UTF-8 (a byte-order mark is fine), in class-index order; trailing blank lines ignored."""
+    """One label per line ("\n" or "\r\n"), UTF-8 (a byte-order mark is fine), in class-index order, each once;
+    trailing blank lines ignored."""
     if not path.exists():
         raise ExportError(f"labels file not found: {path}")
     if not path.is_file():
@@ -123,7 +126,9 @@ def read_labels(path: Path, num_classes: int) -> list[str]:
                           "save it as UTF-8, one label per line") from None
     if "\0" in text:
         raise ExportError(f"labels file {path} holds NUL bytes: it is not a text file; pass one label per line")
-    lines = [line.strip() for line in text.splitlines()]
+    # Lines end at "\n" (and "\r\n") only: str.splitlines also splits at U+2028, U+0085, form feeds..., which no
+    # editor shows as a new line, and would shift every label after them.
+    lines = [line.strip() for line in text.split("\n")]
     while lines and not lines[-1]:
         lines.pop()
     if len(lines) != num_classes:
@@ -135,6 +140,12 @@ def read_labels(path: Path, num_classes: int) -> list[str]:
     if empty:
         raise ExportError(f"labels file {path} has empty labels on line(s) {', '.join(map(str, empty[:5]))}; give "
                           "every class a name, one per line, in class-index order")
+    first: dict[str, int] = {}
+    for number, line in enumerate(lines, 1):
+        if line in first:
+            raise ExportError(f"labels file {path} names '{line}' twice (lines {first[line]} and {number}); an app "
+                              "could not tell those classes apart: give every class its own label")
+        first[line] = number
     return lines
 
 

@@ -380,6 +380,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--max-accuracy-drop", "max_accuracy_drop", "info.accuracy_control, checks", tasks=("classify",),
          size_modes=("fixed",), precisions=("int8",), ranges=("calibrated",),
          scope="applies to the classifier's INT8 with calibrated activation ranges only"),
+    Flag("--labels-map-by-order", "labels_map_by_order", "int8_calibration.labels", tasks=("classify",),
+         precisions=("int8",), scope="applies to the classifier's INT8 only (a labelled calibration set)"),
     Flag("--output", "output", "(the folder manifest.json is in)"),
     Flag("--overwrite", "overwrite", "(nothing: it only allows replacing an earlier export)"),
     # The list mode builds each size's model itself (ModelSource.deployable_at), always the rewrite.

@@ -67,6 +67,7 @@ def samples(files, base: dict) -> dict[str, dict]:
         "--full-range-int8-weights": {"full_range_int8_weights": True},
         # 0: the value a truthiness test lets through.
         "--max-accuracy-drop": {"max_accuracy_drop": 0.0},
+        "--labels-map-by-order": {"labels_map_by_order": True},
         "--output": {"output": files["out"]},
         "--overwrite": {"overwrite": True},
         "--reference-model": {"reference_model": True},
