@@ -3,8 +3,9 @@
 Importing it changes no global state (environment, loggers, warning filters): `run_export` quiets the converters
 while it runs and restores the caller's settings."""
 
+from .flags import with_options
 from .pipeline import run_export
 from .request import ExportError, ExportRequest
-from .validate import validate, with_options
+from .validate import validate
 
 __all__ = ["ExportError", "ExportRequest", "run_export", "validate", "with_options"]

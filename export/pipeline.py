@@ -29,7 +29,7 @@ from .manifest import build_manifest, sha256_of
 from .prepare import SAMPLES, ModelSource
 from .request import ExportError, ExportRequest
 from .sizes import resize_spec
-from .validate import flags_for, flags_given
+from .flags import flags_for, flags_given
 
 def check_backends(req: ExportRequest) -> None:
     """Fail before any work when a target's package (or INT8's quantizer) is missing, naming the install command."""
@@ -174,7 +174,7 @@ def _export_into(req: ExportRequest, staging: Path, console: Console) -> dict:
         entries = [_parity_entry(art, inputs, expected, device, int8_set, source) for art in artifacts]
         entries = [_features_parity(entry, art, reference, req, source) if inputs is None else entry
                    for entry, art in zip(entries, artifacts)]
-        for entry in entries:  # what each given flag did to this artifact (export.validate.FLAGS)
+        for entry in entries:  # what each given flag did to this artifact (export.flags.FLAGS)
             entry["flags"] = flags_for(req, entry["target"], entry["precision"])
         bar.advance(task)
         bar.update(task, description="done")

@@ -1,4 +1,4 @@
-"""The flag table (export.validate.FLAGS) walked whole: for every flag x task x size mode x precision (INT8 with
+"""The flag table (export.flags.FLAGS) walked whole: for every flag x task x size mode x precision (INT8 with
 calibrated, dynamic and QAT-learned ranges) x target, validate() refuses it or accepts it exactly as the table says.
 No export runs: validate works before any work."""
 
@@ -12,7 +12,8 @@ from conftest import run_cli
 from edge_crossformer import targets
 from export.__main__ import build_parser
 from export.request import ExportError, ExportRequest
-from export.validate import FLAGS, used, validate
+from export.flags import FLAGS, used
+from export.validate import validate
 
 # The axes of the walk: (task, size mode) -> what sets them, and the precisions (INT8's range sources included).
 MODES = {
@@ -95,7 +96,7 @@ def accepted(req: ExportRequest) -> str | None:
 def test_every_option_has_a_row():
     options = {s for action in build_parser()._actions for s in action.option_strings if s.startswith("--")}
     missing = options - {f.flag for f in FLAGS} - {"--help"}
-    assert not missing, f"flags without a row in export.validate.FLAGS: {sorted(missing)}"
+    assert not missing, f"flags without a row in export.flags.FLAGS: {sorted(missing)}"
 
 
 def test_the_table_walked_whole(files):
@@ -165,7 +166,7 @@ def test_qat_ranges_make_calibration_flags_unused(files, tmp_path, capsys):
     # Core ML calibrates beside it: used there, and the manifest records it per artifact.
     req = validate(ExportRequest(targets=("executorch", "coreml"), precision="int8", checkpoint=files["qat"],
                                  calib_size=50, output=tmp_path / "o"))
-    from export.validate import flags_for
+    from export.flags import flags_for
 
     assert "--calib-size" in flags_for(req, "coreml", "int8")
     assert "--calib-size" not in flags_for(req, "executorch", "int8")
