@@ -14,12 +14,14 @@ every stage's grid is larger than its group (`min_dynamic_size`: 256 for G 7, th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Integral
 
 from torch import Tensor, nn
 
 from .config import CrossFormerConfig
 from .export_friendly import (ChannelConcatEmbed, ChannelConcatMerging, ExportLayerNorm, FriendlyBlock, Spelling,
                               export_norms)
+from .reference import check_image
 from .reference_backbone import STRIDES
 
 STAGES = len(STRIDES)
@@ -40,7 +42,10 @@ def as_hw(img_size: int | Sequence[int]) -> tuple[int, int]:
 
 def check_out_indices(out_indices: Sequence[int]) -> tuple[int, ...]:
     out = tuple(out_indices)
-    if not out or len(set(out)) != len(out) or not all(isinstance(i, int) and 0 <= i < STAGES for i in out):
+    if not all(isinstance(i, Integral) and not isinstance(i, bool) for i in out):
+        raise BackboneConfigError(f"out_indices must be integers (stage indices in 0..{STAGES - 1}); got {list(out)}")
+    out = tuple(int(i) for i in out)
+    if not out or len(set(out)) != len(out) or not all(0 <= i < STAGES for i in out):
         raise BackboneConfigError(f"out_indices must be distinct stage indices in 0..{STAGES - 1} (strides "
                                   f"{', '.join(map(str, STRIDES))}); got {list(out)}")
     return tuple(sorted(out))
@@ -106,6 +111,8 @@ class FriendlyBackbone(nn.Module):
         export_norms(self, spelling)
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        floor = None if self.img_size else min_dynamic_size(self.cfg)
+        check_image(x, self.cfg.in_chans, self.img_size, floor)
         # A fixed size is a constant: read from the input's shape, it would be traced as ShapeOf -> Gather.
         size = self.img_size or x.shape[-2:]
         h, w = size[0] // STRIDES[0], size[1] // STRIDES[0]

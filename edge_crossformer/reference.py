@@ -20,6 +20,24 @@ from .config import CrossFormerConfig
 NEG_INF = -1000000.0
 
 
+def check_image(x: Tensor, in_chans: int, size: tuple[int, int] | None = None, floor: int | None = None) -> None:
+    """A clear error for an input a model cannot take, instead of a reshape error deep inside or, worse, other
+    numbers. `size`: the one H x W a fixed-size model was built for; `floor`: the smallest side of a model that
+    serves every multiple of 32 from there. Symbolic sizes (torch.export with dynamic H / W) are bounded by the
+    export instead."""
+    shape = tuple(x.shape)
+    if len(shape) != 4 or shape[1] != in_chans:
+        raise ValueError(f"expected an image batch of shape [B, {in_chans}, H, W]; got {list(shape)}")
+    hw = shape[2:]
+    if not all(isinstance(v, int) for v in hw):
+        return
+    if size is not None and hw != tuple(size):
+        raise ValueError(f"this model was built for {size[0]}x{size[1]} inputs; got {hw[0]}x{hw[1]}: resize the "
+                         "image, or build the model for that size")
+    if floor is not None and (min(hw) < floor or hw[0] % 32 or hw[1] % 32):
+        raise ValueError(f"this model serves H and W that are multiples of 32 from {floor} up; got {hw[0]}x{hw[1]}")
+
+
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, linear=nn.Linear):
         super().__init__()
@@ -286,6 +304,7 @@ class CrossFormer(nn.Module):
         return self.head(x)
 
     def forward(self, x: Tensor) -> Tensor:
+        check_image(x, self.cfg.in_chans, (self.img_size, self.img_size))
         return self.forward_head(self.forward_features(x))
 
 

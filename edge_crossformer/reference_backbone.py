@@ -141,6 +141,7 @@ class CrossFormerBackbone(nn.Module):
         self.apply(ref._init_weights)
 
     def forward(self, x: Tensor) -> list[Tensor]:
+        ref.check_image(x, self.cfg.in_chans)
         h, w = x.shape[-2] // self.cfg.patch_size[0], x.shape[-1] // self.cfg.patch_size[0]
         x = self.patch_embed(x)
         outs = []
