@@ -1,0 +1,95 @@
+"""crossformer-fmnist FP32 artifacts on the runtimes' aarch64 builds (QEMU user mode, two emulated CPUs) against the
+same files on this host; an injected ARM-only fault must fail the comparison. Needs `python -m export setup-arm`
+(skipped without it unless EDGE_CROSSFORMER_REQUIRE_ARM is set, as CI does)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from conftest import load_manifest, run_cli
+from export import arm
+from export.targets import by_runtime
+
+# Same files, same runtime versions, other kernels: FP32 agreement measured within 1.7e-6 (docs/arm.md).
+REL_TOL = 1e-4
+INPUTS = 3
+
+
+@pytest.fixture(scope="module")
+def arm_env():
+    try:
+        return arm.environment()
+    except arm.ArmUnavailable as e:
+        if os.environ.get("EDGE_CROSSFORMER_REQUIRE_ARM"):
+            pytest.fail(str(e))
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def fp32(arm_env, tmp_path_factory):
+    """The bundled model's FP32 artifacts (exported once), their manifest and a few seeded inputs in [0, 1]."""
+    out = tmp_path_factory.mktemp("arm-fp32")
+    assert run_cli("--target", "executorch,onnx,openvino", "--output", out) == 0
+    manifest = load_manifest(out)
+    size = manifest["img_size"]
+    inputs = np.random.default_rng(0).random((INPUTS, 3, size, size), dtype=np.float32)
+    return out, manifest, inputs
+
+
+def _artifact(out, manifest, runtime: str):
+    target = by_runtime(runtime)
+    for entry in manifest["artifacts"]:
+        if entry["target"] == target.name and entry.get("delegate", target.runtime_delegate) == target.runtime_delegate:
+            return out / entry["file"], target
+    raise AssertionError(f"no {runtime} artifact in {out}")
+
+
+def _host(target, path, inputs) -> list[list[np.ndarray]]:
+    run = target.load_runner(path, threads=2)
+    return [[np.asarray(o) for o in (r if isinstance(r, list) else [r])] for r in (run(x[None]) for x in inputs)]
+
+
+def rel_err(emulated: list[list[np.ndarray]], host: list[list[np.ndarray]]) -> float:
+    """max |ARM - x86| over every input and output, relative to the largest |x86 output|."""
+    diffs = [np.abs(a - h).max() / np.abs(h).max() for ea, eh in zip(emulated, host) for a, h in zip(ea, eh)]
+    return float(max(diffs))
+
+
+@pytest.mark.parametrize("cpu", sorted(arm.CPUS))
+@pytest.mark.parametrize("runtime", arm.RUNTIMES)
+def test_fp32_matches_x86(arm_env, fp32, runtime, cpu):
+    out, manifest, inputs = fp32
+    path, target = _artifact(out, manifest, runtime)
+    emulated, facts = arm.run(arm_env, runtime, path, inputs, cpu)
+    err = rel_err(emulated, _host(target, path, inputs))
+    print(f"{runtime} on QEMU-emulated aarch64 {cpu} (-cpu {facts['cpu_model']}): rel err {err:.2e}, "
+          f"{np.median(facts['seconds_per_inference']):.2f} s/inference")
+    assert facts["machine"] == "aarch64" and facts["emulator"].startswith("qemu-aarch64")
+    assert facts["runtime_version"] == arm_env.versions[runtime]
+    assert len(emulated) == INPUTS and emulated[0][0].shape == (1, manifest["num_classes"])
+    assert err <= REL_TOL, f"{runtime} on {cpu}: rel err {err:.2e} > {REL_TOL}"
+
+
+def test_cpus_advertise_what_they_mean(arm_env, fp32):
+    """The phone CPU shows the features phones have; the plain core does not."""
+    out, manifest, inputs = fp32
+    path, _ = _artifact(out, manifest, "onnxruntime")
+    seen = {cpu: set(arm.run(arm_env, "onnxruntime", path, inputs[:1], cpu)[1]["features"]) for cpu in arm.CPUS}
+    assert {"asimddp", "i8mm", "sve", "sve2"} <= seen["phone"] and "sme" not in seen["phone"]
+    assert "asimddp" in seen["neon"] and not {"i8mm", "sve"} & seen["neon"]
+
+
+def test_injected_arm_fault_fails(arm_env, fp32):
+    """A wrong answer only the emulated run gives (the worker's test fault) must not pass the comparison."""
+    out, manifest, inputs = fp32
+    path, target = _artifact(out, manifest, "onnxruntime")
+    emulated, _ = arm.run(arm_env, "onnxruntime", path, inputs, "neon", {"fault": 10 * REL_TOL})
+    assert rel_err(emulated, _host(target, path, inputs)) > REL_TOL
+
+
+def test_missing_environment_names_setup(tmp_path):
+    with pytest.raises(arm.ArmUnavailable, match="python -m export setup-arm"):
+        arm.environment(tmp_path / "nothing")
