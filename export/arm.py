@@ -140,7 +140,8 @@ def run(env: ArmEnv, runtime: str, artifact: Path, inputs: np.ndarray, cpu: str,
             outputs = [[saved[f"out_{i}_{j}"] for j in range(_count(saved, i))] for i in range(len(inputs))]
     facts = {"emulator": env.emulator, "cpu": cpu, "cpu_model": CPUS[cpu]["cpu_model"],
              "features": worker_facts["features"], "runtime_version": worker_facts["runtime_version"],
-             "machine": worker_facts["machine"], "seconds_per_inference": worker_facts["seconds_per_inference"]}
+             "machine": worker_facts["machine"], "sve_vector_bits": worker_facts["sve_vector_bits"],
+             "seconds_per_inference": worker_facts["seconds_per_inference"]}
     if runtime == "openvino":
         facts["precision_hint"] = request["precision_hint"]
     return outputs, facts

@@ -30,6 +30,15 @@ def _features() -> list[str]:
     return []
 
 
+def _sve_bits() -> int | None:
+    """The SVE vector length this process runs with (prctl PR_SVE_GET_VL), None without SVE."""
+    import ctypes
+
+    pr_sve_get_vl = 51
+    value = ctypes.CDLL(None, use_errno=True).prctl(pr_sve_get_vl, 0, 0, 0, 0)
+    return (value & 0xFFFF) * 8 if value > 0 else None
+
+
 def _onnxruntime(path: str, threads: int, _options: dict):
     import onnxruntime as ort
 
@@ -94,6 +103,7 @@ def main(request_path: str) -> int:
         for j, out in enumerate(_fault(outputs, request)):
             arrays[f"out_{i}_{j}"] = np.asarray(out)
     facts = {"runtime_version": runtime_version, "features": _features(), "machine": _machine(),
+             "sve_vector_bits": _sve_bits(),
              "seconds_per_inference": seconds}
     np.savez(request["outputs"], facts=np.array(json.dumps(facts)), **arrays)
     return 0
