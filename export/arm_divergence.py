@@ -42,18 +42,17 @@ def instrument(xml: Path, out: Path, only: set[str] | None = None) -> list[dict]
     import openvino as ov
 
     model = ov.Core().read_model(str(xml))
-    original = len(model.outputs)
-    extra, names = [], []
-    for op in _input_dependent(model):
-        if only and op.get_type_name() not in only:
-            continue
-        for i in range(op.get_output_size()):
-            if op.get_output_element_type(i) == ov.Type.f32:
-                extra.append(op.output(i))
-                names.append({"node": op.get_friendly_name(), "type": op.get_type_name(), "port": i})
+    extra = [op.output(i) for op in _input_dependent(model) if not only or op.get_type_name() in only
+             for i in range(op.get_output_size()) if op.get_output_element_type(i) == ov.Type.f32]
     model.add_outputs(extra)
     ov.save_model(model, str(out), compress_to_fp16=False)
-    return [{"node": "model output", "type": "Result", "port": i} for i in range(original)] + names
+    # Named from the saved Results, in output order (an output that already was a Result is not added twice).
+    names = []
+    for result in ov.Core().read_model(str(out)).get_results():
+        source = result.input_value(0)
+        node = source.get_node()
+        names.append({"node": node.get_friendly_name(), "type": node.get_type_name(), "port": source.get_index()})
+    return names
 
 
 def host_outputs(xml: Path, images: np.ndarray) -> list[list[np.ndarray]]:
@@ -105,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = compare(names, host_outputs(probe, images), emulated)
     print(f"{len(rows)} outputs; QEMU-emulated aarch64 ({facts['emulator']}, -cpu {facts['cpu_model']}), "
           f"OpenVINO {facts['runtime_version']}, hint {args.hint}, {args.images} Fashion-MNIST test images")
-    print(f"model output: rel {rows[0]['rel']:.3g}, cosine {rows[0]['cosine']:.4f}")
+    print(f"model output ({rows[0]['node']}): rel {rows[0]['rel']:.3g}, cosine {rows[0]['cosine']:.4f}")
     first = next((r for r in rows[1:] if r["rel"] > args.threshold), None)
     for r in rows[1:]:
         if r["rel"] > args.threshold / 10 or r is first:
