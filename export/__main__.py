@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels-map-by-order", action="store_true",
                    help="int8: the labelled --calib-data folder's classes are the model's labels in order, whatever "
                         "their names (without it, other names or another class count are refused)")
+    p.add_argument("--verify-arm", action="store_true",
+                   help="also run every ExecuTorch-XNNPACK / ONNX / OpenVINO artifact on its runtime's aarch64 build "
+                        "under QEMU on two emulated CPUs (phone: dotprod, i8mm, SVE 128; plain NEON) with the same "
+                        "gate; needs `python -m export setup-arm` once (docs/arm.md)")
     p.add_argument("--output", type=Path, help="output directory (default: artifacts/<model>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output directory")
     p.add_argument("--reference-model", action="store_true",
@@ -107,7 +111,8 @@ def request_from(args: argparse.Namespace) -> ExportRequest:
         labels_map_by_order=args.labels_map_by_order,
         calib_size=args.calib_size, smooth_quant_alpha=args.smooth_quant_alpha,
         keep_float=tuple(args.keep_float), int8_activations=args.int8_activations,
-        full_range_int8_weights=args.full_range_int8_weights, max_accuracy_drop=args.max_accuracy_drop)
+        full_range_int8_weights=args.full_range_int8_weights, max_accuracy_drop=args.max_accuracy_drop,
+        verify_arm=args.verify_arm)
 
 
 def main(argv: list[str] | None = None) -> int:

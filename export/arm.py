@@ -26,7 +26,7 @@ STAMP = "env.json"
 SETUP_COMMAND = "python -m export setup-arm"
 EMULATOR = "qemu-aarch64"
 
-# Keys are the registry's `Target.runtime` (export/targets.py).
+# Keys are the registry's `Target.runtime` (edge_crossformer/targets.py).
 RUNTIMES = ("executorch", "onnxruntime", "openvino")
 # The emulated Python needs the host's versions of these: the same kernels the host's parity judged, built for ARM.
 PINNED = ("executorch", "onnxruntime", "openvino", "numpy")
@@ -44,6 +44,8 @@ CPUS = {
 # Emulated runs are slow (docs/arm.md); this bounds one (artifact, CPU) subprocess, imports included.
 TIMEOUT_S = 900
 THREADS = 2
+# Tests only: a wrong answer that exists only on the emulated side (arm_worker._fault).
+FAULT_ENV = "EDGE_CROSSFORMER_ARM_FAULT"
 
 
 class ArmUnavailable(Exception):
@@ -120,7 +122,8 @@ def run(env: ArmEnv, runtime: str, artifact: Path, inputs: np.ndarray, cpu: str,
     as its own batch-1 call. Returns (outputs, facts): outputs[i] = input i's outputs (module docstring).
 
     options: "precision_hint" (OpenVINO, default "f32": the ARM plugin's own default is f16), "threads",
-    "fault" (tests only: the worker adds this fraction of max |output| to every output), "timeout_s"."""
+    "fault" (tests only: the worker adds this fraction of max |output| to every output; default from
+    $EDGE_CROSSFORMER_ARM_FAULT, so a test can break the ARM side of a whole export), "timeout_s"."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
     if cpu not in CPUS:
@@ -132,7 +135,8 @@ def run(env: ArmEnv, runtime: str, artifact: Path, inputs: np.ndarray, cpu: str,
         np.save(tmp / "inputs.npy", inputs)
         request = {"runtime": runtime, "artifact": str(Path(artifact).resolve()), "inputs": str(tmp / "inputs.npy"),
                    "outputs": str(tmp / "outputs.npz"), "threads": int(options.get("threads", THREADS)),
-                   "precision_hint": options.get("precision_hint", "f32"), "fault": options.get("fault", 0.0)}
+                   "precision_hint": options.get("precision_hint", "f32"),
+                   "fault": float(options.get("fault", os.environ.get(FAULT_ENV, 0.0)))}
         (tmp / "request.json").write_text(json.dumps(request))
         _emulate(env, cpu, tmp, options.get("timeout_s", TIMEOUT_S), runtime, artifact)
         with np.load(tmp / "outputs.npz") as saved:

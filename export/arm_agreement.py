@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import arm
-from .targets import by_runtime
+from edge_crossformer.targets import by_runtime
 
 RUNTIME_OF = {".pte": "executorch", ".onnx": "onnxruntime", ".xml": "openvino"}
 

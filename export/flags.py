@@ -97,6 +97,9 @@ FLAGS: tuple[Flag, ...] = (
          scope="applies to the classifier's INT8 with calibrated activation ranges only"),
     Flag("--labels-map-by-order", "labels_map_by_order", "int8_calibration.labels", tasks=("classify",),
          precisions=("int8",), scope="applies to the classifier's INT8 only (a labelled calibration set)"),
+    Flag("--verify-arm", "verify_arm", "artifacts[].parity.cross_checks['aarch64 ... (QEMU-emulated)']",
+         tasks=("classify",), size_modes=("fixed",), target=lambda t: t.runtime in ("executorch", "onnxruntime", "openvino"),
+         scope="applies to fixed-size classifiers on targets with an aarch64 runtime (not Core ML)"),
     Flag("--output", "output", "(the folder manifest.json is in)"),
     Flag("--overwrite", "overwrite", "(nothing: it only allows replacing an earlier export)"),
     # The list mode builds each size's model itself (ModelSource.deployable_at), always the rewrite.

@@ -23,7 +23,7 @@ from edge_crossformer.files import (OutputBusy, free_bytes, json_safe, output_lo
 from edge_crossformer.host import host_isa
 from edge_crossformer.util import progress_bar, quiet_converters
 
-from . import parity
+from . import arm_parity, parity
 from .base import Artifact, TargetContext
 from .manifest import build_manifest, sha256_of
 from .prepare import SAMPLES, ModelSource
@@ -88,6 +88,7 @@ def run_export(req: ExportRequest, console: Console | None = None) -> tuple[int,
     run killed outright leaves one that the next run removes. One export at a time per output directory."""
     console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 150)
     check_backends(req)
+    arm_env = arm_parity.environment(req)
     output = Path(req.output)
     try:
         with output_lock(output):
@@ -97,7 +98,7 @@ def run_export(req: ExportRequest, console: Console | None = None) -> tuple[int,
             staging = staging_dir(output)
             try:
                 with private_tmpdir(staging / SCRATCH), quiet_converters():
-                    manifest = _export_into(req, staging, console)
+                    manifest = _export_into(req, staging, console, arm_env)
                 _publish(staging, output)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -127,7 +128,7 @@ def check_free_space(req: ExportRequest, params: int, output: Path) -> None:
                           "--output")
 
 
-def _export_into(req: ExportRequest, staging: Path, console: Console) -> dict:
+def _export_into(req: ExportRequest, staging: Path, console: Console, arm_env=None) -> dict:
     source = ModelSource(req)
     artifacts: list[Artifact] = []
     failures: list[dict] = []
@@ -171,7 +172,9 @@ def _export_into(req: ExportRequest, staging: Path, console: Console) -> dict:
             data = source.int8_data
             held = parity.eight_bit(data.parity.numpy())
             int8_set = (held, parity.reference_logits(reference, held)[0], data.parity_labels.numpy(), data.source)
-        entries = [_parity_entry(art, inputs, expected, device, int8_set, source) for art in artifacts]
+        if arm_env is not None:
+            bar.update(task, description="parity, and again on emulated aarch64 (minutes)")
+        entries = [_parity_entry(art, inputs, expected, device, int8_set, source, arm_env) for art in artifacts]
         entries = [_features_parity(entry, art, reference, req, source) if inputs is None else entry
                    for entry, art in zip(entries, artifacts)]
         for entry in entries:  # what each given flag did to this artifact (export.flags.FLAGS)
@@ -260,7 +263,7 @@ def _accuracy_control(art: Artifact, source: ModelSource) -> tuple[bool, str | N
 
 
 def _parity_entry(art: Artifact, inputs: np.ndarray, expected: np.ndarray, device: str, int8_set,
-                  source: ModelSource) -> dict:
+                  source: ModelSource, arm_env=None) -> dict:
     digest, size = sha256_of(art.path)
     entry = {"target": art.target, "delegate": art.delegate, "precision": art.precision, "file": art.path.name,
              "sha256": digest, "bytes": size}
@@ -283,6 +286,8 @@ def _parity_entry(art: Artifact, inputs: np.ndarray, expected: np.ndarray, devic
         result = {}  # a backbone: export.features measures it (_features_parity)
     else:
         result = parity.classifier_parity(art, inputs, expected, device, int8_set)
+        if arm_env is not None:
+            result = arm_parity.verify(art, result, inputs, expected, device, int8_set, arm_env)
         # Where it ran: INT8 (and BF16) arithmetic depends on the CPU's ISA (edge_crossformer.host).
         result.update(status=result["status"] if structure_ok else "fail", gate_status=result["status"],
                       runtime_host=host_isa(),

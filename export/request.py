@@ -50,6 +50,8 @@ class ExportRequest:
     # Accuracy-controlled INT8: the most top-1 points (or, without labels, agreement points with FP32) INT8 may
     # lose; layers go back to float until it holds (quantize.sensitivity; NNCF's accuracy control for OV / ONNX).
     max_accuracy_drop: float | None = None
+    # Parity again on each runtime's aarch64 build under QEMU (export.arm_parity; needs `python -m export setup-arm`).
+    verify_arm: bool = False
     reset_head: bool = False
     # A labelled calibration set's classes are the model's labels in order, whatever their names.
     labels_map_by_order: bool = False

@@ -13,6 +13,7 @@ from edge_crossformer.checkpoint import learned_ranges_file
 from edge_crossformer.cli import MAX_FEATURE_SIDE, MAX_IMAGES, MAX_IMG_SIZE, MAX_NUM_CLASSES, regex_problem
 from edge_crossformer.registry import ASSETS, check_img_size, check_num_classes
 
+from .arm_parity import check_request as check_request_arm
 from .flags import FLAGS, TASKS, check_flags, given
 from .int8 import check_calibration_request
 from .request import (DEFAULTS, INT8_ACTIVATIONS, MAX_PARITY_SAMPLES, ExportError, ExportRequest, check_output,
@@ -54,6 +55,7 @@ def validate(req: ExportRequest) -> ExportRequest:
     if req.flags_given is None:  # validating again must not count the defaults filled the first time as given
         req.flags_given = tuple(f.field for f in FLAGS if f.field and given(req, f.field))
     check_one_size_flag(req)
+    check_request_arm(req)
     if req.task not in TASKS:
         raise ExportError(f"--task must be classify or features, got {req.task!r}")
     validate_features(req) if req.task == "features" else validate_classifier(req)

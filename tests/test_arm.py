@@ -11,7 +11,7 @@ import pytest
 
 from conftest import load_manifest, run_cli
 from export import arm
-from export.targets import by_runtime
+from edge_crossformer.targets import by_runtime
 
 # Same files, same runtime versions, other kernels: FP32 agreement measured within 1.7e-6 (docs/arm.md).
 REL_TOL = 1e-4
@@ -93,3 +93,25 @@ def test_injected_arm_fault_fails(arm_env, fp32):
 def test_missing_environment_names_setup(tmp_path):
     with pytest.raises(arm.ArmUnavailable, match="python -m export setup-arm"):
         arm.environment(tmp_path / "nothing")
+
+
+def test_verify_arm_refusals(tmp_path, monkeypatch):
+    """No aarch64 runtime (Core ML) or no environment: exit 2, nothing written."""
+    assert run_cli("--target", "coreml", "--verify-arm", "--output", tmp_path / "coreml") == 2
+    monkeypatch.setenv("EDGE_CROSSFORMER_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(arm, "ENV_DIR", tmp_path / "empty-cache" / "arm" / "env")
+    assert run_cli("--target", "onnx", "--verify-arm", "--output", tmp_path / "onnx") == 2
+    assert not (tmp_path / "coreml").exists() and not (tmp_path / "onnx").exists()
+
+
+# The fault: 1 % of the largest logit on every logit, ten times the FP32 gate; top-1 unchanged.
+@pytest.mark.parametrize("fault", [0.0, 0.01])
+def test_verify_arm_export(arm_env, tmp_path, monkeypatch, fault):
+    """--verify-arm records both emulated CPUs under parity.cross_checks; an ARM-only fault fails the export."""
+    monkeypatch.setenv(arm.FAULT_ENV, str(fault))
+    code = run_cli("--target", "onnx", "--verify-arm", "--output", tmp_path)
+    checks = load_manifest(tmp_path)["artifacts"][0]["parity"]["cross_checks"]
+    assert set(checks) == {f"aarch64 {cpu} (QEMU-emulated)" for cpu in arm.CPUS}
+    assert all(c["emulator"].startswith("qemu-aarch64") and c["features"] for c in checks.values())
+    expected = "pass" if fault == 0 else "fail"
+    assert code == (0 if fault == 0 else 1) and {c["status"] for c in checks.values()} == {expected}
