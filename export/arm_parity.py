@@ -79,7 +79,7 @@ def verify(art: Artifact, result: dict, inputs: np.ndarray, expected: np.ndarray
     result = {**result, "cross_checks": {**result.get("cross_checks", {}), **checks}}
     if failed:
         why = "; ".join(f"{name}: {checks[name]['status']} ({checks[name]['gate']})" for name in failed)
-        result.update(status="fail", reason=f"ARM check failed: {why}")
+        result.update(status="fail", arm_failure=f"failed on ARM (QEMU-emulated aarch64): {why}")
     return result
 
 

@@ -363,6 +363,8 @@ def _summary(console: Console, manifest: dict, output: Path, seconds: float) -> 
     for reason in reasons:
         console.print(f"* prediction skipped: {reason}; structural checks recorded in the manifest")
     for a in manifest["artifacts"]:
+        if a["parity"].get("arm_failure"):
+            console.print(f"[red]{a['file']}: {a['parity']['arm_failure']}[/red]")
         if a.get("saturation_safe") is False:
             sat = a["info"]["saturation_check"]
             console.print(f"[yellow]{a['file']}: {sat['layers_at_risk']} INT8 layer(s) can saturate on x86 CPUs "
