@@ -181,10 +181,18 @@ def _make(work: Path, wanted: dict[str, str]) -> None:
                                              indent=1) + "\n")
 
 
+def _usable() -> bool:
+    """A stamped environment with a part missing (deleted by hand) is rebuilt, not reported."""
+    try:
+        arm.environment()
+    except arm.ArmUnavailable:
+        return False
+    return True
+
+
 def build(force: bool = False) -> Path:
     wanted = pins()
-    if not force and _cached(wanted):
-        arm.environment()
+    if not force and _cached(wanted) and _usable():
         _step(f"cached, versions unchanged: {arm.ENV_DIR} ({_size(arm.ENV_DIR) / 1e9:.2f} GB)")
         return arm.ENV_DIR
     _host_tools()
