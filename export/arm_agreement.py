@@ -40,8 +40,10 @@ def measure(env, path: Path, images: np.ndarray, reference: np.ndarray, cpu: str
     top = reference.argmax(1)
     return {"artifact": path.name, "runtime": runtime, "cpu": cpu, "cpu_model": facts["cpu_model"],
             "emulator": facts["emulator"], "hint": hint if runtime == "openvino" else None, "images": len(images),
-            "x86_vs_fp32": float(np.mean(host.argmax(1) == top)), "arm_vs_fp32": float(np.mean(emulated.argmax(1) == top)),
-            "arm_vs_x86": float(np.mean(emulated.argmax(1) == host.argmax(1))), "cosine_arm_x86": _cosine(emulated, host),
+            "x86_vs_fp32": float(np.mean(host.argmax(1) == top)),
+            "arm_vs_fp32": float(np.mean(emulated.argmax(1) == top)),
+            "arm_vs_x86": float(np.mean(emulated.argmax(1) == host.argmax(1))),
+            "cosine_arm_x86": _cosine(emulated, host),
             "seconds_per_inference": float(np.median(facts["seconds_per_inference"]))}
 
 

@@ -206,7 +206,8 @@ def build(force: bool = False) -> Path:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     env = arm.environment()
-    parts = {"root": _size(env.root), "site": _size(env.site), "stubs": _size(env.stubs), "qemu": env.qemu.stat().st_size}
+    parts = {"root": _size(env.root), "site": _size(env.site), "stubs": _size(env.stubs),
+             "qemu": env.qemu.stat().st_size}
     parts = {k: v / 1e6 for k, v in parts.items()}
     _step(f"ready in {time.monotonic() - start:.0f} s: {env.emulator}, " + ", ".join(
         f"{k} {v}" for k, v in env.versions.items()))
