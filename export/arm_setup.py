@@ -84,7 +84,9 @@ def _host_tools() -> None:
     if os.geteuid() != 0:
         raise SetupError(f"missing host tools; as root: apt-get install {' '.join(missing)}")
     _step(f"apt-get install {' '.join(missing)}")
-    _run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], "apt-get install",
+    # The lock timeout: CI installs the apps' toolchains with apt-get at the same time.
+    _run(["apt-get", "install", "-o", "DPkg::Lock::Timeout=900", "-y", "-qq", "--no-install-recommends", *missing],
+         "apt-get install",
          env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
