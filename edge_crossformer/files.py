@@ -216,6 +216,33 @@ def atomic_path(target: str | Path, *, directory: bool = False):
         raise
 
 
+@contextlib.contextmanager
+def atomic_files(*targets: str | Path, stale: tuple[Path, ...] = ()):
+    """Several files that belong together (a checkpoint and its record), replaced together: yield a temporary path
+    beside each; on success rename them all and delete `stale` (files that would not fit the new ones), with
+    signals held until the last step, so a reader never finds a new checkpoint beside an old record; on error
+    remove the temporary files and leave the old ones."""
+    targets = [Path(t) for t in targets]
+    temps: list[Path] = []
+    try:
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=_owned("tmp", target), suffix=".tmp", dir=target.parent)
+            os.close(fd)
+            temps.append(Path(name))
+        yield temps
+        with signals_deferred():
+            for tmp, target in zip(temps, targets):
+                os.chmod(tmp, 0o644)  # mkstemp creates owner-only files
+                os.replace(tmp, target)
+            for path in stale:
+                path.unlink(missing_ok=True)
+    except BaseException:
+        for tmp in temps:
+            remove(tmp)
+        raise
+
+
 def free_bytes(path: Path) -> int:
     """Free bytes on the filesystem that holds `path` (or its nearest existing parent)."""
     probe = Path(os.path.abspath(path))

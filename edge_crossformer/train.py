@@ -114,7 +114,31 @@ def _resume_settings(cfg: TrainConfig) -> str:
 
 
 class ResumeError(ValueError):
-    """A resume state that does not belong to this run (other settings); the message says what to do."""
+    """A resume state that does not belong to this run (other settings, corrupt, another model's); the message says
+    what to do."""
+
+
+FRESH_START = "pass --no-resume to start over (or --workdir DIR for a separate run)"
+RESUME_KEYS = ("model", "optimizer", "generator", "epoch", "history", "seconds")
+
+
+def read_resume_state(last: Path) -> dict:
+    """The resume state `_save` wrote, or ResumeError naming the file and the fix: a truncated or foreign file must
+    stop the run in one line, not in a traceback from deep inside torch.load."""
+    try:
+        saved = torch.load(last, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch.load raises many types for a damaged file; all mean the same
+        raise ResumeError(f"{last} is not a readable resume state ({type(e).__name__}); it is damaged or not "
+                          f"this tool's: {FRESH_START}") from None
+    missing = [k for k in RESUME_KEYS if not isinstance(saved, dict) or k not in saved]
+    if missing:
+        raise ResumeError(f"{last} is not a resume state of this tool (no {', '.join(missing)}): {FRESH_START}")
+    return saved
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
 
 
 def _resume(last: Path, seen: list[bool], cfg: TrainConfig, model: nn.Module, opt, gen: torch.Generator
@@ -125,17 +149,21 @@ def _resume(last: Path, seen: list[bool], cfg: TrainConfig, model: nn.Module, op
         raise distributed.DistributedError(
             f"{last} exists for ranks {[r for r, s in enumerate(seen) if s]} only: put --workdir on a filesystem "
             "every node shares (each rank reads the resume state)")
-    saved = torch.load(last, map_location="cpu", weights_only=True)
+    saved = read_resume_state(last)
     if "settings" in saved and saved["settings"] != _resume_settings(cfg):
         old, new = json.loads(saved["settings"]), json.loads(_resume_settings(cfg))
         diff = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
                          if old.get(k) != new.get(k))
         raise ResumeError(f"{last} was written by a run with other settings ({diff}); rerun with that run's settings "
                          "to resume it, or pass --no-resume to start over (or --workdir DIR for a separate run)")
-    model.load_state_dict(saved["model"])
-    opt.load_state_dict(saved["optimizer"])
-    gen.set_state(saved["generator"])
-    state = TrainState(saved["epoch"], json.loads(saved["history"]), float(saved["seconds"]))
+    try:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        gen.set_state(saved["generator"])
+        state = TrainState(int(saved["epoch"]), json.loads(saved["history"]), float(saved["seconds"]))
+    except (RuntimeError, ValueError, TypeError, KeyError) as e:  # another model's or optimizer's state
+        raise ResumeError(f"{last} does not fit this run ({_first_line(e)}); it is another model's resume state: "
+                          f"{FRESH_START}") from None
     print(f"resuming from {last} at epoch {state.epoch}/{cfg.epochs}")
     return state
 

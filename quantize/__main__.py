@@ -90,8 +90,10 @@ def qat_main(argv: list[str]) -> int:
 
     # SIGTERM / SIGHUP stop the run like Ctrl-C: the resume state and the checkpoint are only ever replaced whole.
     # Under torchrun every process runs this; they form one group (edge_crossformer.distributed).
+    from edge_crossformer.outputs import OutputError
+
     return run_cli(lambda: distributed.run(lambda: _qat(args, argv)),
-                   user_errors=(ModelConfigError, CheckpointError, DataError, QATError, ResumeError,
+                   user_errors=(ModelConfigError, CheckpointError, DataError, QATError, ResumeError, OutputError,
                                 distributed.DistributedError))
 
 
@@ -112,14 +114,18 @@ def _qat(args: argparse.Namespace, argv: list[str]) -> int:
     if args.checkpoint is None and not spec.bundled_checkpoint:
         raise QATError(f"{args.model} has no bundled weights; pass --checkpoint with the trained model to "
                        "fine-tune (QAT starts from a trained model)")
+    suffix = "" if scheme == "nncf" else f"-{scheme}"
+    workdir = args.workdir or Path("runs/qat") / f"{args.model}{suffix}"
+    output = args.output or Path("runs/qat") / f"{args.model}-qat{suffix}.safetensors"
+    # Before the model and the data are loaded: a run must not train for an hour and then fail to write.
+    check_qat_paths(args, workdir, output)
+    if not args.no_resume:
+        check_resume_state(workdir)
     # The target's QAT spelling (XNNPACK's scheme trains the graph ExecuTorch exports: LayerNorm decomposed).
     model = create_model(args.model, checkpoint=args.checkpoint, img_size=args.img_size,
                          num_classes=args.num_classes, spelling=target.qat_spelling)
     img_size = args.img_size or spec.default_img_size
     train, (train_x, train_y), val = _qat_data(args, spec.resize_for(img_size), model.head.out_features)
-    suffix = "" if scheme == "nncf" else f"-{scheme}"
-    workdir = args.workdir or Path("runs/qat") / f"{args.model}{suffix}"
-    output = args.output or Path("runs/qat") / f"{args.model}-qat{suffix}.safetensors"
     settings = {"model": args.model, "checkpoint": str(args.checkpoint or "bundled"), "scheme": scheme,
                 "ranges": args.ranges,
                 "img_size": img_size,
@@ -128,6 +134,12 @@ def _qat(args: argparse.Namespace, argv: list[str]) -> int:
                 **{k: v for k, v in vars(cfg).items() if k != "grad_accum"},
                 "keep_float": args.keep_float}
     _claim_workdir(workdir, settings, resume=not args.no_resume)
+    if distributed.is_main():  # what a run killed outright (SIGKILL) left beside its files
+        from edge_crossformer.checkpoint import ranges_path
+        from edge_crossformer.files import sweep_stale
+
+        for path in (output, output.with_suffix(".json"), ranges_path(output), workdir / "last.pt"):
+            sweep_stale(path)
     opts = QuantOptions(subset_size=cfg.calib_size, keep_float=tuple(args.keep_float))
     meta = {"model": args.model, "checkpoint": settings["checkpoint"], "img_size": img_size, "data": train.source,
             "val_data": val.source, "targets": list(_served(scheme)),
@@ -137,6 +149,37 @@ def _qat(args: argparse.Namespace, argv: list[str]) -> int:
     print(f"next: python -m export --target {','.join(_served(scheme))} --model {args.model} "
           f"--checkpoint {output} --precision int8")
     return 0
+
+
+def check_qat_paths(args: argparse.Namespace, workdir: Path, output: Path) -> None:
+    """The checkpoint, its record and ranges file, and the workdir can be written, and none of them is an input:
+    `--no-resume` deletes WORKDIR/last.pt and the end of the run replaces OUTPUT and the files beside it."""
+    from edge_crossformer.checkpoint import ranges_path
+    from edge_crossformer.outputs import check_output
+
+    if output.suffix.lower() == ".json":
+        raise QATError(f"--output {output} ends in .json, the name of the record written beside the checkpoint; "
+                       "name the checkpoint .safetensors")
+    inputs = {"--checkpoint": args.checkpoint, "--data": args.data, "--val-data": args.val_data}
+    check_output(output, "--output", directory=False, inputs=inputs,
+                 owned=(output, output.with_suffix(".json"), ranges_path(output)))
+    check_output(workdir, "--workdir", directory=True, inputs=inputs)
+
+
+def check_resume_state(workdir: Path) -> None:
+    """A resume state that cannot be resumed (truncated, another tool's or another model's files, a settings record
+    that is not JSON) is named with the fix now, not after the model and data are loaded."""
+    from edge_crossformer.train import FRESH_START, read_resume_state
+
+    marker = workdir / "settings.json"
+    if marker.exists():
+        try:
+            json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise QATError(f"{marker} is not a QAT settings record ({type(e).__name__}); it is damaged or not this "
+                           f"tool's: {FRESH_START}") from None
+    if (workdir / "last.pt").exists():
+        read_resume_state(workdir / "last.pt")
 
 
 def _check_scheme_options(args: argparse.Namespace, scheme: str) -> None:
@@ -184,7 +227,7 @@ def _qat_data(args: argparse.Namespace, resize: dict, num_classes: int):
 def _claim_workdir(workdir: Path, settings: dict, resume: bool) -> None:
     """A resumable run continues only with the settings it started with (recorded in settings.json). Every rank
     checks (so every rank stops alike); rank 0 alone removes and writes, and the others wait for it."""
-    from edge_crossformer.files import atomic_path
+    from edge_crossformer.files import atomic_path, remove
 
     marker = workdir / "settings.json"
     if resume and (workdir / "last.pt").exists() and marker.exists() and json.loads(marker.read_text()) != settings:
@@ -193,7 +236,7 @@ def _claim_workdir(workdir: Path, settings: dict, resume: bool) -> None:
     distributed.barrier()  # every rank has read the old marker before rank 0 replaces it
     if distributed.is_main():
         if not resume:
-            (workdir / "last.pt").unlink(missing_ok=True)
+            remove(workdir / "last.pt")
         workdir.mkdir(parents=True, exist_ok=True)
         with atomic_path(marker) as tmp:
             tmp.write_text(json.dumps(settings, indent=2) + "\n")

@@ -39,7 +39,7 @@ from edge_crossformer import distributed
 from edge_crossformer.preprocessing import Normalized
 from edge_crossformer.train import TrainConfig, TrainState, evaluate, fit, machine_description
 from edge_crossformer.checkpoint import ranges_path
-from edge_crossformer.files import atomic_path
+from edge_crossformer.files import atomic_files
 
 from .ptq import QuantOptions, _advanced, _ignored, _nncf
 
@@ -334,16 +334,21 @@ def run_qat(model: nn.Module, train: tuple[Tensor, Tensor], val: tuple[Tensor, T
     }
     if not distributed.is_main():
         return record
-    if saved is not None:
-        with atomic_path(ranges_path(output)) as tmp:
-            save_file(saved, str(tmp), metadata={"scheme": scheme, "checkpoint": output.name})
-    else:
-        ranges_path(output).unlink(missing_ok=True)  # a stale one from an earlier XNNPACK run would not fit
-    with atomic_path(output) as tmp:
-        save_file(weights, str(tmp), metadata={"model": str((meta or {}).get("model", "")), "dtype": "float32",
-                                               "qat": scheme})
-    with atomic_path(output.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    _publish(output, weights, record, saved, scheme, str((meta or {}).get("model", "")))
     print(f"after QAT: simulated INT8 top-1 {int8_after['top1']:.2f}% "
           f"(FP32 start {fp32['top1']:.2f}%); wrote {output}")
     return record
+
+
+def _publish(output: Path, weights: dict, record: dict, ranges: dict | None, scheme: str, model: str) -> None:
+    """The checkpoint, its record and its ranges (XNNPACK learned ranges) replaced together: a signal in between
+    must not leave new weights beside an old record, or old ranges beside new weights."""
+    from safetensors.torch import save_file
+
+    files = [output, output.with_suffix(".json")] + ([ranges_path(output)] if ranges is not None else [])
+    # A ranges file from an earlier XNNPACK run would not fit the new weights: it goes with the renames.
+    with atomic_files(*files, stale=() if ranges is not None else (ranges_path(output),)) as temps:
+        save_file(weights, str(temps[0]), metadata={"model": model, "dtype": "float32", "qat": scheme})
+        temps[1].write_text(json.dumps(record, indent=2) + "\n")
+        if ranges is not None:
+            save_file(ranges, str(temps[2]), metadata={"scheme": scheme, "checkpoint": output.name})
