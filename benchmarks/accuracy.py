@@ -23,11 +23,13 @@ from edge_crossformer import distributed
 from edge_crossformer.cli import (MAX_IMAGES, MAX_IMG_SIZE, MAX_NUM_CLASSES, float_in, img_size, int_in, names,
                                   percentage_points)
 from edge_crossformer.files import atomic_path
+from edge_crossformer.outputs import OutputError, check_output
 from edge_crossformer.util import progress_bar
 
 from edge_crossformer import targets as registry
 
 from .system import commit, machine, versions
+from .verify import verified_export
 
 
 def _runtime_name(target: str) -> str:
@@ -146,6 +148,7 @@ def _run(argv: list[str] | None) -> int:
     console = Console(stderr=True, quiet=distributed.secondary())  # rank 0 speaks for every process
     started = time.time()
     try:
+        _check_output(args)
         variants = _variants(args)
         with tempfile.TemporaryDirectory(prefix="accuracy-") as tmp:
             data = _labelled_data(args, Path(tmp))
@@ -174,6 +177,22 @@ def _run(argv: list[str] | None) -> int:
 
 class UsageError(Exception):
     """Bad input to the accuracy tool: printed as one line, exit code 2."""
+
+
+def _check_output(args) -> None:
+    """Before any export: accuracy.json and accuracy.png can be written and neither is an input (a QAT record
+    beside its checkpoint included)."""
+    qat = [*args.qat_checkpoint, *(c.with_suffix(".json") for c in args.qat_checkpoint)]
+    try:
+        check_output(args.output, "--output", directory=True, owned=[args.output / n for n in OWNED],
+                     inputs={"--checkpoint": args.checkpoint, "--qat-checkpoint": qat, "--data": args.data,
+                             "--calib-data": args.calib_data})
+    except OutputError as e:
+        raise UsageError(str(e)) from None
+
+
+# What the command replaces in --output (the folder may be shared, e.g. with the latency benchmark's cache).
+OWNED = ("accuracy.json", "accuracy.png")
 
 
 def _variants(args) -> list[tuple]:
@@ -234,6 +253,8 @@ def _score_variant(args, variant: tuple, out: Path, images: np.ndarray, labels: 
         _, manifest = run_export(validate(req), console)
     except ExportError as e:
         raise UsageError(str(e)) from None
+    # Scored only as the manifest vouches for it (the same check as a cached export's before it is timed).
+    verified_export(out, "the export changed while it was being scored; rerun the command", manifest)
     for art in manifest["artifacts"]:
         key = art["target"]
         if art["delegate"] != registry.get(key).runtime_delegate:

@@ -17,6 +17,9 @@ import time
 from pathlib import Path
 
 from edge_crossformer.cli import MAX_RUNS, MAX_THREADS, float_in, int_in
+from edge_crossformer.outputs import OutputError, check_output
+
+from .verify import ArtifactError, verified_export
 
 PACKAGE = "org.edgecrossformer.demo"
 ACTION = "org.edgecrossformer.demo.BENCHMARK"
@@ -59,8 +62,10 @@ def pick_artifacts(export_dir: Path) -> tuple[dict, list[Path]]:
     if not manifest_path.exists():
         raise AndroidError(f"{manifest_path} not found: run `python -m export --target executorch --output "
                            f"{export_dir}` first")
-    manifest = json.loads(manifest_path.read_text())
-    pte = [a for a in manifest["artifacts"] if a["target"] == "executorch" and a["delegate"] == "xnnpack"]
+    # Pushed to the phone only as the manifest vouches for it: an edited or truncated .pte would be timed there.
+    manifest = verified_export(export_dir, f"export it again (python -m export --target executorch --output "
+                                           f"{export_dir} --overwrite)")
+    pte = [a for a in manifest["artifacts"] if a.get("target") == "executorch" and a.get("delegate") == "xnnpack"]
     if not pte:
         raise AndroidError(f"{manifest_path} lists no ExecuTorch XNNPACK .pte; export with --target executorch")
     files = [manifest_path, export_dir / pte[0]["file"]]
@@ -84,8 +89,10 @@ def run(argv: list[str] | None = None) -> int:
     p.add_argument("--output", type=Path, default=Path("benchmark_results/android/results.json"))
     args = p.parse_args(argv)
     try:
-        serial = check_device(args.serial)
+        # The local work first (no phone needed to find a bad path or export), then the phone.
         _, files = pick_artifacts(args.artifacts)
+        check_output(args.output, "--output", directory=False, inputs={"--artifacts": files})
+        serial = check_device(args.serial)
         if f"package:{args.package}" not in _adb(serial, "shell", "pm", "list", "packages", args.package):
             raise AndroidError(f"{args.package} is not installed on {serial}: build and install the demo app "
                                "(apps/README.md: `./gradlew installDebug` in apps/android)")
@@ -110,7 +117,7 @@ def run(argv: list[str] | None = None) -> int:
             time.sleep(2)
         data = _adb(serial, "exec-out", "run-as", args.package, "cat", "files/benchmarks/results.json")
         report = json.loads(data)
-    except AndroidError as e:
+    except (AndroidError, ArtifactError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except json.JSONDecodeError:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from edge_crossformer.cli import MAX_IMAGES, int_in
 from edge_crossformer.files import atomic_path
+from edge_crossformer.outputs import check_output
 
 from .system import commit, machine, versions
 
@@ -71,6 +72,8 @@ def run(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int_in(1, 65536), default=128, help="global batch (default 128)")
     p.add_argument("--output", type=Path, default=Path("benchmark_results/ddp"))
     args = p.parse_args(argv)
+    # No input paths (the runs read the installed Fashion-MNIST); the output is checked before the runs, not after.
+    check_output(args.output, "--output", directory=True, owned=[args.output / "ddp.json"])
     common = ["--train-limit", str(args.train_images), "--batch-size", str(args.batch_size), "--epochs", "1"]
     cases = {"train (crossformer-fmnist, FP32)": ("edge_crossformer.train", common),
              "qat (crossformer-fmnist, NNCF scheme)": ("quantize", ["qat", *common, "--val-limit", "500",

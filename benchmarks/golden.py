@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edge_crossformer.outputs import check_output
+
 from .stats import latency_stats
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -250,9 +252,12 @@ def run(argv: list[str]) -> int:
                    help="do not write; exit 1 when --output differs from what would be written")
     args = p.parse_args(argv)
     try:
+        if not args.check:  # --check only reads --output
+            check_output(args.output, "--output", directory=False, owned=(args.output, args.output.parent / "samples"),
+                         inputs={"--samples": args.samples})
         golden = build_golden(args.model, args.samples)
         decoded = decoded_samples(golden, args.samples)
-    except (GoldenError, ValueError) as e:
+    except (GoldenError, ValueError) as e:  # OutputError included
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.check:

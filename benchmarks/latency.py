@@ -28,7 +28,8 @@ from rich.console import Console
 from rich.table import Table
 
 from edge_crossformer.cli import MAX_IMG_SIZE, MAX_RUNS, MAX_THREADS, img_size, int_in, names
-from edge_crossformer.files import atomic_path
+from edge_crossformer.files import atomic_path, remove
+from edge_crossformer.outputs import OutputError, check_output
 from edge_crossformer.util import progress_bar
 from edge_crossformer import targets as registry
 
@@ -36,6 +37,7 @@ from . import peaks as peaks_mod
 from . import system
 from .runners import Case, load
 from .stats import latency_stats
+from .verify import verified_export
 
 # PyTorch eager, then the runtime of every export target that runs here (edge_crossformer.targets).
 TARGET_OF = {t.runtime: t.name for t in registry.runnable()}
@@ -181,10 +183,13 @@ def _export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], roo
                     "int8_weights": "full range" if precision == FULL_RANGE else "7-bit",
                     "calib": str(calib)}
         stamp = out / ".benchmark-settings.json"
-        if not args.reexport and stamp.exists() and json.loads(stamp.read_text()) == json.loads(
-                json.dumps(settings)):
-            manifests[(variant, precision)] = json.loads((out / "manifest.json").read_text())
+        fix = f"delete {out} (the next run exports it again) or pass --reexport"
+        if not args.reexport and _stamp(stamp) == json.loads(json.dumps(settings)):
+            # Timed only as the manifest vouches for it: edited, truncated or deleted files stop the run here.
+            manifests[(variant, precision)] = verified_export(out, fix)
             continue
+        if stamp.exists() and not (out / "manifest.json").exists():
+            remove(out)  # this benchmark's own cache folder, its manifest lost: the export would not replace it
         req = ExportRequest(
             targets=want, model=model, checkpoint=args.checkpoint, img_size=img_size,
             precision=_base(precision) if not (variant == "project" and precision == "fp32") else None,
@@ -201,9 +206,18 @@ def _export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], roo
         console.print(f"[bold]exporting {variant} {precision}[/] ({', '.join(want)}) -> {out}")
         validate(req)
         _, manifest = run_export(req, console)
-        stamp.write_text(json.dumps(settings) + "\n")
-        manifests[(variant, precision)] = manifest
+        with atomic_path(stamp) as tmp:
+            tmp.write_text(json.dumps(settings) + "\n")
+        manifests[(variant, precision)] = verified_export(out, fix, manifest)
     return manifests
+
+
+def _stamp(path: Path) -> dict | None:
+    """The settings a cached export was made with; None when there is none or it is unreadable (export again)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
 
 
 def _cases(manifests: dict, runtimes: tuple[str, ...], root: Path, bf16: bool, baseline: bool) -> tuple[
@@ -308,6 +322,11 @@ def run(argv: list[str] | None = None) -> int:
     runs = args.runs or (6 if args.quick else 60)
     rounds = max(1, min(args.rounds or (2 if args.quick else 6), runs))
     output = args.output or Path("benchmark_results") / f"{args.model}_{img_size}"
+    try:
+        _check_paths(args, output)
+    except (OutputError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     root = (output / "artifacts").resolve()  # absolute: the memory probes run from the repository root
     root.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -355,6 +374,29 @@ def run(argv: list[str] | None = None) -> int:
     _print_table(console, report)
     console.print(f"wrote {output / 'results.json'}, results.md and plots ({report['settings']['seconds']:.0f} s)")
     return 0
+
+
+# What the latency benchmark replaces in OUTPUT: its export cache and its report. Not the whole folder: it also
+# reads OUTPUT/accuracy.json, which `python -m benchmarks accuracy --output OUTPUT` writes there.
+OWNED = ("artifacts", "results.json", "results.md", "latency.png", "accuracy_latency.png")
+
+
+def _check_paths(args, output: Path) -> None:
+    """Before any export or measurement: the output can be written without overwriting an input, and an
+    --accuracy file is one (a broken one would otherwise surface after the whole run)."""
+    check_output(output, "--output", directory=True, owned=[output / name for name in OWNED],
+                 inputs={"--checkpoint": args.checkpoint, "--calib-data": args.calib_data, "--accuracy": args.accuracy})
+    if args.accuracy is not None and _read_accuracy(args.accuracy) is None:
+        raise ValueError(f"--accuracy {args.accuracy} is not an accuracy.json (missing or not JSON); pass the file "
+                         "python -m benchmarks accuracy writes, or leave --accuracy out")
+
+
+def _read_accuracy(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _weights(args, cfg, img_size: int, root: Path, console: Console) -> Path | None:
@@ -476,10 +518,9 @@ def _accuracy(args, output: Path) -> dict | None:
     root = Path(__file__).resolve().parents[1]
     for path in ([args.accuracy] if args.accuracy else []) + [output / "accuracy.json",
                                                              root / "docs" / f"accuracy_{args.model}.json"]:
-        if path and path.exists():
-            data = json.loads(path.read_text())
-            if data.get("model") == args.model:
-                return {"file": str(path), **data}
+        data = _read_accuracy(path) if path else None  # a damaged default one is passed over, not a crash
+        if data is not None and data.get("model") == args.model:
+            return {"file": str(path), **data}
     return None
 
 

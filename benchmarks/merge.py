@@ -13,11 +13,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edge_crossformer.files import atomic_path
+from edge_crossformer.outputs import OutputError, check_output
 
 from .report import RUNTIME_NAMES, machine_line, markdown, plot_latency
 
 SCHEMA = "edge-crossformer/results"
 REQUIRED = ("schema", "schema_version", "machine", "settings", "results")
+
+
+# What merge replaces in --output; an input among them is refused (its earlier merged.json included).
+OWNED = ("merged.json", "results.md", "latency.png")
 
 
 class MergeError(ValueError):
@@ -71,8 +76,10 @@ def run(argv: list[str] | None = None) -> int:
     p.add_argument("--output", type=Path, default=Path("benchmark_results/merged"))
     args = p.parse_args(argv)
     try:
+        check_output(args.output, "--output", directory=True, owned=[args.output / n for n in OWNED],
+                     inputs={"FILES": args.files})
         reports = [rep for f in args.files for rep in read_report(f)]
-    except MergeError as e:
+    except (MergeError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     models = {(r["settings"].get("model"), r["settings"].get("img_size")) for r in reports}

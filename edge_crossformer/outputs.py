@@ -30,10 +30,11 @@ def check_output(path: Path, flag: str, *, directory: bool, inputs: Inputs = {},
     for place in ([path] if owned is None else [Path(os.path.abspath(p)) for p in owned]):
         for name, given in inputs.items():
             for item in inputs_at_risk(place, _paths(given)):
-                where = f"{flag} {path}" if place == path else f"{place}, which this command replaces"
+                what = f"{flag} {path}" if place == path else f"{place}, which this command replaces"
+                where = f"inside {what}" if place.is_dir() else what
                 alias = "" if Path(os.path.abspath(item)).is_relative_to(place) else " (through a link or another name)"
-                raise OutputError(f"{name} {item} is inside {where}{alias}; it would be overwritten: move it out or "
-                                  f"choose another {flag}")
+                raise OutputError(f"{name} {item} is {where}{alias}; it would be overwritten: move it out or choose "
+                                  f"another {flag}")
 
 
 def _paths(given) -> list:

@@ -251,14 +251,20 @@ USAGE = """usage: python -m quantize {qat,sensitivity} [options]   (--help after
 Post-training INT8 runs inside python -m export --precision int8."""
 
 
+def sensitivity_main(argv: list[str]) -> int:
+    from .sensitivity_cli import sensitivity_main as run  # its imports (rich, numpy) only when it runs
+
+    return run(argv)
+
+
+# subcommand -> function(argv) -> exit code; tests/test_command_contract.py walks this table.
+SUBCOMMANDS = {"qat": qat_main, "sensitivity": sensitivity_main}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "qat":
-        return qat_main(argv[1:])
-    if argv and argv[0] == "sensitivity":
-        from .sensitivity_cli import sensitivity_main
-
-        return sensitivity_main(argv[1:])
+    if argv and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]](argv[1:])
     if argv and argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0

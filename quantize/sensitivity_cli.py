@@ -77,10 +77,11 @@ def sensitivity_main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from edge_crossformer.checkpoint import CheckpointError
     from edge_crossformer.data import DataError
+    from edge_crossformer.outputs import OutputError
     from edge_crossformer.registry import ModelConfigError
 
     return run_cli(lambda: _sensitivity(args, argv),
-                   user_errors=(SensitivityError, ModelConfigError, CheckpointError, DataError))
+                   user_errors=(SensitivityError, ModelConfigError, CheckpointError, DataError, OutputError))
 
 
 def _sensitivity(args: argparse.Namespace, argv: list[str]) -> int:
@@ -91,6 +92,12 @@ def _sensitivity(args: argparse.Namespace, argv: list[str]) -> int:
     from .ptq import QuantOptions
     from .sensitivity import analyse
 
+    from edge_crossformer.outputs import check_output
+
+    out = args.output or Path("runs/sensitivity") / args.model
+    # Before any work: the two files this command replaces in the folder can be written and are not inputs.
+    check_output(out, "--output", directory=True, owned=(out / "sensitivity.json", out / "sensitivity.png"),
+                 inputs={"--checkpoint": args.checkpoint, "--calib-data": args.calib_data, "--data": args.data})
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
     try:
         model, calib, images, labels, sources = _load(args)
@@ -112,7 +119,6 @@ def _sensitivity(args: argparse.Namespace, argv: list[str]) -> int:
         "all_int8": result.all_int8, "ranking": result.ranking(), "layers": result.rows,
         "seconds": round(time.time() - started, 1), "command": "python -m quantize sensitivity " + " ".join(argv),
     }
-    out = args.output or Path("runs/sensitivity") / args.model
     _write(report, out)
     _table(console, report)
     console.print(f"wrote {out / 'sensitivity.json'} and {out / 'sensitivity.png'}")
@@ -120,12 +126,17 @@ def _sensitivity(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _write(report: dict, out: Path) -> None:
-    from edge_crossformer.files import atomic_path
+    """sensitivity.json and sensitivity.png replaced together: another run's plot must not stay beside the new
+    numbers (without matplotlib there is no plot, and an old one is removed)."""
+    from edge_crossformer.files import atomic_files
+    from edge_crossformer.util import pyplot
 
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "sensitivity.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-    _plot(report, out / "sensitivity.png")
+    plt = pyplot()
+    files = (out / "sensitivity.json",) + ((out / "sensitivity.png",) if plt else ())
+    with atomic_files(*files, stale=() if plt else (out / "sensitivity.png",)) as temps:
+        temps[0].write_text(json.dumps(report, indent=2) + "\n")
+        if plt:
+            _plot(plt, report, temps[1])
 
 
 def _table(console, report: dict, top: int = 15) -> None:
@@ -145,14 +156,7 @@ def _table(console, report: dict, top: int = 15) -> None:
     console.print(table)
 
 
-def _plot(report: dict, path: Path) -> None:
-    from edge_crossformer.util import pyplot
-
-    plt = pyplot()
-    if plt is None:
-        return
-    from edge_crossformer.files import atomic_path
-
+def _plot(plt, report: dict, path: Path) -> None:
     rows = {r["unit"]: r for r in report["layers"]}
     order = report["ranking"]
     y = np.arange(len(order))
@@ -168,7 +172,6 @@ def _plot(report: dict, path: Path) -> None:
     fig.suptitle(f"{report['model']}: INT8 sensitivity per layer, {report['images']} images "
                  f"(all INT8: drop {report['all_int8']['drop_pp']:.2f} pp)", fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
