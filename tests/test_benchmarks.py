@@ -94,8 +94,16 @@ def test_merge_host_and_device(quick, tmp_path, capsys):
 
 
 def test_android_helper_without_adb_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    import hashlib
+
     monkeypatch.setenv("PATH", str(tmp_path))  # no adb here
-    assert bench(["android", "--artifacts", str(tmp_path)]) == 2
+    # A whole export (the helper checks it against its manifest first, then looks for the phone).
+    pte = tmp_path / "model.pte"
+    pte.write_bytes(b"program")
+    (tmp_path / "manifest.json").write_text(json.dumps({"artifacts": [
+        {"target": "executorch", "delegate": "xnnpack", "file": pte.name,
+         "sha256": hashlib.sha256(b"program").hexdigest(), "bytes": 7}]}))
+    assert bench(["android", "--artifacts", str(tmp_path), "--output", str(tmp_path / "out" / "r.json")]) == 2
     assert "adb not found on PATH" in capsys.readouterr().err
 
 
