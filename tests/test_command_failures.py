@@ -206,3 +206,45 @@ def test_files_that_belong_together_are_replaced_together_or_not_at_all(tmp_path
         b.write_text("new")
     assert [p.read_text() for p in (ckpt, record)] == ["new"] * 2 and not stale.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.json", "q.safetensors"]
+
+
+# ------------------------------------------------------------------------------ quantize qat: a real signal
+
+
+@pytest.mark.skipif(__import__("edge_crossformer.data", fromlist=["x"]).find_fashion_mnist() is None,
+                    reason="Debian package dataset-fashion-mnist is not installed (.ci/run installs it)")
+def test_qat_killed_while_training_exits_143_and_leaves_nothing_half_written(tmp_path):
+    """A real run, in its own process, sent SIGTERM (what `timeout` and torchrun send) once training has begun:
+    exit 143, no checkpoint, record or temporary file anywhere, and only complete resume files in the workdir."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from edge_crossformer.train import read_resume_state
+
+    work, out, scratch = tmp_path / "work", tmp_path / "q.safetensors", tmp_path / "tmp"
+    scratch.mkdir()
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "PYTHONUNBUFFERED": "1", "TMPDIR": str(scratch)}
+    proc = subprocess.Popen([sys.executable, "-m", "quantize", "qat", "--train-limit", "128", "--val-limit", "32",
+                             "--calib-size", "8", "--batch-size", "32", "--epochs", "100", "--threads", "1",
+                             "--workdir", str(work), "--output", str(out)],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # "before QAT on ...": the quantized model is built, training starts next
+            if line.startswith("before QAT"):
+                break
+        time.sleep(2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "interrupted (SIGTERM); nothing half-written" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp", "work"]
+    assert not list(scratch.iterdir())
+    assert set(p.name for p in work.iterdir()) <= {"settings.json", "last.pt"}
+    json.loads((work / "settings.json").read_text())
+    if (work / "last.pt").exists():  # an epoch finished before the signal: then it is whole
+        read_resume_state(work / "last.pt")
