@@ -330,14 +330,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="write the FP16 checkpoint, labels and training record into edge_crossformer/assets")
     args = parser.parse_args(argv)
     from .data import DataError
+    from .outputs import OutputError
 
     # SIGTERM / SIGHUP stop training like Ctrl-C: WORKDIR/last.pt and the published files are only replaced whole.
     return run_cli(lambda: distributed.run(lambda: _train(args, argv)),
-                   user_errors=(DataError, ResumeError, distributed.DistributedError))
+                   user_errors=(DataError, ResumeError, OutputError, distributed.DistributedError))
 
 
 def _train(args: argparse.Namespace, argv: list[str] | None) -> int:
     from .data import load_fashion_mnist, preprocess
+    from .outputs import check_output
     from .registry import build_model, get_config
 
     name = "crossformer-fmnist"
@@ -345,6 +347,10 @@ def _train(args: argparse.Namespace, argv: list[str] | None) -> int:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, threads=args.threads,
                       grad_accum=args.grad_accum, amp=args.amp)
     distributed.check_batch(cfg.batch_size, cfg.grad_accum)  # before minutes of loading, not after
+    workdir = Path(args.workdir)
+    check_output(workdir, "--workdir", directory=True, inputs={"--data": args.data})
+    if not args.no_resume and (workdir / "last.pt").exists():
+        read_resume_state(workdir / "last.pt")  # a damaged one is named now, not after the data is loaded
     train_x, train_y = load_fashion_mnist(args.data, "train")
     train_x, train_y = train_x[:args.train_limit], train_y[:args.train_limit]
     test_x, test_y = load_fashion_mnist(args.data, "test")
@@ -355,7 +361,6 @@ def _train(args: argparse.Namespace, argv: list[str] | None) -> int:
 
     torch.manual_seed(cfg.seed)
     model = Normalized(build_model(name))
-    workdir = Path(args.workdir)
     state = fit(model, train_images, train_labels, cfg, workdir=workdir, eval_set=(test_images, test_labels),
                 resume=not args.no_resume)
     final = evaluate(model, test_images, test_labels)

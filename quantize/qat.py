@@ -285,8 +285,6 @@ def run_qat(model: nn.Module, train: tuple[Tensor, Tensor], val: tuple[Tensor, T
     Writes `output` (float safetensors) and `output` with suffix `.json` (the record) atomically, only at the end;
     `workdir/last.pt` carries the resumable state between epochs. Returns the record.
     """
-    from safetensors.torch import save_file
-
     opts = opts or QuantOptions(subset_size=cfg.calib_size)
     started = time.time()
     if cfg.threads:
