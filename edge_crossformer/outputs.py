@@ -35,6 +35,18 @@ def check_output(path: Path, flag: str, *, directory: bool, inputs: Inputs = {},
                 alias = "" if Path(os.path.abspath(item)).is_relative_to(place) else " (through a link or another name)"
                 raise OutputError(f"{name} {item} is {where}{alias}; it would be overwritten: move it out or choose "
                                   f"another {flag}")
+            _check_not_part_of(place, name, given, flag)
+
+
+def _check_not_part_of(place: Path, name: str, given, flag: str) -> None:
+    """The other way round: an existing entry this command replaces that lies inside an input folder is part of
+    that input (a data folder's own sensitivity.json), and replacing it would change the input."""
+    if not place.exists():
+        return
+    for item in _paths(given):
+        if item is not None and str(item) and Path(item).is_dir() and inputs_at_risk(item, [place]):
+            raise OutputError(f"{place}, which this command replaces, is inside {name} {item}; it would overwrite "
+                              f"part of that input: choose another {flag}")
 
 
 def _paths(given) -> list:

@@ -127,6 +127,19 @@ def test_benchmark_outputs_of_the_wrong_kind_are_refused_before_any_work(tmp_pat
     assert a_file.read_text() == "keep" and sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
+def test_an_output_file_that_belongs_to_an_input_folder_is_not_replaced(tmp_path, capsys):
+    """The reverse of an input inside the output: a data folder that holds a file the command writes."""
+    from quantize.__main__ import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "sensitivity.json").write_text("the user's own notes")
+    (tmp_path / "alias").symlink_to(data, target_is_directory=True)
+    assert main(["sensitivity", "--data", str(tmp_path / "alias"), "--output", str(data)]) == 2
+    assert "is inside --data" in capsys.readouterr().err
+    assert (data / "sensitivity.json").read_text() == "the user's own notes"
+
+
 # ------------------------------------------------------------------------------ quantize qat: resume state
 
 
