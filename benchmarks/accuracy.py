@@ -94,7 +94,10 @@ def qat_assignment(checkpoints: list[Path], runtimes: tuple[str, ...]) -> dict[P
         if not record.is_file():
             unrecorded.append(ckpt)
             continue
-        for target in json.loads(record.read_text()).get("targets", runtimes):
+        data = json.loads(record.read_text())  # not JSON: a ValueError, refused like the others
+        if not isinstance(data, dict):
+            raise ValueError(f"{record} is not a QAT record (python -m quantize qat writes one beside the checkpoint)")
+        for target in data.get("targets", runtimes):
             if target in runtimes:
                 if target in claimed:
                     raise ValueError(f"two QAT checkpoints are for {target}: {claimed[target]} and {ckpt}")

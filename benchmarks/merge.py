@@ -30,16 +30,23 @@ class MergeError(ValueError):
 
 
 def read_report(path: Path) -> list[dict]:
-    """The machine reports in one file (a merged file holds several)."""
-    if not path.exists():
-        raise MergeError(f"{path} not found")
+    """The machine reports in one file (a merged file holds several), each checked against the schema."""
+    if not path.is_file():
+        raise MergeError(f"{path} {'is a directory' if path.is_dir() else 'not found'}; pass results.json files")
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MergeError(f"{path} is not JSON ({e}); pass results.json files written by python -m benchmarks or "
                          "by the demo apps' benchmark mode") from e
     if isinstance(data, dict) and data.get("source") == "merged":
-        return [r for r in data.get("reports", [])]
+        reports = data.get("reports")
+        if not isinstance(reports, list):
+            raise MergeError(f"{path} is a merged file without a list of reports; merge the results.json files again")
+        return [_checked(path, r) for r in reports]
+    return [_checked(path, data)]
+
+
+def _checked(path: Path, data) -> dict:
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise MergeError(f"{path} is not a benchmark results file (schema should be '{SCHEMA}'); see "
                          "docs/results_schema.md")
@@ -49,7 +56,7 @@ def read_report(path: Path) -> list[dict]:
     if data["schema_version"] != 1:
         raise MergeError(f"{path} has schema_version {data['schema_version']}; this tool reads version 1")
     data.setdefault("source_file", str(path))
-    return [data]
+    return data
 
 
 def combined_table(reports: list[dict]) -> str:
