@@ -127,6 +127,14 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            spelling=Spelling(flat_linears=True), qat_spelling=Spelling(), int8_scheme="nncf", x86_pair_sums=True,
            dynamic_batch=True, size_modes=("fixed", "range"),
            runtime="onnxruntime", runtime_name="ONNX Runtime", runtime_module="onnxruntime"),
+    Target("litert", "export.litert_target", ("litert_torch", "ai_edge_litert"), "litert",
+           "litert-torch==0.10.0, ai-edge-litert==2.3.0",
+           title="LiteRT", precisions=("fp32", "fp16", "int8"), default_precision="fp32", fp32_gate=1e-4,
+           # The converter writes LayerNorm as MEAN / RSQRT ops whichever way it comes; decomposed here, the INT8
+           # graph is ExecuTorch's (one calibration serves both) and the file has fewer ops (docs/litert.md).
+           spelling=Spelling(decompose_layernorm=True), qat_spelling=Spelling(decompose_layernorm=True),
+           int8_scheme="xnnpack",
+           runtime="litert", runtime_name="LiteRT (XNNPACK CPU)", runtime_module="ai_edge_litert"),
 )}
 # The quantizer every INT8 export runs (not a target of its own).
 QUANTIZER = ("nncf", "int8", "nncf")
