@@ -95,6 +95,10 @@ def export(ctx: TargetContext) -> list[Artifact]:
         _shape_slices(model)
     if ctx.int8:
         model = ctx.int8.quantize(ctx, model, quantize_openvino, "OpenVINO")
+    if ctx.request.size_mode == "fixed":
+        # The IR states the one input shape it serves instead of the traced [?, ?, ?, ?]: with the dynamic shape,
+        # the ARM CPU plugin computed INT8 attention wrongly (docs/arm.md: first departing node, reproduction).
+        model.reshape({model.inputs[0]: [1, 3, *ctx.request.img_hw]})
     _stable_names(model, ctx.request.model)
     for out, name in zip(model.outputs, output_names(ctx.request)):
         out.get_tensor().set_names({name})
