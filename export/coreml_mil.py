@@ -134,15 +134,18 @@ def evaluate_maps(loaded: LoadedProgram, image: np.ndarray) -> list[np.ndarray]:
     return [np.asarray(value, dtype=np.float32) for value in outs.values()]
 
 
-def run_function(function, feeds: dict[str, np.ndarray], consts: ConstCache | None = None) -> dict[str, np.ndarray]:
-    """Evaluate a MIL function op by op; outputs by name. Values are freed after their last use; constants (and
-    constexpr_* ops, which read constants only) are prepared once per `consts`."""
+def run_function(function, feeds: dict[str, np.ndarray], consts: ConstCache | None = None,
+                 keep: set[str] = frozenset()) -> dict[str, np.ndarray]:
+    """Evaluate a MIL function op by op; outputs by name, plus the intermediate vars named in `keep` (what
+    export.diagnose compares layer by layer). Values are freed after their last use; constants (and constexpr_*
+    ops, which read constants only) are prepared once per `consts`."""
     consts = consts if consts is not None else ConstCache()
     values: dict[str, np.ndarray] = {}
     for name, var in function.inputs.items():
         values[name] = rounded(np.asarray(feeds[name]), var.dtype)
     ops = [op for op in function.operations if op.op_type not in CONST_OPS]
-    last_use = _last_use(ops, {v.name for v in function.outputs})
+    outputs = [v.name for v in function.outputs]
+    last_use = _last_use(ops, set(outputs) | set(keep))
 
     def value_of(var):
         return values[var.name] if var.name in values else consts.get(var)
@@ -157,7 +160,7 @@ def run_function(function, feeds: dict[str, np.ndarray], consts: ConstCache | No
             values.update((var.name, value) for var, value in zip(op.outputs, results))
             for name in last_use.get(index, ()):
                 values.pop(name, None)
-    return {v.name: values[v.name] for v in function.outputs}
+    return {name: values[name] for name in [*outputs, *keep]}
 
 
 def _last_use(ops: list, keep: set[str]) -> dict[int, list[str]]:
