@@ -241,8 +241,11 @@ def coreml_taps(path, inputs: np.ndarray, expected: Capture, stacks: dict[str, l
     points = [p for p in expected.order if p != OUTPUT]
     ordered = []
     for op in loaded.compute_ops:
-        node = mil_op_node(op.name, stacks)
-        if node is not None and op.outputs:
+        if not op.outputs:
+            continue
+        # Output vars keep the torch node's name where ops are renamed (transposes become transpose_N).
+        node = mil_op_node(op.outputs[0].name, stacks) or mil_op_node(op.name, stacks)
+        if node is not None:
             ordered.append((op.outputs[0].name, stacks[node]))
     chosen = last_in_scope(ordered, points, lambda point, paths: point in paths)
     keep = set(chosen.values())
