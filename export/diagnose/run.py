@@ -84,6 +84,10 @@ def _coreml_stacks(source: ModelSource, target: str, delegate: str | None, preci
     import torch
 
     spelling = spelling_of(target, delegate)
+    if delegate == "coreml":  # the delegate converted the edge program's partition: its node names
+        from executorch.exir import to_edge
+
+        return taps.fx_module_stacks(to_edge(source.exported_program(spelling)).exported_program())
     if precision == "int8":
         example = source.example()
         with torch.no_grad():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -235,9 +236,7 @@ def mil_op_node(op_name: str, stacks: dict[str, list[str]]) -> str | None:
 
 def coreml_taps(path, inputs: np.ndarray, expected: Capture, stacks: dict[str, list[str]]) -> Taps:
     """Every point's last MIL var, kept while the evaluator runs the saved program op by op."""
-    from export import coreml_mil
-
-    loaded = coreml_mil.load(path)
+    loaded = load_coreml(path)
     points = [p for p in expected.order if p != OUTPUT]
     ordered = []
     for op in loaded.compute_ops:
@@ -258,6 +257,21 @@ def coreml_taps(path, inputs: np.ndarray, expected: Capture, stacks: dict[str, l
     taps = Taps(runtime="MIL evaluator (" + ("fp16-emulated" if _fp16(loaded) else "fp32") + ")",
                 granularity="every MIL op (module output = last op from the module's torch.export nodes)")
     return _finish(taps, per_input, chosen, out, out)
+
+
+def load_coreml(path):
+    """The ML program of a .mlpackage, or the one inside an ExecuTorch Core ML delegate .pte."""
+    from export import coreml_mil
+
+    if str(path).endswith(".pte"):
+        blobs = coreml_mil._coreml_blobs(Path(path).read_bytes())
+        if len(blobs) != 1:
+            raise ValueError(f"{Path(path).name} holds {len(blobs)} Core ML programs; diagnose reads one")
+        loaded, why = coreml_mil._unpacked(blobs[0])
+        if loaded is None:
+            raise ValueError(why)
+        return loaded
+    return coreml_mil.load(path)
 
 
 def _fp16(loaded) -> bool:

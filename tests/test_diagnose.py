@@ -1,0 +1,187 @@
+"""python -m export diagnose: a fault injected at a known block of crossformer-fmnist is named first, on every
+runtime; a healthy export passes; bad input is one message, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from export.diagnose import main
+from export.diagnose.run import ModelSource, read_manifest, request_from_manifest
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+FAULT_BLOCK = "layers.1.blocks.0"
+# The block's last linear: scaling it by 2 changes the block's output, nothing before it.
+FAULT_PARAM = f"model.{FAULT_BLOCK}.mlp.fc2.weight"
+SAMPLES = "2"
+
+
+def _export(out, *flags):
+    from tests.conftest import run_cli
+
+    assert run_cli("--target", *flags, "--output", out, "--parity-samples", "2") == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory):
+    """One FP32 export per runtime of crossformer-fmnist (Core ML at its default FP16)."""
+    return _export(tmp_path_factory.mktemp("diag") / "fp32", "onnx,openvino,executorch,coreml")
+
+
+def _diagnose(directory, artifact, tmp_path):
+    out = tmp_path / "report"
+    assert main([str(directory), "--artifact", artifact, "--samples", SAMPLES, "--output", str(out)]) == 0
+    return json.loads((out / "diagnose.json").read_text())["artifacts"][0], out
+
+
+def _copy(fp32, tmp_path):
+    faulty = tmp_path / "faulty"
+    shutil.copytree(fp32, faulty)
+    return faulty
+
+
+def _file(directory, suffix):
+    return next(e["file"] for e in read_manifest(directory)["artifacts"] if e["file"].endswith(suffix))
+
+
+def test_healthy_fp32_every_runtime(fp32, tmp_path):
+    """No layer over the gate on any runtime, every point exposed, taps leave the logits as they were."""
+    for suffix in ("onnx_fp32.onnx", "openvino_fp32.xml", "xnnpack_fp32.pte", "coreml_fp16.mlpackage"):
+        result, out = _diagnose(fp32, _file(fp32, suffix), tmp_path)
+        assert result["first_over_gate"] is None, (suffix, result["summary"])
+        assert result["not_exposed"] == [], (suffix, result["not_exposed"])
+        assert result["tapped_output_rel"] < 1e-5
+        assert len(result["layers"]) == 42  # stem, 7 blocks and their 5 parts, 3 merges, norm, head, output
+        assert (out / "diagnose.png").stat().st_size > 10_000
+
+
+def test_onnx_block_output_scaled_by_two(fp32, tmp_path):
+    import onnx
+
+    faulty = _copy(fp32, tmp_path)
+    path = faulty / _file(faulty, "onnx_fp32.onnx")
+    model = onnx.load(str(path))
+    last = [n for n in model.graph.node if any(p.key == "pkg.torch.onnx.name_scopes" and
+                                                f"'model.{FAULT_BLOCK}'" in p.value for p in n.metadata_props)][-1]
+    tensor = last.output[0]
+    for node in model.graph.node:
+        node.input[:] = [f"{tensor}_x2" if name == tensor else name for name in node.input]
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(2.0, np.float32), "diag_two"))
+    model.graph.node.append(onnx.helper.make_node("Mul", [tensor, "diag_two"], [f"{tensor}_x2"]))
+    onnx.save(_sorted(model), str(path))
+    result, _ = _diagnose(faulty, path.name, tmp_path)
+    assert result["first_block_over_gate"] == FAULT_BLOCK, result["summary"]
+
+
+def _sorted(model):
+    """Nodes in topological order again after appending one (ONNX requires it)."""
+    produced = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer}
+    pending, ordered = list(model.graph.node), []
+    while pending:
+        for node in pending:
+            if all(not name or name in produced for name in node.input):
+                ordered.append(node)
+                produced.update(node.output)
+                pending.remove(node)
+                break
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
+    return model
+
+
+def test_openvino_weight_constant_scaled(fp32, tmp_path):
+    import openvino as ov
+    from openvino import opset13
+
+    faulty = _copy(fp32, tmp_path)
+    path = faulty / _file(faulty, "openvino_fp32.xml")
+    model = ov.Core().read_model(str(path))
+    weight = next(op for op in model.get_ordered_ops() if op.get_friendly_name() == f"self.{FAULT_PARAM}")
+    scaled = opset13.constant(weight.get_data() * 2)
+    weight.output(0).replace(scaled.output(0))
+    ov.save_model(model, str(path), compress_to_fp16=False)
+    result, _ = _diagnose(faulty, path.name, tmp_path)
+    assert result["first_block_over_gate"] == FAULT_BLOCK, result["summary"]
+
+
+def test_coreml_weight_in_the_program_scaled(fp32, tmp_path):
+    """The FP16 weight of the block's fc2, found in the package's weight blob and doubled in place."""
+    from export import coreml_mil
+
+    faulty = _copy(fp32, tmp_path)
+    package = faulty / _file(faulty, "coreml_fp16.mlpackage")
+    loaded = coreml_mil.load(package)
+    blob = next((package / "Data").rglob("weight.bin"))
+    data = bytearray(blob.read_bytes())
+    # fc2 of FAULT_BLOCK: the first [64, 256] weight in program order (stage 1 has 64 channels, MLP ratio 4).
+    weights = [op.outputs[0].val for op in loaded.function.operations if op.op_type == "const"
+               and getattr(op.outputs[0].val, "shape", None) == (64, 256)]
+    raw = np.asarray(weights[0], np.float16).tobytes()
+    at = bytes(data).find(raw)
+    assert at >= 0 and bytes(data).count(raw) == 1
+    data[at:at + len(raw)] = (np.asarray(weights[0], np.float16) * 2).astype(np.float16).tobytes()
+    blob.write_bytes(bytes(data))
+    result, _ = _diagnose(faulty, package.name, tmp_path)
+    assert result["first_block_over_gate"] == FAULT_BLOCK, result["summary"]
+
+
+def test_xnnpack_pte_from_a_perturbed_model(fp32, tmp_path):
+    """The .pte lowered from the model with one weight of the block doubled; the diagnosis rebuilds the clean one."""
+    import copy
+
+    import torch
+
+    from export import targets
+    from export.executorch_target import lower_xnnpack, save_program
+
+    faulty = _copy(fp32, tmp_path)
+    path = faulty / _file(faulty, "xnnpack_fp32.pte")
+    source = ModelSource(request_from_manifest(read_manifest(faulty), None))
+    model = copy.deepcopy(source.deployable(targets.get("executorch").spelling))
+    with torch.no_grad():
+        dict(model.named_parameters())[FAULT_PARAM].mul_(2)
+        program = torch.export.export(model, (source.example(),))
+    save_program(lower_xnnpack(program), path)
+    result, _ = _diagnose(faulty, path.name, tmp_path)
+    assert result["first_block_over_gate"] == FAULT_BLOCK, result["summary"]
+    assert "1 moved in" in result["granularity"]
+
+
+def test_healthy_int8_shows_quantization_error(tmp_path_factory, tmp_path):
+    """ONNX INT8: the quantizer's simulation (QDQ as written) explains the runtime's error; the report has both."""
+    directory = _export(tmp_path_factory.mktemp("diag") / "int8", "onnx", "--precision", "int8", "--calib-size", "64")
+    result, _ = _diagnose(directory, _file(directory, "onnx_int8.onnx"), tmp_path)
+    rows = [row for row in result["layers"] if row.get("sim_rel") is not None]
+    assert len(rows) > 30
+    assert result["first_over_gate"] is None, result["summary"]
+    # Quantization error grows through the network: the logits carry more of it than the stem.
+    by_name = {row["layer"]: row for row in rows}
+    assert by_name["output"]["sim_rel"] > by_name["patch_embed"]["sim_rel"] > 1e-3
+    assert all(row["kernel_rel"] < row["sim_rel"] for row in rows if row["layer"] == "output")
+
+
+def test_bad_input_exit_2_nothing_written(fp32, tmp_path, capsys, monkeypatch):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(empty)]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+    assert list(empty.iterdir()) == []
+
+    missing = _copy(fp32, tmp_path)
+    (missing / _file(missing, "onnx_fp32.onnx")).unlink()
+    assert main([str(missing)]) == 2
+    assert "does not hold" in capsys.readouterr().err
+    assert not (missing / "diagnose").exists()
+
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    assert main([str(fp32), "--artifact", _file(fp32, "onnx_fp32.onnx")]) == 2
+    assert "onnxruntime" in capsys.readouterr().err
+    assert not (fp32 / "diagnose").exists()
