@@ -236,6 +236,8 @@ def mil_op_node(op_name: str, stacks: dict[str, list[str]]) -> str | None:
 
 def coreml_taps(path, inputs: np.ndarray, expected: Capture, stacks: dict[str, list[str]]) -> Taps:
     """Every point's last MIL var, kept while the evaluator runs the saved program op by op."""
+    from export import coreml_mil
+
     loaded = load_coreml(path)
     points = [p for p in expected.order if p != OUTPUT]
     ordered = []
