@@ -72,7 +72,11 @@ def test_onnx_block_output_scaled_by_two(fp32, tmp_path):
     for node in model.graph.node:
         node.input[:] = [f"{tensor}_x2" if name == tensor else name for name in node.input]
     model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(2.0, np.float32), "diag_two"))
-    model.graph.node.append(onnx.helper.make_node("Mul", [tensor, "diag_two"], [f"{tensor}_x2"]))
+    scaled = onnx.helper.make_node("Mul", [tensor, "diag_two"], [f"{tensor}_x2"])
+    # Inside the block, as a converter's own wrong op would be: the block's name scopes (a node without them belongs
+    # to no module, and its output would be no module's output).
+    scaled.metadata_props.extend(last.metadata_props)
+    model.graph.node.append(scaled)
     onnx.save(_sorted(model), str(path))
     result, _ = _diagnose(faulty, path.name, tmp_path)
     assert result["first_block_over_gate"] == FAULT_BLOCK, result["summary"]
