@@ -108,7 +108,12 @@ def test_openvino_weight_constant_scaled(fp32, tmp_path):
     weight = next(op for op in model.get_ordered_ops() if op.get_friendly_name() == f"self.{FAULT_PARAM}")
     scaled = opset13.constant(weight.get_data() * 2)
     weight.output(0).replace(scaled.output(0))
-    ov.save_model(model, str(path), compress_to_fp16=False)
+    # Saved beside, then renamed: the .bin being read is memory-mapped (writing it in place is a bus error).
+    staged = path.with_name("staged.xml")
+    ov.save_model(model, str(staged), compress_to_fp16=False)
+    del model, weight
+    staged.with_suffix(".bin").replace(path.with_suffix(".bin"))
+    staged.replace(path)
     result, _ = _diagnose(faulty, path.name, tmp_path)
     assert result["first_block_over_gate"] == FAULT_BLOCK, result["summary"]
 
