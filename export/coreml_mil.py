@@ -221,6 +221,18 @@ def pte_runner(path: str | Path, ops_outside: int) -> tuple[Callable[[np.ndarray
     return (_run(loaded), None) if loaded else (None, why)
 
 
+def load_pte(path: str | Path) -> LoadedProgram:
+    """The one Core ML program inside an ExecuTorch Core ML-delegate .pte (ValueError saying why where there is not
+    exactly one the evaluator can run)."""
+    blobs = _coreml_blobs(Path(path).read_bytes())
+    if len(blobs) != 1:
+        raise ValueError(f"{Path(path).name} holds {len(blobs)} Core ML delegate programs; the evaluator runs one")
+    loaded, why = _unpacked(blobs[0])
+    if loaded is None:
+        raise ValueError(why)
+    return loaded
+
+
 def _coreml_blobs(pte: bytes) -> list[bytes]:
     from executorch.exir._serialize._program import deserialize_pte_binary
 

@@ -145,7 +145,7 @@ def test_xnnpack_pte_from_a_perturbed_model(fp32, tmp_path):
 
     import torch
 
-    from export import targets
+    from edge_crossformer import targets
     from export.executorch_target import lower_xnnpack, save_program
 
     faulty = _copy(fp32, tmp_path)

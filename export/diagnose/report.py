@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from edge_crossformer.files import atomic_path, json_safe
+
 WORST = 10
 
 
@@ -103,8 +105,6 @@ def plot(results: list[dict], path: Path) -> None:
 
 def write(directory: Path, document: dict) -> list[Path]:
     """diagnose.json and diagnose.png into `directory`, each through a temporary file renamed into place."""
-    from edge_crossformer.files import atomic_path, json_safe
-
     directory = Path(directory)
     paths = [directory / "diagnose.json", directory / "diagnose.png"]
     with atomic_path(paths[0]) as tmp:

@@ -5,18 +5,23 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
-# The project's interfaces used here, in one place (the re-layer moves some of them).
-from export import parity, targets
-from export.manifest import resize_spec
-from export.prepare import SAMPLES, ModelSource
-from export.request import ExportError, ExportRequest, validate
+from edge_crossformer import targets
+from edge_crossformer.cli import run_cli
+from edge_crossformer.host import host_isa
 
-from . import points, report, taps
+from .. import parity
+from ..prepare import SAMPLES, ModelSource
+from ..request import ExportError, ExportRequest
+from ..sizes import resize_spec
+from ..validate import validate
+from . import points, report, taps, xnnpack
 
 # Per-layer gates (max |diff| / max |ref| of the layer's own tensor). FP32: the target's logit gate (docs/parity.md).
 # FP16: about ten FP16 roundings (2^-11 each) of the layer's peak, what FP16 storage alone costs through a block
@@ -34,15 +39,20 @@ class DiagnoseError(ExportError):
     """Bad input to the diagnosis: one message, exit 2, nothing written."""
 
 
-def default_gate(target: str, precision: str) -> float:
+def default_gate(target: str, precision: str, simulated: bool = True) -> float:
+    """The per-layer gate: FP32 the target's, FP16 FP16_GATE; INT8 the runtime against the quantizer's simulation,
+    or without one (a brief diagnosis) against float, much looser."""
     if precision == "fp32":
         return targets.get(target).fp32_gate
-    return FP16_GATE if precision == "fp16" else INT8_KERNEL_GATE
+    if precision == "fp16":
+        return FP16_GATE
+    return INT8_KERNEL_GATE if simulated else INT8_FLOAT_GATE
 
 
 def spelling_of(target: str, delegate: str | None):
-    """The spelling the artifact was exported in (the ExecuTorch Core ML delegate runs Core ML's)."""
-    return targets.get("coreml" if delegate == "coreml" else target).spelling
+    """The spelling the artifact was exported in (a delegate's own: the ExecuTorch Core ML delegate runs Core ML's)."""
+    entry = targets.get(target)
+    return entry.spelling_for_delegate(delegate) if delegate else entry.spelling
 
 
 def inputs_for(source: ModelSource, precision: str, samples: int) -> np.ndarray:
@@ -61,8 +71,6 @@ def runtime_taps(path: Path, target: str, delegate: str | None, precision: str, 
         return taps.openvino_taps(path, inputs, expected)
     if target == "coreml" or delegate == "coreml":
         return taps.coreml_taps(path, inputs, expected, _coreml_stacks(source, target, delegate, precision))
-    from . import xnnpack
-
     return xnnpack.xnnpack_taps(path, source, spelling_of(target, delegate), precision, inputs, expected)
 
 
@@ -81,8 +89,6 @@ def simulation_taps(path: Path, target: str, delegate: str | None, source: Model
 
 def _coreml_stacks(source: ModelSource, target: str, delegate: str | None, precision: str) -> dict:
     """torch.export node names -> module stacks of the graph coremltools converted (exported again: same names)."""
-    import torch
-
     spelling = spelling_of(target, delegate)
     if delegate == "coreml":  # the delegate converted the edge program's partition: its node names
         from executorch.exir import to_edge
@@ -112,7 +118,7 @@ def diagnose_artifact(path: Path, target: str, precision: str, source: ModelSour
     simulated = None
     if precision == "int8" and not brief:
         simulated = simulation_taps(Path(path), target, delegate, source, inputs, expected)
-    gate = default_gate(target, precision) if gate is None else gate
+    gate = default_gate(target, precision, simulated is not None) if gate is None else gate
     rows = [_row(point, expected, faithful, got, simulated) for point in expected.order]
     result = report.summarise(rows, gate, kernel=simulated is not None)
     result.update(artifact=Path(path).name, target=target, delegate=delegate, precision=precision,
@@ -173,8 +179,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edge_crossformer.cli import run_cli
-
     args = build_parser().parse_args(argv)
     return run_cli(lambda: _run(args), (ExportError,))
 
@@ -203,8 +207,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _host() -> str:
-    from edge_crossformer.host import host_isa
-
     return str(host_isa())
 
 
@@ -249,11 +251,20 @@ def chosen_artifacts(manifest: dict, directory: Path, only: list[str]) -> list[d
     return entries
 
 
+def runtime_packages(target: str, delegate: str | None) -> tuple[str, ...]:
+    """What the diagnosis of an artifact imports: its runtime's packages, except that Core ML runs on the MIL
+    evaluator (coremltools) and an ExecuTorch XNNPACK artifact needs no coremltools."""
+    if target == "coreml":
+        return ("coremltools",)
+    if target == "executorch":
+        return ("executorch", "coremltools") if delegate == "coreml" else ("executorch",)
+    return targets.get(target).packages
+
+
 def check_runtime(entry: dict) -> None:
     """The artifact's runtime (or, for Core ML, coremltools for the MIL evaluator) is importable."""
     target = targets.get(entry["target"])
-    needed = ("coremltools",) if entry["target"] == "coreml" or entry.get("delegate") == "coreml" else target.packages
-    for package in needed:
+    for package in runtime_packages(entry["target"], entry.get("delegate")):
         if importlib.util.find_spec(package) is None:
             raise DiagnoseError(f"{entry['file']} runs on {target.title}, which needs the '{package}' package, not "
                                 f"installed here: {targets.install_hint(package)}; or pass --artifact for another")
@@ -261,8 +272,6 @@ def check_runtime(entry: dict) -> None:
 
 def request_from_manifest(manifest: dict, calib_data: Path | None) -> ExportRequest:
     """The request the export ran with, as far as the model is concerned (validated like an export's)."""
-    import tempfile
-
     source = manifest.get("source", {})
     checkpoint = source.get("checkpoint")
     checkpoint = None if checkpoint is None or checkpoint.startswith("bundled") else Path(checkpoint)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import coreml_mil, onnx_target
 from .points import OUTPUT, Capture, owns
 
 OV_NAME = re.compile(r"^__module\.([^/]+)/")
@@ -83,8 +84,6 @@ def onnx_taps(path, inputs: np.ndarray, expected: Capture, optimized: bool = Tru
     import onnx
     import onnxruntime as ort
 
-    from export.onnx_target import load_runner
-
     model = onnx.load(str(path))
     points = [p for p in expected.order if p != OUTPUT]
     ordered = [(node.output[0], _onnx_scopes(node)) for node in model.graph.node if node.output]
@@ -106,7 +105,7 @@ def onnx_taps(path, inputs: np.ndarray, expected: Capture, optimized: bool = Tru
         outs = dict(zip(names, session.run(None, {session.get_inputs()[0].name: inputs[i:i + 1]})))
         per_input.append({t: _dequantized(outs[t], scales.get(t)) for t in chosen.values()})
         tapped_out.append(outs[names[0]])
-    plain = load_runner(path, 2) if optimized else None
+    plain = onnx_target.load_runner(path, 2) if optimized else None
     reference = [plain(inputs[i:i + 1]) for i in range(len(inputs))] if plain else tapped_out
     taps = Taps(runtime="ONNX Runtime" + ("" if optimized else " (graph optimizations off: QDQ as written)"),
                 granularity="every node (module output = last node in its name scope)")
@@ -236,9 +235,7 @@ def mil_op_node(op_name: str, stacks: dict[str, list[str]]) -> str | None:
 
 def coreml_taps(path, inputs: np.ndarray, expected: Capture, stacks: dict[str, list[str]]) -> Taps:
     """Every point's last MIL var, kept while the evaluator runs the saved program op by op."""
-    from export import coreml_mil
-
-    loaded = load_coreml(path)
+    loaded = coreml_mil.load_pte(path) if str(path).endswith(".pte") else coreml_mil.load(path)
     points = [p for p in expected.order if p != OUTPUT]
     ordered = []
     for op in loaded.compute_ops:
@@ -259,21 +256,6 @@ def coreml_taps(path, inputs: np.ndarray, expected: Capture, stacks: dict[str, l
     taps = Taps(runtime="MIL evaluator (" + ("fp16-emulated" if _fp16(loaded) else "fp32") + ")",
                 granularity="every MIL op (module output = last op from the module's torch.export nodes)")
     return _finish(taps, per_input, chosen, out, out)
-
-
-def load_coreml(path):
-    """The ML program of a .mlpackage, or the one inside an ExecuTorch Core ML delegate .pte."""
-    from export import coreml_mil
-
-    if str(path).endswith(".pte"):
-        blobs = coreml_mil._coreml_blobs(Path(path).read_bytes())
-        if len(blobs) != 1:
-            raise ValueError(f"{Path(path).name} holds {len(blobs)} Core ML programs; diagnose reads one")
-        loaded, why = coreml_mil._unpacked(blobs[0])
-        if loaded is None:
-            raise ValueError(why)
-        return loaded
-    return coreml_mil.load(path)
 
 
 def _fp16(loaded) -> bool:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..executorch_target import load_runner, lower_xnnpack
 from .points import OUTPUT, Capture
 from .taps import Taps, _finish, fx_module_stacks, last_in_scope
 
@@ -28,8 +29,6 @@ from .taps import Taps, _finish, fx_module_stacks, last_in_scope
 def debug_program(source, spelling, precision: str, expected: Capture):
     """(debug .pte bytes, {tap output index: point}): the exported program with every point's output appended."""
     from executorch.devtools.intermediate_output_tap import FULL_TENSOR, strip_taps_, tap_intermediate_outputs_
-
-    from export.executorch_target import lower_xnnpack
 
     example = source.example()
     if precision == "int8":
@@ -84,8 +83,6 @@ def transplant(debug: bytes, artifact: bytes) -> tuple[bytes, dict]:
 
 def xnnpack_taps(path, source, spelling, precision: str, inputs: np.ndarray, expected: Capture) -> Taps:
     """Module outputs of the XNNPACK artifact, through a debug build carrying the artifact's constants."""
-    from export.executorch_target import load_runner
-
     debug, index = debug_program(source, spelling, precision, expected)
     debug, moved = transplant(debug, Path(path).read_bytes())
     with tempfile.TemporaryDirectory() as tmp:
