@@ -1,9 +1,10 @@
-"""python -m export --target {coreml,executorch,openvino,onnx,all} [options]"""
+"""python -m export --target {coreml,executorch,openvino,onnx,all} [options]; python -m export SUBCOMMAND ..."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from edge_crossformer.cli import (MAX_IMAGES, MAX_IMG_SIZE, MAX_NUM_CLASSES, float_in, int_in, percentage_points, regex, run_cli,
@@ -12,16 +13,26 @@ from edge_crossformer.cli import (MAX_IMAGES, MAX_IMG_SIZE, MAX_NUM_CLASSES, flo
 from edge_crossformer import targets
 from edge_crossformer.targets import PRECISIONS
 
+from . import diagnose
 from .pipeline import run_export
 from .request import DEFAULT_MODEL, INT8_ACTIVATIONS, MAX_PARITY_SAMPLES, ExportError, ExportRequest, parse_targets
 from .validate import validate
+
+
+# `python -m export NAME ...`: NAME's own command line, given the arguments after NAME; (its main, one line of help).
+SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "diagnose": (diagnose.main, "where an export's artifacts depart from the model, layer by layer, on each "
+                                "artifact's own runtime (python -m export diagnose ARTIFACT_DIR)"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m export",
         description="Export a CrossFormer to Core ML, ExecuTorch, OpenVINO and/or ONNX, check every artifact "
-                    "against the PyTorch reference, and write manifest.json.")
+                    "against the PyTorch reference, and write manifest.json.",
+        epilog="subcommands: " + "; ".join(f"{name}: {help_}" for name, (_, help_) in SUBCOMMANDS.items())
+               + ". python -m export SUBCOMMAND --help lists its options.")
     p.add_argument("--target", required=True, help=f"{', '.join(targets.TARGETS)}, all, or a comma-separated list")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"registered model name (default: {DEFAULT_MODEL})")
     p.add_argument("--checkpoint", type=Path, help=".pth/.pt/.safetensors weights (upstream layouts accepted)")
@@ -116,6 +127,9 @@ def request_from(args: argparse.Namespace) -> ExportRequest:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    if argv and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]][0](argv[1:])
     args = build_parser().parse_args(argv)
 
     def body() -> int:

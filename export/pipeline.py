@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -25,6 +26,7 @@ from edge_crossformer.util import progress_bar, quiet_converters
 
 from . import arm_parity, parity
 from .base import Artifact, TargetContext
+from .diagnose import diagnose_artifact
 from .manifest import build_manifest, sha256_of
 from .prepare import SAMPLES, ModelSource
 from .request import ExportError, ExportRequest
@@ -174,7 +176,10 @@ def _export_into(req: ExportRequest, staging: Path, console: Console, arm_env=No
             int8_set = (held, parity.reference_logits(reference, held)[0], data.parity_labels.numpy(), data.source)
         if arm_env is not None:
             bar.update(task, description="parity, and again on emulated aarch64 (minutes)")
-        entries = [_parity_entry(art, inputs, expected, device, int8_set, source, arm_env) for art in artifacts]
+        diagnosis = BriefDiagnosis(source, Path(req.output),
+                                   lambda file: bar.update(task, description=f"parity failed: diagnosing {file}"))
+        entries = [_parity_entry(art, inputs, expected, device, int8_set, source, arm_env, diagnosis)
+                   for art in artifacts]
         entries = [_features_parity(entry, art, reference, req, source) if inputs is None else entry
                    for entry, art in zip(entries, artifacts)]
         for entry in entries:  # what each given flag did to this artifact (export.flags.FLAGS)
@@ -262,8 +267,51 @@ def _accuracy_control(art: Artifact, source: ModelSource) -> tuple[bool, str | N
                    + f"; allow a larger drop or fine-tune with python -m quantize qat{hint}")
 
 
+# A failed gate is diagnosed while the export runs (export.diagnose, brief: 2 inputs, no INT8 simulation); a
+# diagnosis starts only while the export's diagnoses together have taken less than this; the rest point to the command.
+DIAGNOSIS_BUDGET_S = 300.0
+DIAGNOSIS_WORST = 5
+
+
+class BriefDiagnosis:
+    """Where a failed artifact departs, for its manifest entry (`parity.diagnosis`) and the failure line. Never fails
+    the export further: any exception is recorded, not raised."""
+
+    def __init__(self, source: ModelSource, output: Path, note=None, budget_s: float = DIAGNOSIS_BUDGET_S):
+        self.source, self.output, self.note, self.budget_s, self.spent_s = source, output, note, budget_s, 0.0
+
+    def command(self, file: str) -> str:
+        return f"python -m export diagnose {shlex.quote(str(self.output))} --artifact {shlex.quote(file)}"
+
+    def __call__(self, art: Artifact) -> dict:
+        found = {"command": self.command(art.path.name)}
+        if self.spent_s >= self.budget_s:
+            found["skipped"] = f"this export's diagnoses took {self.spent_s:.0f} s already (budget {self.budget_s:g} s)"
+            return found
+        if self.note:
+            self.note(art.path.name)
+        started = time.time()
+        try:
+            result = diagnose_artifact(art.path, art.target, art.precision, self.source, delegate=art.delegate,
+                                       brief=True)
+            rows = {row["layer"]: row for row in result["layers"]}
+            key = "kernel_rel" if result["gated_on"].startswith("runtime vs INT8") else "rel"
+            found.update({k: result[k] for k in ("summary", "first_over_gate", "first_block_over_gate", "gate",
+                                                 "gated_on", "runtime", "samples")},
+                         worst=[{"layer": name, "rel": rows[name].get(key), "cosine": rows[name].get("cosine")}
+                                for name in result["worst"][:DIAGNOSIS_WORST]])
+        except Exception as e:  # noqa: BLE001 (a failed diagnosis is a note in the manifest, not the export's end)
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            found["error"] = f"{type(e).__name__}: {first}".rstrip(": ")
+            if os.environ.get("EDGE_CROSSFORMER_DEBUG"):
+                traceback.print_exc()
+        found["seconds"] = round(time.time() - started, 1)
+        self.spent_s += found["seconds"]
+        return found
+
+
 def _parity_entry(art: Artifact, inputs: np.ndarray, expected: np.ndarray, device: str, int8_set,
-                  source: ModelSource, arm_env=None) -> dict:
+                  source: ModelSource, arm_env=None, diagnose=None) -> dict:
     digest, size = sha256_of(art.path)
     entry = {"target": art.target, "delegate": art.delegate, "precision": art.precision, "file": art.path.name,
              "sha256": digest, "bytes": size}
@@ -286,6 +334,8 @@ def _parity_entry(art: Artifact, inputs: np.ndarray, expected: np.ndarray, devic
         result = {}  # a backbone: export.features measures it (_features_parity)
     else:
         result = parity.classifier_parity(art, inputs, expected, device, int8_set)
+        if result["status"] == "fail" and diagnose is not None:  # this machine's gate: where the artifact departs
+            result["diagnosis"] = diagnose(art)
         if arm_env is not None:
             result = arm_parity.verify(art, result, inputs, expected, device, int8_set, arm_env)
         # Where it ran: INT8 (and BF16) arithmetic depends on the CPU's ISA (edge_crossformer.host).

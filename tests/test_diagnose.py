@@ -1,14 +1,26 @@
 """python -m export diagnose: a fault injected at a known block of crossformer-fmnist is named first, on every
-runtime; a healthy export passes; bad input is one message, exit 2, nothing written."""
+runtime; a healthy INT8 export shows where quantization error grows; bad input is one message, exit 2, nothing
+written; a failed gate during an export is diagnosed in the manifest, with the command on the console.
+
+Exports are shared: one FP32 export of every runtime (module-scoped; its run also checks the export's own hook, with
+ONNX's gate at 0) and one INT8 export. Default: one fault per runtime, one INT8 test, bad input, the hook; the rest
+is `heavy`."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from edge_crossformer import targets
+from export import pipeline
+from export.base import Artifact
 from export.diagnose import main
 from export.diagnose.run import ModelSource, read_manifest, request_from_manifest
 
@@ -27,10 +39,30 @@ def _export(out, *flags):
     return out
 
 
+@dataclasses.dataclass
+class Exported:
+    directory: Path
+    code: int
+    console: str
+
+
 @pytest.fixture(scope="module")
-def fp32(tmp_path_factory):
-    """One FP32 export per runtime of crossformer-fmnist (Core ML at its default FP16)."""
-    return _export(tmp_path_factory.mktemp("diag") / "fp32", "onnx,openvino,executorch,coreml")
+def exported(tmp_path_factory):
+    """One FP32 export per runtime of crossformer-fmnist (Core ML at its default FP16). ONNX's FP32 gate is 0 during
+    it, so its (healthy) artifact fails parity and the pipeline's brief diagnosis runs: test_export_diagnoses_*."""
+    from tests.conftest import run_cli
+
+    out = tmp_path_factory.mktemp("diag") / "fp32"
+    stderr = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(stderr):
+        mp.setitem(targets.TARGETS, "onnx", dataclasses.replace(targets.get("onnx"), fp32_gate=0.0))
+        code = run_cli("--target", "onnx,openvino,executorch,coreml", "--output", out, "--parity-samples", "2")
+    return Exported(out, code, stderr.getvalue())
+
+
+@pytest.fixture(scope="module")
+def fp32(exported):
+    return exported.directory
 
 
 def _diagnose(directory, artifact, tmp_path):
@@ -49,6 +81,42 @@ def _file(directory, suffix):
     return next(e["file"] for e in read_manifest(directory)["artifacts"] if e["file"].endswith(suffix))
 
 
+def test_export_diagnoses_a_failed_gate(exported):
+    """The export's ONNX artifact failed its (zeroed) gate: the manifest holds where it departs, the console the
+    command; the other artifacts passed and were not diagnosed; the export's exit code is the gate's (1)."""
+    assert exported.code == 1
+    entries = {e["file"]: e for e in read_manifest(exported.directory)["artifacts"]}
+    onnx = entries[_file(exported.directory, "onnx_fp32.onnx")]
+    found = onnx["parity"]["diagnosis"]
+    assert onnx["parity"]["status"] == "fail" and "error" not in found, found
+    assert found["first_over_gate"] is not None and found["gate"] == 0.0
+    assert 1 <= len(found["worst"]) <= 5 and all(row["rel"] > 0 for row in found["worst"])
+    assert found["samples"] == 2 and found["seconds"] < 120
+    assert found["command"] == f"python -m export diagnose {exported.directory} --artifact {onnx['file']}"
+    assert found["command"] in exported.console.replace("\n", "")
+    assert all("diagnosis" not in e["parity"] for name, e in entries.items() if name != onnx["file"])
+
+
+def _fake_artifact(tmp_path) -> Artifact:
+    return Artifact("onnx", None, "fp32", tmp_path / "m.onnx")
+
+
+def test_brief_diagnosis_records_errors_and_keeps_its_budget(tmp_path, monkeypatch):
+    """A diagnosis that raises is recorded, not raised; once the budget is spent, the rest point to the command."""
+    def boom(*args, **kwargs):
+        raise RuntimeError("runtime fell over\nsecond line")
+
+    monkeypatch.setattr(pipeline, "diagnose_artifact", boom)
+    diagnose = pipeline.BriefDiagnosis(None, tmp_path / "out dir", budget_s=0.5)
+    found = diagnose(_fake_artifact(tmp_path))
+    assert found["error"] == "RuntimeError: runtime fell over"
+    assert found["command"] == f"python -m export diagnose '{tmp_path / 'out dir'}' --artifact m.onnx"
+    diagnose.spent_s = 1.0
+    later = diagnose(_fake_artifact(tmp_path))
+    assert "budget" in later["skipped"] and "error" not in later
+
+
+@pytest.mark.heavy
 def test_healthy_fp32_every_runtime(fp32, tmp_path):
     """No layer over the gate on any runtime, every point exposed, taps leave the logits as they were."""
     for suffix in ("onnx_fp32.onnx", "openvino_fp32.xml", "xnnpack_fp32.pte", "coreml_fp16.mlpackage"):
