@@ -229,17 +229,48 @@ def test_xnnpack_pte_from_a_perturbed_model(fp32, tmp_path):
     assert "1 moved in" in result["granularity"]
 
 
-def test_healthy_int8_shows_quantization_error(tmp_path_factory, tmp_path):
-    """ONNX INT8: the quantizer's simulation (QDQ as written) explains the runtime's error; the report has both."""
-    directory = _export(tmp_path_factory.mktemp("diag") / "int8", "onnx", "--precision", "int8", "--calib-size", "64")
-    result, _ = _diagnose(directory, _file(directory, "onnx_int8.onnx"), tmp_path)
+@pytest.fixture(scope="module")
+def int8(tmp_path_factory):
+    """One INT8 export of crossformer-fmnist for ONNX and OpenVINO (NNCF on each runtime's graph)."""
+    return _export(tmp_path_factory.mktemp("diag") / "int8", "onnx,openvino", "--precision", "int8",
+                   "--calib-size", "64")
+
+
+def _quantization_error_grows(result):
     rows = [row for row in result["layers"] if row.get("sim_rel") is not None]
-    assert len(rows) > 30
-    assert result["first_over_gate"] is None, result["summary"]
-    # Quantization error grows through the network: the logits carry more of it than the stem.
+    assert len(rows) > 30, result["not_exposed"]
     by_name = {row["layer"]: row for row in rows}
+    # Quantization error grows through the network: the logits carry more of it than the stem.
     assert by_name["output"]["sim_rel"] > by_name["patch_embed"]["sim_rel"] > 1e-3
-    assert all(row["kernel_rel"] < row["sim_rel"] for row in rows if row["layer"] == "output")
+    # The runtime's kernels add less than quantization costs by design, at the logits.
+    assert by_name["output"]["kernel_rel"] < by_name["output"]["sim_rel"]
+    return by_name
+
+
+def test_healthy_int8_shows_quantization_error(int8, tmp_path):
+    """ONNX (QDQ as written, optimizations off) and OpenVINO (FakeQuantize in float): the simulation explains the
+    runtime's error; no layer's kernels depart from it by more than the INT8 gate."""
+    out = tmp_path / "report"
+    files = [_file(int8, "onnx_int8.onnx"), _file(int8, "openvino_int8.xml")]
+    assert main([str(int8), *[a for f in files for a in ("--artifact", f)], "--samples", SAMPLES,
+                 "--output", str(out)]) == 0
+    results = json.loads((out / "diagnose.json").read_text())["artifacts"]
+    assert [r["artifact"] for r in results] == files
+    for result in results:
+        assert result["first_over_gate"] is None, result["summary"]
+        _quantization_error_grows(result)
+
+
+@pytest.mark.heavy
+def test_healthy_int8_xnnpack(tmp_path_factory, tmp_path):
+    """ExecuTorch XNNPACK INT8: the PT2E graph is the simulation; the tapped debug build keeps XNNPACK's INT8
+    patterns (its logits match the artifact's)."""
+    directory = _export(tmp_path_factory.mktemp("diag") / "int8-xnnpack", "executorch", "--precision", "int8",
+                        "--calib-size", "64")
+    result, _ = _diagnose(directory, _file(directory, "xnnpack_int8.pte"), tmp_path)
+    assert result["tapped_output_rel"] < 1e-5, result["granularity"]
+    assert result["first_over_gate"] is None, result["summary"]
+    _quantization_error_grows(result)
 
 
 def test_bad_input_exit_2_nothing_written(fp32, tmp_path, capsys, monkeypatch):
