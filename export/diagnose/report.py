@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 from edge_crossformer.files import atomic_path, json_safe
@@ -48,13 +49,14 @@ def print_table(result: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console(stderr=True)
+    # Layer names whole, also when stderr is not a terminal (rich's default there is 80 columns).
+    console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 150)
     kernel = result["gated_on"].startswith("runtime vs INT8")
     table = Table(title=f"{result['artifact']} on {result['runtime']}: {result['summary']}", title_justify="left")
     columns = ["layer", "rel err", "cosine", "rewrite rel"] + (["INT8 sim rel", "sim cosine", "runtime vs sim"]
                                                                if kernel else [])
     for col in columns:
-        table.add_column(col, justify="left" if col == "layer" else "right")
+        table.add_column(col, justify="left" if col == "layer" else "right", no_wrap=col == "layer")
     by_name = {row["layer"]: row for row in result["layers"]}
     shown = ([result["first_over_gate"]] if result["first_over_gate"] else []) + [
         name for name in result["worst"] if name != result["first_over_gate"]]

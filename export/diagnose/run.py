@@ -26,9 +26,11 @@ from . import points, report, taps, xnnpack
 # Per-layer gates (max |diff| / max |ref| of the layer's own tensor). FP32: the target's logit gate (docs/parity.md).
 # FP16: about ten FP16 roundings (2^-11 each) of the layer's peak, what FP16 storage alone costs through a block
 # (crossformer-fmnist Core ML FP16 measured 1e-3 to 4e-3 per layer). INT8: runtime against the quantizer's own
-# simulation (kernel error; one INT8 step of a layer is 1/127 to 1/255 of its range, a few steps are expected).
-FP16_GATE = 1e-2
-INT8_KERNEL_GATE = 5e-2
+# simulation (kernel error). One INT8 step is 1/127 to 1/255 of a layer's range, and a runtime's kernels round
+# accumulators and requantize where the simulation does in float, so single elements land a step or two apart:
+# healthy crossformer-fmnist INT8 measured up to 2.6e-2 (ONNX Runtime) and 7.7e-2 (OpenVINO, an attention output,
+# cosine with float 0.998 for both runtime and simulation); a mis-quantized layer is far above (docs/diagnose.md).
+INT8_KERNEL_GATE = 0.1
 # INT8 without a simulation to compare with: against float.
 INT8_FLOAT_GATE = 0.25
 DEFAULT_SAMPLES = 4
