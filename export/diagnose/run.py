@@ -30,6 +30,7 @@ from . import points, report, taps, xnnpack
 # accumulators and requantize where the simulation does in float, so single elements land a step or two apart:
 # healthy crossformer-fmnist INT8 measured up to 2.6e-2 (ONNX Runtime) and 7.7e-2 (OpenVINO, an attention output,
 # cosine with float 0.998 for both runtime and simulation); a mis-quantized layer is far above (docs/diagnose.md).
+FP16_GATE = 1e-2
 INT8_KERNEL_GATE = 0.1
 # INT8 without a simulation to compare with: against float.
 INT8_FLOAT_GATE = 0.25
