@@ -65,9 +65,9 @@ def fp32(exported):
     return exported.directory
 
 
-def _diagnose(directory, artifact, tmp_path):
+def _diagnose(directory, artifact, tmp_path, *extra):
     out = tmp_path / "report"
-    assert main([str(directory), "--artifact", artifact, "--samples", SAMPLES, "--output", str(out)]) == 0
+    assert main([str(directory), "--artifact", artifact, "--samples", SAMPLES, "--output", str(out), *extra]) == 0
     return json.loads((out / "diagnose.json").read_text())["artifacts"][0], out
 
 
@@ -267,7 +267,7 @@ def test_healthy_int8_xnnpack(tmp_path_factory, tmp_path):
     patterns (its logits match the artifact's)."""
     directory = _export(tmp_path_factory.mktemp("diag") / "int8-xnnpack", "executorch", "--precision", "int8",
                         "--calib-size", "64")
-    result, _ = _diagnose(directory, _file(directory, "xnnpack_int8.pte"), tmp_path)
+    result, _ = _diagnose(directory, _file(directory, "xnnpack_int8.pte"), tmp_path, "--calib-size", "64")
     assert result["tapped_output_rel"] < 1e-5, result["granularity"]
     assert result["first_over_gate"] is None, result["summary"]
     _quantization_error_grows(result)

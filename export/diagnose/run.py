@@ -176,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
                                               f"parity gate, FP16 {FP16_GATE:g}, INT8 runtime vs simulation "
                                               f"{INT8_KERNEL_GATE:g})")
     p.add_argument("--calib-data", type=Path, help="the --calib-data the INT8 export used (simulation, images)")
+    p.add_argument("--calib-size", type=int, default=300,
+                   help="the --calib-size the INT8 export used (default 300, the export's): XNNPACK's scheme "
+                        "(ExecuTorch, Core ML W8A8) is calibrated again for its simulation and debug build, and "
+                        "the manifest does not record it")
     p.add_argument("--output", type=Path, help="where diagnose.json and diagnose.png go (default ARTIFACT_DIR/diagnose)")
     p.add_argument("--brief", action="store_true", help="2 inputs, no INT8 simulation, no faithful-model column")
     return p
@@ -195,7 +199,7 @@ def _run(args: argparse.Namespace) -> int:
         raise DiagnoseError(f"--gate is a positive ratio (max |diff| / max |ref|), got {args.gate}")
     for entry in entries:
         check_runtime(entry)
-    source = ModelSource(request_from_manifest(manifest, args.calib_data))
+    source = ModelSource(request_from_manifest(manifest, args.calib_data, args.calib_size))
     results = []
     for entry in entries:
         results.append(diagnose_artifact(args.artifact_dir / entry["file"], entry["target"], entry["precision"],
@@ -273,7 +277,7 @@ def check_runtime(entry: dict) -> None:
                                 f"installed here: {targets.install_hint(package)}; or pass --artifact for another")
 
 
-def request_from_manifest(manifest: dict, calib_data: Path | None) -> ExportRequest:
+def request_from_manifest(manifest: dict, calib_data: Path | None, calib_size: int = 300) -> ExportRequest:
     """The request the export ran with, as far as the model is concerned (validated like an export's)."""
     source = manifest.get("source", {})
     checkpoint = source.get("checkpoint")
@@ -282,7 +286,7 @@ def request_from_manifest(manifest: dict, calib_data: Path | None) -> ExportRequ
     req = ExportRequest(targets=names, model=manifest["model"], checkpoint=checkpoint,
                         img_size=manifest["img_size"], num_classes=manifest["num_classes"],
                         reference_model=source.get("exported_model") == "reference",
-                        reset_head="head" in source, calib_data=calib_data,
+                        reset_head="head" in source, calib_data=calib_data, calib_size=calib_size,
                         # validate() checks an output directory; this one is never created.
                         output=Path(tempfile.gettempdir()) / "edge-crossformer-diagnose-unused")
     try:
