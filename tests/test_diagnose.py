@@ -116,6 +116,17 @@ def test_brief_diagnosis_records_errors_and_keeps_its_budget(tmp_path, monkeypat
     assert "budget" in later["skipped"] and "error" not in later
 
 
+def test_python_m_export_diagnose_dispatches(tmp_path, capsys):
+    """`python -m export diagnose ...` is the subcommand's command line; the export's --help names it."""
+    from export.__main__ import SUBCOMMANDS, build_parser
+    from tests.conftest import run_cli
+
+    assert SUBCOMMANDS["diagnose"][0] is main
+    assert run_cli("diagnose", tmp_path) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+    assert "diagnose" in build_parser().format_help()
+
+
 @pytest.mark.heavy
 def test_healthy_fp32_every_runtime(fp32, tmp_path):
     """No layer over the gate on any runtime, every point exposed, taps leave the logits as they were."""
