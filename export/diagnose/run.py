@@ -176,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                                               f"parity gate, FP16 {FP16_GATE:g}, INT8 runtime vs simulation "
                                               f"{INT8_KERNEL_GATE:g})")
     p.add_argument("--calib-data", type=Path, help="the --calib-data the INT8 export used (simulation, images)")
-    p.add_argument("--calib-size", type=int, default=300,
-                   help="the --calib-size the INT8 export used (default 300, the export's): XNNPACK's scheme "
+    p.add_argument("--calib-size", type=int,
+                   help="the --calib-size the INT8 export used (default: the export's, 300): XNNPACK's scheme "
                         "(ExecuTorch, Core ML W8A8) is calibrated again for its simulation and debug build, and "
                         "the manifest does not record it")
     p.add_argument("--output", type=Path, help="where diagnose.json and diagnose.png go (default ARTIFACT_DIR/diagnose)")
@@ -277,13 +277,20 @@ def check_runtime(entry: dict) -> None:
                                 f"installed here: {targets.install_hint(package)}; or pass --artifact for another")
 
 
-def request_from_manifest(manifest: dict, calib_data: Path | None, calib_size: int = 300) -> ExportRequest:
-    """The request the export ran with, as far as the model is concerned (validated like an export's)."""
+def request_from_manifest(manifest: dict, calib_data: Path | None = None,
+                          calib_size: int | None = None) -> ExportRequest:
+    """The request the export ran with, as far as the model is concerned (validated like an export's); INT8 where
+    the manifest has INT8 artifacts (their calibration: `calib_data`, `calib_size`, which only INT8 takes)."""
+    int8 = any(e["precision"] == "int8" for e in manifest["artifacts"])
+    if not int8 and (calib_data is not None or calib_size is not None):
+        raise DiagnoseError("--calib-data and --calib-size are the INT8 calibration's; "
+                            f"{manifest['model']}'s manifest lists no INT8 artifact")
     source = manifest.get("source", {})
     checkpoint = source.get("checkpoint")
     checkpoint = None if checkpoint is None or checkpoint.startswith("bundled") else Path(checkpoint)
     names = tuple(dict.fromkeys(e["target"] for e in manifest["artifacts"]))
     req = ExportRequest(targets=names, model=manifest["model"], checkpoint=checkpoint,
+                        precision="int8" if int8 else None,
                         img_size=manifest["img_size"], num_classes=manifest["num_classes"],
                         reference_model=source.get("exported_model") == "reference",
                         reset_head="head" in source, calib_data=calib_data, calib_size=calib_size,
