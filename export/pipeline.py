@@ -382,6 +382,15 @@ def failed_checks(entry: dict) -> list[str]:
     return failed
 
 
+def _diagnosis_line(found: dict | None) -> str:
+    """What the brief diagnosis of a failed gate found, and the command that shows it layer by layer."""
+    if not found:
+        return ""
+    what = found.get("summary") or (f"diagnosis failed: {found['error']}" if "error" in found
+                                    else f"not diagnosed: {found.get('skipped')}")
+    return f"\n  [red]{what}[/red]\n  layer by layer: {found['command']}"
+
+
 def _summary(console: Console, manifest: dict, output: Path, seconds: float) -> None:
     size = manifest["img_size"]
     if manifest.get("task") == "features":
@@ -422,7 +431,8 @@ def _summary(console: Console, manifest: dict, output: Path, seconds: float) -> 
                           f"machine's[/yellow]")
     for a in manifest["artifacts"]:
         for check in failed_checks(a) if a["parity"]["status"] == "fail" else ():
-            console.print(f"[red]{a['file']} failed: {check}[/red]")
+            where = _diagnosis_line(a["parity"].get("diagnosis")) if check.startswith("parity:") else ""
+            console.print(f"[red]{a['file']} failed: {check}[/red]{where}", soft_wrap=bool(where))
     skipped = manifest.get("int8_calibration", {}).get("skipped_files")
     if skipped:
         examples = manifest["int8_calibration"]["examples"]
