@@ -265,6 +265,27 @@ def _fp16(loaded) -> bool:
 
 # --- torch.export graphs (the INT8 quantizer's own simulation: PT2E quantize / dequantize graphs) -------------------
 
+def fx_candidates(graph) -> list:
+    """The call_function nodes a point may be tapped at: not quantize ops and not a weight's dequantize (in a PT2E
+    graph those are the INT8 storage of a value, not a module's result)."""
+    def skipped(node) -> bool:
+        name = str(node.target)
+        return "quantize_per_tensor" in name and "dequantize" not in name or "per_channel" in name
+    return [n for n in graph.nodes if n.op == "call_function" and not skipped(n)]
+
+
+def int8_carried(node):
+    """The value a float node of a PT2E graph is carried as: where its one user is a quantize, that quantize's
+    dequantize (what the runtime's INT8 kernels produce, dequantized). Tapping the float node itself would take it
+    out of XNNPACK's quantized pattern (a linear whose output is read twice is not fused with its quantize)."""
+    users = list(node.users)
+    if len(users) == 1 and "quantize_per_tensor" in str(users[0].target) and "dequantize" not in str(users[0].target):
+        after = [u for u in users[0].users if "dequantize_per_tensor" in str(u.target)]
+        if after:
+            return after[0]
+    return node
+
+
 def fx_taps(graph_module, inputs: np.ndarray, expected: Capture) -> Taps:
     """Every node's value of a torch.fx graph (a converted PT2E graph: quantize / dequantize ops on float values,
     the XNNPACK quantizer's simulation of INT8); point = last node of its module stack."""
@@ -273,8 +294,10 @@ def fx_taps(graph_module, inputs: np.ndarray, expected: Capture) -> Taps:
     points = [p for p in expected.order if p != OUTPUT]
     stacks = {n.name: [_strip_root(p) for p, _ in (n.meta.get("nn_module_stack") or {}).values()]
               for n in graph_module.graph.nodes}
-    ordered = [(n.name, stacks[n.name]) for n in graph_module.graph.nodes if n.op == "call_function"]
+    nodes = {n.name: n for n in graph_module.graph.nodes}
+    ordered = [(n.name, stacks[n.name]) for n in fx_candidates(graph_module.graph)]
     chosen = last_in_scope(ordered, points, lambda point, paths: point in paths)
+    chosen = {point: int8_carried(nodes[name]).name for point, name in chosen.items()}
     keep = set(chosen.values())
     per_input, out = [], []
 

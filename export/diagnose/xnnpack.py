@@ -23,7 +23,7 @@ import torch
 
 from ..executorch_target import load_runner, lower_xnnpack
 from .points import OUTPUT, Capture
-from .taps import Taps, _finish, fx_module_stacks, last_in_scope
+from .taps import Taps, _finish, fx_candidates, fx_module_stacks, int8_carried, last_in_scope
 
 
 def debug_program(source, spelling, precision: str, expected: Capture):
@@ -37,9 +37,13 @@ def debug_program(source, spelling, precision: str, expected: Capture):
     else:
         program = source.exported_program(spelling)
     stacks = fx_module_stacks(program)
-    ordered = [(n.name, stacks[n.name]) for n in program.graph.nodes if n.op == "call_function"]
+    nodes = {n.name: n for n in program.graph.nodes}
+    ordered = [(n.name, stacks[n.name]) for n in fx_candidates(program.graph)]
     points = [p for p in expected.order if p != OUTPUT]
     chosen = last_in_scope(ordered, points, lambda point, paths: point in paths)
+    # INT8: each point at its quantize -> dequantize pair's output, so the taps leave XNNPACK's quantized patterns
+    # whole (tapped at the float op, the debug build kept a weight's dequantize outside the delegate).
+    chosen = {point: int8_carried(nodes[name]).name for point, name in chosen.items()}
     by_node = {node: point for point, node in chosen.items()}
     program, specs = tap_intermediate_outputs_(program, rules=[(lambda n: n.name in by_node, FULL_TENSOR)])
     edge = lower_xnnpack(program)
