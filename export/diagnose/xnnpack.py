@@ -27,7 +27,8 @@ from .taps import Taps, _finish, fx_candidates, fx_module_stacks, int8_carried, 
 
 
 def debug_program(source, spelling, precision: str, expected: Capture):
-    """(debug .pte bytes, {tap output index: point}): the exported program with every point's output appended."""
+    """(debug .pte bytes, {tap output index: [points]}, {tap output index: (scale, zero point)} for INT8 taps): the
+    exported program with every point's output appended."""
     from executorch.devtools.intermediate_output_tap import FULL_TENSOR, strip_taps_, tap_intermediate_outputs_
 
     example = source.example()
@@ -41,18 +42,29 @@ def debug_program(source, spelling, precision: str, expected: Capture):
     ordered = [(n.name, stacks[n.name]) for n in fx_candidates(program.graph)]
     points = [p for p in expected.order if p != OUTPUT]
     chosen = last_in_scope(ordered, points, lambda point, paths: point in paths)
-    # INT8: each point at its quantize -> dequantize pair's output, so the taps leave XNNPACK's quantized patterns
-    # whole (tapped at the float op, the debug build kept a weight's dequantize outside the delegate).
-    chosen = {point: int8_carried(nodes[name]).name for point, name in chosen.items()}
+    # INT8: each point at the quantize that stores its value (dequantized here, like ONNX Runtime's INT8 tensors), so
+    # the taps leave XNNPACK's quantized patterns whole. Tapped at the float op, the debug build left a weight's
+    # dequantize outside the delegate ("Missing out variants"); tapped at the dequantize, XNNPACK (which folds q / dq
+    # into its INT8 tensors) returned zeros.
+    qparams = {}
+    if precision == "int8":
+        for point, name in list(chosen.items()):
+            carried = int8_carried(nodes[name])
+            quant = carried.args[0] if carried is not nodes[name] else None
+            if quant is not None and all(isinstance(a, (int, float)) for a in quant.args[1:3]):
+                chosen[point] = quant.name
+                qparams[quant.name] = (float(quant.args[1]), float(quant.args[2]))
     by_node = {node: point for point, node in chosen.items()}
     program, specs = tap_intermediate_outputs_(program, rules=[(lambda n: n.name in by_node, FULL_TENSOR)])
     edge = lower_xnnpack(program)
     strip_taps_(edge)
     buffer = bytes(edge.to_executorch().buffer)
-    index = {}
+    index, scales = {}, {}
     for spec in specs:
         index.setdefault(spec.output_index, []).append(by_node[spec.node_name])
-    return buffer, index
+        if spec.node_name in qparams:
+            scales[spec.output_index] = qparams[spec.node_name]
+    return buffer, index, scales
 
 
 def _named(pte) -> dict[str, bytes]:
@@ -87,7 +99,7 @@ def transplant(debug: bytes, artifact: bytes) -> tuple[bytes, dict]:
 
 def xnnpack_taps(path, source, spelling, precision: str, inputs: np.ndarray, expected: Capture) -> Taps:
     """Module outputs of the XNNPACK artifact, through a debug build carrying the artifact's constants."""
-    debug, index = debug_program(source, spelling, precision, expected)
+    debug, index, scales = debug_program(source, spelling, precision, expected)
     debug, moved = transplant(debug, Path(path).read_bytes())
     with tempfile.TemporaryDirectory() as tmp:
         debug_path = Path(tmp) / "debug.pte"
@@ -95,7 +107,7 @@ def xnnpack_taps(path, source, spelling, precision: str, inputs: np.ndarray, exp
         outputs = _run_all(debug_path, inputs)
     plain = load_runner(path)
     reference = [np.asarray(plain(inputs[i:i + 1])) for i in range(len(inputs))]
-    per_input = [{str(k): np.asarray(out[k]) for k in index} for out in outputs]
+    per_input = [{str(k): _dequantized(out[k], scales.get(k)) for k in index} for out in outputs]
     chosen = {point: str(k) for k, points in index.items() for point in points}
     how = ("debug build (intermediate_output_tap), XNNPACK-lowered, with the artifact's constants: "
            f"{moved['shared']} shared, {moved['replaced']} moved in")
@@ -105,6 +117,14 @@ def xnnpack_taps(path, source, spelling, precision: str, inputs: np.ndarray, exp
     taps = Taps(runtime="ExecuTorch XNNPACK", granularity=how)
     taps.weights = moved
     return _finish(taps, per_input, chosen, reference, [out[0] for out in outputs])
+
+
+def _dequantized(value, qparams) -> np.ndarray:
+    value = np.asarray(value)
+    if qparams is None:
+        return value
+    scale, zero = qparams
+    return ((value.astype(np.float32) - np.float32(zero)) * np.float32(scale)).astype(np.float32)
 
 
 def _run_all(path: Path, inputs: np.ndarray) -> list[list[np.ndarray]]:
