@@ -116,6 +116,12 @@ def test_brief_diagnosis_records_errors_and_keeps_its_budget(tmp_path, monkeypat
     assert "budget" in later["skipped"] and "error" not in later
 
 
+def test_a_target_without_taps_is_named(tmp_path):
+    """A LiteRT artifact (no taps yet): the export's diagnosis records why, the command refuses before any work."""
+    found = pipeline.BriefDiagnosis(None, tmp_path)(Artifact("litert", None, "fp32", tmp_path / "m.tflite"))
+    assert "no layer taps for LiteRT" in found["error"]
+
+
 def test_python_m_export_diagnose_dispatches(tmp_path, capsys):
     """`python -m export diagnose ...` is the subcommand's command line; the export's --help names it."""
     from export.__main__ import SUBCOMMANDS, build_parser

@@ -42,6 +42,16 @@ class DiagnoseError(ExportError):
     """Bad input to the diagnosis: one message, exit 2, nothing written."""
 
 
+# The targets whose artifacts have taps (taps.py, xnnpack.py); ExecuTorch: the XNNPACK and Core ML delegates.
+TAPPED = ("onnx", "openvino", "coreml", "executorch")
+
+
+def check_tapped(target: str, file: str) -> None:
+    if target not in TAPPED:
+        raise DiagnoseError(f"{file}: diagnose has no layer taps for {targets.get(target).title} artifacts yet "
+                            f"(it reads {', '.join(targets.get(t).title for t in TAPPED)}); pass --artifact for another")
+
+
 def default_gate(target: str, precision: str, simulated: bool = True) -> float:
     """The per-layer gate: FP32 the target's, FP16 FP16_GATE; INT8 the runtime against the quantizer's simulation,
     or without one (a brief diagnosis) against float, much looser."""
@@ -113,6 +123,7 @@ def diagnose_artifact(path: Path, target: str, precision: str, source: ModelSour
     network order, `first_over_gate`, `worst`, `summary`). `brief`: 2 inputs, no INT8 simulation and no faithful
     reference column, for the export pipeline's failure message."""
     started = time.time()
+    check_tapped(target, Path(path).name)
     samples = BRIEF_SAMPLES if brief else samples
     inputs = inputs_for(source, precision, samples) if inputs is None else inputs[:samples]
     expected = points.capture(source.deployable(spelling_of(target, delegate)), inputs)
@@ -269,7 +280,8 @@ def runtime_packages(target: str, delegate: str | None) -> tuple[str, ...]:
 
 
 def check_runtime(entry: dict) -> None:
-    """The artifact's runtime (or, for Core ML, coremltools for the MIL evaluator) is importable."""
+    """The artifact has taps, and its runtime (for Core ML, coremltools for the MIL evaluator) is importable."""
+    check_tapped(entry["target"], entry["file"])
     target = targets.get(entry["target"])
     for package in runtime_packages(entry["target"], entry.get("delegate")):
         if importlib.util.find_spec(package) is None:
