@@ -35,7 +35,9 @@ SAMPLES = "2"
 def _export(out, *flags):
     from tests.conftest import run_cli
 
-    assert run_cli("--target", *flags, "--output", out, "--parity-samples", "2") == 0
+    # INT8 is judged on held-out images: the flag table refuses --parity-samples there.
+    fewer = () if "int8" in flags else ("--parity-samples", "2")
+    assert run_cli("--target", *flags, "--output", out, *fewer) == 0
     return out
 
 
