@@ -13,7 +13,7 @@ from edge_crossformer.cli import (MAX_IMAGES, MAX_IMG_SIZE, MAX_NUM_CLASSES, flo
 from edge_crossformer import targets
 from edge_crossformer.targets import PRECISIONS
 
-from . import diagnose
+from . import arm_setup, diagnose
 from .pipeline import run_export
 from .request import DEFAULT_MODEL, INT8_ACTIVATIONS, MAX_PARITY_SAMPLES, ExportError, ExportRequest, parse_targets
 from .validate import validate
@@ -23,6 +23,8 @@ from .validate import validate
 SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "diagnose": (diagnose.main, "where an export's artifacts depart from the model, layer by layer, on each "
                                 "artifact's own runtime (python -m export diagnose ARTIFACT_DIR)"),
+    "setup-arm": (arm_setup.main, "prepare (once, cached) the emulated aarch64 environment that --verify-arm runs "
+                                  "the runtimes' aarch64 builds in (python -m export setup-arm)"),
 }
 
 
