@@ -137,7 +137,7 @@ def test_qat_xnnpack_scheme_trains_the_executorch_graph(xnnpack_run):
 def test_qat_xnnpack_checkpoint_exports_to_executorch(xnnpack_run, tmp_path):
     _, ckpt = xnnpack_run
     out = tmp_path / "int8"
-    code = run_cli("--target", "executorch", "--checkpoint", ckpt, "--precision", "int8", "--calib-size", "64",
+    code = run_cli("--target", "executorch", "--checkpoint", ckpt, "--precision", "int8",
                    "--output", out)
     m = load_manifest(out)
     art = next(a for a in m["artifacts"] if a["delegate"] == "xnnpack")
