@@ -13,9 +13,12 @@ import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
+from .compression import COMBINED_PRECISIONS, WEIGHT_PRECISIONS
 from .export_friendly import Spelling
 
-PRECISIONS = ("fp32", "fp16", "int8")
+# fp32 / fp16 / int8, the weight-compression schemes (edge_crossformer.compression: w8, w4, palette4, palette6) and
+# INT8 activations with compressed weights (int8+w4, ...). A target offers those its `precisions` list.
+PRECISIONS = ("fp32", "fp16", "int8", *WEIGHT_PRECISIONS, *COMBINED_PRECISIONS)
 # How many sizes one artifact serves: one (fixed), every multiple of 32 in a range from one graph with symbolic H
 # and W (range), or a list with one entry point per size (list: ExecuTorch methods, Core ML functions).
 SIZE_MODES = ("fixed", "range", "list")
@@ -30,6 +33,7 @@ class Target:
     packages: tuple[str, ...]
     extra: str
     pins: str
+    # What it exports (PRECISIONS); a weight scheme or int8+scheme only where its runtime runs the weights compressed.
     precisions: tuple[str, ...]
     default_precision: str
     # How messages name it.
@@ -46,6 +50,8 @@ class Target:
     # INT8 activation schemes: "static" (calibrated ranges) and, where the runtime has it, "dynamic" (per row at
     # run time).
     int8_activations: tuple[str, ...] = ("static",)
+    # Packages a compressed-weight export imports besides `packages` (checked before any work).
+    weight_packages: tuple[str, ...] = ()
     # Exports INT8 with the activation ranges an XNNPACK-scheme QAT run learned, when the checkpoint has them.
     uses_learned_ranges: bool = False
     # Can export a batch dimension chosen at run time (--dynamic-batch).
@@ -114,6 +120,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            delegate_spellings=(("xnnpack", Spelling(decompose_layernorm=True)), ("coreml", Spelling()))),
     Target("openvino", "export.openvino_target", ("openvino",), "openvino", "openvino, nncf",
            title="OpenVINO", precisions=("fp32", "fp16", "int8"), default_precision="fp32", fp32_gate=1e-3,
+           weight_packages=("nncf",),
            # 4-D attention: the CPU plugin fuses it into one (INT8) attention kernel, CrossFormer-T 224 INT8 measured
            # 9% faster than the 3-D bmm spelling; LayerNorm affine folded into the next linears (README, Performance).
            spelling=Spelling(matmul_4d=True, fold_norms=True), qat_spelling=Spelling(), int8_scheme="nncf",

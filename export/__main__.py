@@ -11,11 +11,13 @@ from edge_crossformer.cli import (MAX_IMAGES, MAX_IMG_SIZE, MAX_NUM_CLASSES, flo
                                   hw_size, side)
 
 from edge_crossformer import targets
+from edge_crossformer.compression import GROUP_SIZES
 from edge_crossformer.targets import PRECISIONS
 
 from . import arm_setup, diagnose
 from .pipeline import run_export
 from .request import DEFAULT_MODEL, INT8_ACTIVATIONS, MAX_PARITY_SAMPLES, ExportError, ExportRequest, parse_targets
+from .compression import describe
 from .validate import validate
 
 
@@ -55,9 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int_in(1, MAX_NUM_CLASSES),
                    help=f"classes of the checkpoint's head, 1 to {MAX_NUM_CLASSES} (default: the model's)")
     p.add_argument("--labels", type=Path, help="text file, one class label per line")
-    p.add_argument("--precision", choices=PRECISIONS,
-                   help="default per target: " + ", ".join(f"{t.name} {t.default_precision}"
-                                                           for t in targets.TARGETS.values()))
+    p.add_argument("--precision", choices=PRECISIONS, metavar="PRECISION",
+                   help=f"one of {', '.join(PRECISIONS)}. fp32 / fp16; int8 (weights and activations); weight "
+                        f"compression: {describe()}; int8+SCHEME: INT8 activations with compressed weights. Each "
+                        "target offers: " + "; ".join(f"{t.name} {', '.join(t.precisions)} (default "
+                                                      f"{t.default_precision})" for t in targets.TARGETS.values())
+                        + ". A precision a target does not offer is refused before any work (docs/compression.md)")
+    p.add_argument("--group-size", type=int_in(1, max(GROUP_SIZES)), metavar="N",
+                   help=f"w4: input channels per weight scale, one of {', '.join(map(str, GROUP_SIZES))}; it must "
+                        "divide the input channels of every 4-bit layer (smaller: closer to FP32, larger file; "
+                        "default: the scheme's, docs/compression.md)")
     p.add_argument("--calib-data", type=Path, help="calibration images for int8 (folder, ImageFolder or IDX)")
     p.add_argument("--calib-size", type=int_in(1, MAX_IMAGES),
                    help="int8: calibration images used, >= 1 (default 300)")
@@ -125,7 +134,7 @@ def request_from(args: argparse.Namespace) -> ExportRequest:
         calib_size=args.calib_size, smooth_quant_alpha=args.smooth_quant_alpha,
         keep_float=tuple(args.keep_float), int8_activations=args.int8_activations,
         full_range_int8_weights=args.full_range_int8_weights, max_accuracy_drop=args.max_accuracy_drop,
-        verify_arm=args.verify_arm)
+        verify_arm=args.verify_arm, group_size=args.group_size)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,8 +9,9 @@ from typing import Callable
 
 import numpy as np
 
-from edge_crossformer import targets
+from edge_crossformer import get_config, targets
 
+from .compression import WeightPlan, plan_for
 from .prepare import ModelSource
 from .request import ExportError, ExportRequest
 from .schemes import SCHEMES
@@ -54,6 +55,11 @@ class TargetContext:
     def int8(self):
         """The INT8 scheme this artifact is made with (export.schemes), or None for FP32 / FP16."""
         return SCHEMES[self.target.int8_scheme] if self.precision == "int8" else None
+
+    @property
+    def weights(self) -> WeightPlan | None:
+        """The weight compression this artifact is made with (export.compression), or None (fp32 / fp16 / int8)."""
+        return plan_for(self.request, self.precision, len(get_config(self.request.model).depths))
 
     @property
     def spelling(self):

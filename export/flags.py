@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edge_crossformer import targets
 from edge_crossformer.checkpoint import learned_ranges_file
+from edge_crossformer.compression import weight_scheme
 from edge_crossformer.targets import PRECISIONS, SIZE_MODES
 
 from .request import ExportError, ExportRequest
@@ -92,15 +93,21 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--full-range-int8-weights", "full_range_int8_weights", "info.int8_weights, info.saturation_check",
          precisions=("int8",), target=lambda t: t.x86_pair_sums,
          scope=_int8(f"{targets.titles(lambda t: t.x86_pair_sums)} artifacts ")),
+    # Grouped weight schemes only (edge_crossformer.compression: WeightScheme.group_size).
+    Flag("--group-size", "group_size", "artifacts[].compression.group_size",
+         precisions=tuple(p for p in PRECISIONS if (s := weight_scheme(p)) is not None and s.grouped),
+         scope="applies to grouped low-bit weights (--precision w4) only"),
     Flag("--max-accuracy-drop", "max_accuracy_drop", "info.accuracy_control, checks", tasks=("classify",),
          size_modes=("fixed",), precisions=("int8",), ranges=("calibrated",),
          scope="applies to the classifier's INT8 with calibrated activation ranges only"),
     Flag("--labels-map-by-order", "labels_map_by_order", "int8_calibration.labels", tasks=("classify",),
          precisions=("int8",), scope="applies to the classifier's INT8 only (a labelled calibration set)"),
+    # Compressed weights are not verified on aarch64 yet (export.arm_parity judges INT8's held-out images only).
     Flag("--verify-arm", "verify_arm", "artifacts[].parity.cross_checks['aarch64 ... (QEMU-emulated)']",
-         tasks=("classify",), size_modes=("fixed",),
+         tasks=("classify",), size_modes=("fixed",), precisions=("fp32", "fp16", "int8"),
          target=lambda t: t.runtime in ("executorch", "onnxruntime", "openvino"),
-         scope="applies to fixed-size classifiers on targets with an aarch64 runtime (not Core ML)"),
+         scope="applies to FP32 / FP16 / INT8 fixed-size classifiers on targets with an aarch64 runtime (not "
+               "Core ML)"),
     Flag("--output", "output", "(the folder manifest.json is in)"),
     Flag("--overwrite", "overwrite", "(nothing: it only allows replacing an earlier export)"),
     # The list mode builds each size's model itself (ModelSource.deployable_at), always the rewrite.

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge_crossformer import targets
+from edge_crossformer.compression import is_compressed, weight_scheme
 from edge_crossformer.data import load_image, preprocess
 
 from .sizes import Size, int8_images, output_names, parity_sizes
@@ -27,7 +28,8 @@ from .request import ExportRequest
 
 # The gates (docs/parity.md): FP32 relative to max |reference| (logits, or each map), per target
 # (edge_crossformer.targets); FP16 by PSNR; INT8 logits by top-1 agreement and accuracy drop on real labelled images,
-# INT8 maps by the lowest cosine (per image) of any level on held-out real images.
+# INT8 maps by the lowest cosine (per image) of any level on held-out real images. Compressed weights like INT8 logits,
+# with each scheme's own thresholds (edge_crossformer.compression: max_drop_pp, min_top1_agreement).
 FP16_PSNR_DB = 60.0
 FP16_TOP1 = 0.99
 INT8_TOP1 = 0.98
@@ -141,8 +143,10 @@ def gate(target: str, precision: str, result: ParityResult | list[dict]) -> tupl
         top1 = targets.get(target).fp16_top1 or FP16_TOP1
         ok = result.psnr_db >= FP16_PSNR_DB and result.top1_agreement >= top1
         return ("pass" if ok else "fail"), f"PSNR >= {FP16_PSNR_DB:g} dB and top-1 agreement >= {top1:.0%}"
-    ok = result.top1_agreement >= INT8_TOP1
-    return ("pass" if ok else "fail"), f"top-1 agreement with the fp32 reference >= {INT8_TOP1:.0%}"
+    scheme = weight_scheme(precision)
+    top1 = scheme.min_top1_agreement if scheme is not None else INT8_TOP1
+    ok = result.top1_agreement >= top1
+    return ("pass" if ok else "fail"), f"top-1 agreement with the fp32 reference >= {top1:.0%}"
 
 
 def _gate_maps(target: str, precision: str, rows: list[dict]) -> tuple[str, str]:
@@ -234,20 +238,23 @@ def classifier_parity(art, inputs: np.ndarray, expected: np.ndarray, device: str
     """A fixed-size classifier artifact's logits against the reference's; INT8 judged on real held-out images
     (`int8_set`: images, their reference logits, labels (-1: none), where they come from) with the top-1 drop
     gated where every image is labelled."""
-    extra = {}
-    if art.precision == "int8" and int8_set is not None:
+    extra, held = {}, int8_set is not None and (art.precision == "int8" or is_compressed(art.precision))
+    if held:
         inputs, expected, labels, where = int8_set
         extra["images"] = where
     got = run_batched(art.runner, inputs)
     measured = compare(got, expected)
     status, rule = gate(art.target, art.precision, measured)
-    if art.precision == "int8" and int8_set is not None and (labels >= 0).all():
+    if held and (labels >= 0).all():
+        scheme = weight_scheme(art.precision)
+        limit = scheme.max_drop_pp if scheme is not None else INT8_DROP_PP
         fp32_acc = float((expected.argmax(1) == labels).mean() * 100)
-        int8_acc = float((got.argmax(1) == labels).mean() * 100)
-        extra.update({"top1_fp32": fp32_acc, "top1_int8": int8_acc, "top1_drop_pp": fp32_acc - int8_acc})
-        if fp32_acc - int8_acc > INT8_DROP_PP:
+        acc = float((got.argmax(1) == labels).mean() * 100)
+        extra.update({"top1_fp32": fp32_acc, "top1_int8" if scheme is None else "top1_artifact": acc,
+                      "top1_drop_pp": fp32_acc - acc})
+        if fp32_acc - acc > limit:
             status = "fail"
-        rule += f" and top-1 drop <= {INT8_DROP_PP} pp on labelled images"
+        rule += f" and top-1 drop <= {limit} pp on labelled images"
     result = {"reference_device": device, **measured.as_dict(), **extra, "gate": rule, "status": status}
     if art.cross_checks:
         result["cross_checks"] = cross_checks(art, inputs, expected, got)

@@ -19,6 +19,7 @@ from rich.table import Table
 from edge_crossformer import targets
 from edge_crossformer.checkpoint import HEAD_SEED
 from edge_crossformer.cli import disk_full
+from edge_crossformer.compression import is_compressed, weight_scheme
 from edge_crossformer.files import (OutputBusy, free_bytes, json_safe, output_lock, private_tmpdir, remove,
                                     signals_deferred, staging_dir, sweep_stale)
 from edge_crossformer.host import host_isa
@@ -26,6 +27,7 @@ from edge_crossformer.util import progress_bar, quiet_converters
 
 from . import arm_parity, parity
 from .base import Artifact, TargetContext
+from .compression import held_out_images as judged_on_held_out, manifest_entry as compression_entry
 from .diagnose import diagnose_artifact
 from .manifest import build_manifest, sha256_of
 from .prepare import SAMPLES, ModelSource
@@ -39,6 +41,8 @@ def check_backends(req: ExportRequest) -> None:
         packages = targets.get(name).packages
         if req.precision_for(name) == "int8" and req.int8_activations == "static":
             packages += (targets.QUANTIZER[0],)
+        if is_compressed(req.precision_for(name)):
+            packages += targets.get(name).weight_packages
         for package in packages:
             if importlib.util.find_spec(package) is None:
                 raise ExportError(f"target {name} needs the '{package}' package, which is not installed: "
@@ -116,6 +120,9 @@ SCRATCH = ".tmp"
 # Bytes per parameter of a target's file at each precision (times the target's files_per_param), doubled below for
 # the converters' temporary copies.
 BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "int8": 1.2}
+# Compressed weights: their bits, plus scales / tables and the layers kept at 8 bits; int8+SCHEME as SCHEME.
+BYTES_PER_PARAM.update({p: 1.2 if s.bits == 8 else 0.4 + s.bits / 8 for p in targets.PRECISIONS
+                        if (s := weight_scheme(p)) is not None})
 
 
 def check_free_space(req: ExportRequest, params: int, output: Path) -> None:
@@ -170,7 +177,7 @@ def _export_into(req: ExportRequest, staging: Path, console: Console, arm_env=No
             bar.advance(task)
         bar.update(task, description="parity")
         int8_set = None
-        if req.task == "classify" and any(a.precision == "int8" for a in artifacts):
+        if req.task == "classify" and any(judged_on_held_out(a.precision, req) for a in artifacts):
             data = source.int8_data
             held = parity.eight_bit(data.parity.numpy())
             int8_set = (held, parity.reference_logits(reference, held)[0], data.parity_labels.numpy(), data.source)
@@ -180,6 +187,10 @@ def _export_into(req: ExportRequest, staging: Path, console: Console, arm_env=No
                                    lambda file: bar.update(task, description=f"parity failed: diagnosing {file}"))
         entries = [_parity_entry(art, inputs, expected, device, int8_set, source, arm_env, diagnosis)
                    for art in artifacts]
+        params = sum(p.numel() for p in reference.parameters())
+        for entry, art in zip(entries, artifacts):  # what a compressed artifact's weights became, and its size
+            if "compression" in art.info:
+                entry["compression"] = compression_entry(entry["info"].pop("compression"), entry["bytes"], params)
         entries = [_features_parity(entry, art, reference, req, source) if inputs is None else entry
                    for entry, art in zip(entries, artifacts)]
         for entry in entries:  # what each given flag did to this artifact (export.flags.FLAGS)
@@ -367,7 +378,8 @@ def _fmt(value, spec: str) -> str:
 
 # What a failed parity gate reports, per precision: the measured values its rule bounds.
 GATE_METRICS = {"fp32": ("rel_max", "top1_agreement"), "fp16": ("psnr_db", "top1_agreement"),
-                "int8": ("top1_agreement", "top1_drop_pp", "cosine")}
+                "int8": ("top1_agreement", "top1_drop_pp", "cosine"),
+                **{p: ("top1_agreement", "top1_drop_pp") for p in targets.PRECISIONS if is_compressed(p)}}
 
 
 def failed_checks(entry: dict) -> list[str]:

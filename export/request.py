@@ -44,6 +44,9 @@ class ExportRequest:
     smooth_quant_alpha: float | None = None
     keep_float: tuple[str, ...] = ()
     int8_activations: str | None = None
+    # Input channels per scale of grouped weight compression (--precision w4); None: the scheme's default
+    # (edge_crossformer.compression).
+    group_size: int | None = None
     # OpenVINO / ONNX INT8 weights over the full 8-bit range: exact only on CPUs with VNNI / AMX (or Arm); x86 CPUs
     # without VNNI may saturate (quantize.QuantOptions.overflow_fix). Off: 7-bit weights, the same on every CPU.
     full_range_int8_weights: bool = False

@@ -14,6 +14,7 @@ from edge_crossformer.cli import MAX_FEATURE_SIDE, MAX_IMAGES, MAX_IMG_SIZE, MAX
 from edge_crossformer.registry import ASSETS, check_img_size, check_num_classes
 
 from .arm_parity import check_request as check_request_arm
+from .compression import check_compression_request, unsupported_message
 from .flags import FLAGS, TASKS, check_flags, given
 from .int8 import check_calibration_request
 from .request import (DEFAULTS, INT8_ACTIVATIONS, MAX_PARITY_SAMPLES, ExportError, ExportRequest, check_output,
@@ -95,6 +96,7 @@ def validate_classifier(req: ExportRequest) -> None:
     check_bounds(req)
     check_weights(req, cfg)
     check_precisions(req)
+    check_compression_request(req, cfg)
     req.labels, req.labels_source = labels_for(req, cfg)
     check_int8_activations(req)
     if req.max_accuracy_drop is not None:
@@ -150,7 +152,7 @@ def check_precisions(req: ExportRequest) -> None:
     for name in req.targets:
         precision, target = req.precision_for(name), targets.get(name)
         if not target.supports(precision):
-            raise ExportError(
+            raise ExportError(unsupported_message(precision, name) or
                 f"--precision {precision} is not supported for target {name} "
                 f"(it supports {', '.join(target.precisions)}); {precision} is available for: "
                 f"{_able(lambda t: t.supports(precision))}"
@@ -237,6 +239,7 @@ def validate_features(req: ExportRequest) -> None:
     check_size_mode(req)
     check_bounds(req)
     check_precisions(req)
+    check_compression_request(req, get_config(req.model).backbone())
     check_int8_activations(req)
     if any(req.precision_for(t) == "int8" for t in req.targets):
         if req.sizes is not None:

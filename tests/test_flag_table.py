@@ -10,6 +10,7 @@ import pytest
 
 from conftest import run_cli
 from edge_crossformer import targets
+from edge_crossformer.compression import is_compressed
 from export.__main__ import build_parser
 from export.request import ExportError, ExportRequest
 from export.flags import FLAGS, used
@@ -26,7 +27,9 @@ MODES = {
 }
 PRECISIONS = {"fp32": {"precision": "fp32"}, "fp16": {"precision": "fp16"}, "int8": {"precision": "int8"},
               "int8 dynamic": {"precision": "int8", "int8_activations": "dynamic"},
-              "int8 QAT ranges": {"precision": "int8", "checkpoint": "qat"}}
+              "int8 QAT ranges": {"precision": "int8", "checkpoint": "qat"},
+              # Weight compression (edge_crossformer.compression), on the targets whose registry entry offers it.
+              **{p: {"precision": p} for p in targets.PRECISIONS if is_compressed(p)}}
 # Flags that are the axes themselves (every request has them).
 AXES = {"--target", "--task", "--precision"}
 
@@ -74,6 +77,7 @@ def samples(files, base: dict) -> dict[str, dict]:
         "--reference-model": {"reference_model": True},
         "--dynamic-batch": {"dynamic_batch": True},
         "--parity-samples": {"parity_samples": 4},
+        "--group-size": {"group_size": 16},
     }
 
 
