@@ -1,7 +1,8 @@
-"""`python -m benchmarks accuracy`: how much top-1 does INT8 cost, per runtime, on real labelled images?
+"""`python -m benchmarks accuracy`: how much top-1 do INT8 and weight compression cost, per runtime, on real labelled
+images?
 
-Exports FP32 and INT8 (post-training, for ExecuTorch also with dynamic activations; and QAT when `--qat-checkpoint`
-is given) artifacts with `export`, runs each on its own runtime over the labelled set, and reports top-1, top-5 and
+Exports FP32, INT8 (post-training, for ExecuTorch also with dynamic activations; and QAT when `--qat-checkpoint`
+is given) and compressed-weight (every --precision w8 / w4 / ... a target offers) artifacts with `export`, runs each on its own runtime over the labelled set, and reports top-1, top-5 and
 agreement with that runtime's FP32 artifact as a table, `accuracy.json` and `accuracy.png`. Under
 `torchrun --nproc_per_node N` the processes split the labelled images and their exact counts are summed.
 """
@@ -27,6 +28,7 @@ from edge_crossformer.outputs import OutputError, check_output
 from edge_crossformer.util import progress_bar
 
 from edge_crossformer import targets as registry
+from edge_crossformer.compression import is_compressed
 
 from .system import commit, machine, versions
 from .verify import verified_export
@@ -48,7 +50,9 @@ DYNAMIC = "INT8 PTQ dynamic"
 FULL_RANGE = "INT8 PTQ full-range"
 # `--max-accuracy-drop PP` adds accuracy-controlled INT8 (python -m export --max-accuracy-drop) on every runtime.
 CONTROLLED = "INT8 PTQ accuracy-controlled"
-VARIANTS = ["FP32", "INT8 PTQ", FULL_RANGE, CONTROLLED, DYNAMIC, "INT8 QAT"]
+# Every weight-compression precision (edge_crossformer.compression) on the runtimes whose target offers it.
+WEIGHTS = {p: f"weights {p}" for p in registry.PRECISIONS if is_compressed(p)}
+VARIANTS = ["FP32", "INT8 PTQ", FULL_RANGE, CONTROLLED, DYNAMIC, "INT8 QAT", *WEIGHTS.values()]
 
 
 def evaluate_artifact(run, images: np.ndarray, labels: np.ndarray, progress=None) -> np.ndarray:
@@ -211,6 +215,10 @@ def _variants(args) -> list[tuple]:
     dynamic = tuple(t for t in targets if "dynamic" in registry.get(t).int8_activations)
     if dynamic:
         variants.append(("int8", args.checkpoint, DYNAMIC, dynamic, "dynamic"))
+    for precision, name in WEIGHTS.items():
+        able = tuple(t for t in targets if registry.get(t).supports(precision))
+        if able:
+            variants.append((precision, args.checkpoint, name, able, "static"))
     try:
         for ckpt, runtimes in qat_assignment(args.qat_checkpoint, targets).items():
             variants.append(("int8", ckpt, "INT8 QAT", runtimes, "static"))
@@ -275,6 +283,9 @@ def _score_variant(args, variant: tuple, out: Path, images: np.ndarray, labels: 
         if control:
             entry["accuracy_control"] = {k: control.get(k) for k in (
                 "max_drop_pp", "met", "measured_drop_pp", "images", "kept_float")}
+        if "compression" in art:
+            entry["compression"] = {k: art["compression"][k] for k in (
+                "bits", "group_size", "kept_8bit_roles", "layers_compressed", "layers_kept_8bit", "ratio_vs_fp32")}
         entry.update({"file": art["file"], "bytes": art["bytes"], "parity_status": art["parity"]["status"],
                       "_logits": logits, **({"checkpoint": str(ckpt)} if name == "INT8 QAT" else {})})
         results.setdefault(key, {})[name] = entry

@@ -72,12 +72,15 @@ WEIGHT_SCHEMES: dict[str, WeightScheme] = {s.name: s for s in (
     WeightScheme("w8", 8, "linear", "per output channel, symmetric", None, (), "nothing needs more than 8 bits",
                  FLOAT_PARTS, max_drop_pp=0.2, min_top1_agreement=0.99,
                  summary="8-bit weights (per output channel), float activations"),
-    WeightScheme("w4", 4, "linear", "per group of input channels, symmetric", 32, ("patch_embed", "merges", "head"),
-                 "the stem and merges are convolutions with few input channels per output, and the head decides the "
-                 "class: 4 bits there cost the most accuracy per byte saved (docs/compression.md)",
+    WeightScheme("w4", 4, "linear", "per group of input channels, symmetric", 32,
+                 ("patch_embed", "merges", "first_stage", "head"),
+                 "the stem and merges are convolutions (no runtime here runs 4-bit convolutions: NNCF and ONNX "
+                 "Runtime keep them 8-bit anyway); the first stage at 8 bits raised top-1 agreement with FP32 on "
+                 "crossformer-fmnist from 99.35 % to 99.76 % for 1 % more bytes, and the head is one layer "
+                 "(docs/compression.md)",
                  FLOAT_PARTS, max_drop_pp=1.0, min_top1_agreement=0.97,
-                 summary="4-bit weights in groups of --group-size input channels (default {group_size}), stem / merges / head "
-                         "at 8 bits, float activations"),
+                 summary="4-bit weights in groups of --group-size input channels (default {group_size}), stem / merges / "
+                         "first stage / head at 8 bits, float activations"),
     WeightScheme("palette6", 6, "palette", "one 64-entry table per weight tensor", None, (), "",
                  FLOAT_PARTS, max_drop_pp=0.5, min_top1_agreement=0.98,
                  summary="Core ML: 6-bit palettized weights (64-entry k-means table per tensor)"),

@@ -119,7 +119,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            runtime_module="executorch.runtime", files_per_param=1.5, size_modes=("fixed", "list"),
            delegate_spellings=(("xnnpack", Spelling(decompose_layernorm=True)), ("coreml", Spelling()))),
     Target("openvino", "export.openvino_target", ("openvino",), "openvino", "openvino, nncf",
-           title="OpenVINO", precisions=("fp32", "fp16", "int8"), default_precision="fp32", fp32_gate=1e-3,
+           title="OpenVINO", precisions=("fp32", "fp16", "int8", "w8", "w4"), default_precision="fp32", fp32_gate=1e-3,
            weight_packages=("nncf",),
            # 4-D attention: the CPU plugin fuses it into one (INT8) attention kernel, CrossFormer-T 224 INT8 measured
            # 9% faster than the 3-D bmm spelling; LayerNorm affine folded into the next linears (README, Performance).
@@ -130,7 +130,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            # failed its broadcast shape inference on the in-graph mask (docs/backbone.md).
            range_spelling=Spelling(matmul_4d=False, fold_norms=True)),
     Target("onnx", "export.onnx_target", ("onnx", "onnxruntime", "onnxscript"), "onnx", "onnx, onnxruntime, onnxscript",
-           title="ONNX", precisions=("fp32", "int8"), default_precision="fp32", fp32_gate=1e-4,
+           title="ONNX", precisions=("fp32", "int8", "w8", "w4"), default_precision="fp32", fp32_gate=1e-4,
            spelling=Spelling(flat_linears=True), qat_spelling=Spelling(), int8_scheme="nncf", x86_pair_sums=True,
            dynamic_batch=True, size_modes=("fixed", "range"),
            runtime="onnxruntime", runtime_name="ONNX Runtime", runtime_module="onnxruntime"),

@@ -6,6 +6,7 @@ import torch
 
 from quantize import quantize_onnx
 
+from . import onnx_weights
 from .base import Artifact, TargetContext, require
 from .onnx_io import OPSET, max_rank, to_onnx
 from .onnx_qdq import fix_for_onnxruntime
@@ -36,7 +37,8 @@ def _one_or_all(outputs: list):
 
 def export(ctx: TargetContext) -> list[Artifact]:
     """The deployable through torch.onnx (dynamo, opset 20), symbolic H / W for a range of sizes, a dynamic batch on
-    request; INT8 by NNCF on the ONNX graph, then fixed for ONNX Runtime's INT8 kernels; checked by onnx.checker."""
+    request; INT8 by NNCF on the ONNX graph, then fixed for ONNX Runtime's INT8 kernels (compressed weights:
+    export.onnx_weights); checked by onnx.checker."""
     onnx = require("onnx", "onnx")
     require("onnxscript", "onnx")
     require("onnxruntime", "onnx")
@@ -54,6 +56,8 @@ def export(ctx: TargetContext) -> list[Artifact]:
         model = ctx.int8.quantize(ctx, model, quantize_onnx, "ONNX")
         if not ctx.request.plain_int8:  # ONNX Runtime's own part: its INT8 kernels' patterns
             model = fix_for_onnxruntime(model, ctx.source.calibration(), ctx.source.quant_options().subset_size)
+    if ctx.weights:
+        model, compression = onnx_weights.compress(ctx, model)
     onnx.save(model, str(path))
     onnx.checker.check_model(model, full_check=True)
     ops: dict[str, int] = {}
@@ -66,4 +70,6 @@ def export(ctx: TargetContext) -> list[Artifact]:
         info.update(dynamic_size=ctx.request.dynamic_size, max_rank=max_rank(model))
     if ctx.int8:
         info.update(x86_int8_info(ctx, check_onnx(path)))
+    if ctx.weights:
+        info["compression"] = compression
     return [Artifact(ctx.target.name, None, ctx.precision, path, load_runner(path), info=info)]

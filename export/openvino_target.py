@@ -9,6 +9,7 @@ import torch
 
 from quantize import quantize_openvino
 
+from . import openvino_weights
 from .base import Artifact, TargetContext, require
 from .onnx_io import to_onnx
 from .saturation import check_openvino, x86_int8_info
@@ -78,7 +79,7 @@ def _shape_slices(model) -> None:
 
 def export(ctx: TargetContext) -> list[Artifact]:
     """The deployable through OpenVINO's module tracing (a range of sizes: through ONNX), ShapeOf gathers rewritten
-    as slices, INT8 by NNCF on the ov.Model, names made stable so that re-exports are byte-identical."""
+    as slices, INT8 (or compressed weights: export.openvino_weights) by NNCF on the ov.Model, names made stable so that re-exports are byte-identical."""
     ov = require("openvino", "openvino")
     path = ctx.file_name(None, "xml")
     ctx.step("converting to OpenVINO IR")
@@ -95,6 +96,8 @@ def export(ctx: TargetContext) -> list[Artifact]:
         _shape_slices(model)
     if ctx.int8:
         model = ctx.int8.quantize(ctx, model, quantize_openvino, "OpenVINO")
+    if ctx.weights:
+        model, compression = openvino_weights.compress(ctx, model)
     if ctx.request.size_mode == "fixed":
         # The IR states the one input shape it serves instead of the traced [?, ?, ?, ?]: with the dynamic shape,
         # the ARM CPU plugin computed INT8 attention wrongly (docs/arm.md: first departing node, reproduction).
@@ -115,5 +118,8 @@ def export(ctx: TargetContext) -> list[Artifact]:
             gather_ops=ops.get("Gather", 0) + ops.get("GatherND", 0) + ops.get("GatherElements", 0))
     if ctx.int8:
         info.update(x86_int8_info(ctx, check_openvino(path)))
+    if ctx.weights:  # what the CPU plugin holds once loaded (weights it expands to f32 save file size only)
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        info["compression"] = {**compression, "runtime_weights": openvino_weights.runtime_weights(compiled)}
     return [Artifact(ctx.target.name, None, ctx.precision, path, load_runner(path), extra_files=[path.with_suffix(".bin")],
                      info=info)]
