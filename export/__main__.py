@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_next_steps(req: ExportRequest) -> None:
     """After the Quickstart's export: what to try next (as in README's After the Quickstart, in that order)."""
-    if req.model != DEFAULT_MODEL or req.checkpoint is not None or req.precision == "int8" or req.task != "classify" \
+    if req.model != DEFAULT_MODEL or req.checkpoint is not None or req.precision not in (None, "fp32", "fp16") or req.task != "classify" \
             or req.dynamic_size:
         return
     here = Path.cwd()

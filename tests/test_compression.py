@@ -92,3 +92,99 @@ def test_compressed_weights_are_for_the_classifier_at_one_size(tmp_path, capsys)
     for extra in (["--task", "features"], ["--dynamic-size", "64", "128"]):
         assert "classifier at one size" in refused(tmp_path, capsys, "--target", grouped[0], "--precision", "w4",
                                                    *extra)
+
+
+def test_group_size_reaches_the_plan(tmp_path):
+    from export.compression import plan_for
+    from export.request import ExportRequest
+    from export.validate import validate
+
+    name = offering("w4")[0]
+    req = validate(ExportRequest(targets=(name,), precision="w4", group_size=16, output=tmp_path / "o"))
+    plan = plan_for(req, "w4", len(get_config(req.model).depths))
+    assert plan.group_size == 16 and plan.kept("head") and not plan.kept("layers.2.blocks.0.mlp.fc1")
+    assert plan_for(req, "w8", 4).group_size is None and plan_for(req, "int8", 4) is None
+
+
+# The targets whose compressed exports this file runs (ExecuTorch / Core ML test theirs in their own files).
+RUNS_HERE = [t for t in ("openvino", "onnx") if "w4" in targets.get(t).precisions]
+
+
+@pytest.fixture(scope="module", params=["w8", "w4"])
+def exported(request, tmp_path_factory):
+    """crossformer-fmnist exported with one compressed precision for every target here that offers it."""
+    from conftest import load_manifest
+
+    precision = request.param
+    names = [t for t in RUNS_HERE if targets.get(t).supports(precision)]
+    if not names:
+        pytest.skip(f"no target here offers {precision}")
+    out = tmp_path_factory.mktemp(precision) / "out"
+    code = run_cli("--target", ",".join(names), "--precision", precision, "--output", out)
+    return precision, out, code, load_manifest(out)
+
+
+def test_compressed_exports_pass_their_gate_and_record_the_scheme(exported):
+    precision, out, code, manifest = exported
+    scheme = weight_scheme(precision)
+    assert code == 0 and manifest["status"] == "pass" and not manifest["failures"], manifest["failures"]
+    for art in manifest["artifacts"]:
+        record, parity = art["compression"], art["parity"]
+        assert record["scheme"] == precision and record["bits"] == scheme.bits
+        assert record["group_size"] == scheme.group_size
+        assert record["kept_8bit_roles"] == list(scheme.keep_8bit) and record["stays_float"]
+        # Judged on the held-out Fashion-MNIST test images, with the scheme's own thresholds.
+        assert "fashion-mnist" in parity["images"] and parity["top1_drop_pp"] <= scheme.max_drop_pp + 1e-9
+        assert f"{scheme.min_top1_agreement:.0%}" in parity["gate"] and f"{scheme.max_drop_pp} pp" in parity["gate"]
+        assert record["bytes"] == art["bytes"] and record["fp32_weight_bytes"] > 0
+
+
+def test_compression_really_happened(exported):
+    """Read back from the files, not from the record: a compression that silently did nothing fails here."""
+    precision, out, _, manifest = exported
+    bits = weight_scheme(precision).bits
+    for art in manifest["artifacts"]:
+        record = art["compression"]
+        # FP32 files are about 1x the FP32 weights; 8-bit weights more than 3x smaller, 4-bit with the 8-bit layers
+        # (stem, merges, first stage, head) more than 4x on crossformer-fmnist.
+        assert record["ratio_vs_fp32"] > (2.5 if bits == 8 else 3.5), record
+        assert record["layers_compressed"] > 0 and not record["float_weights"]
+        found = _stored_bits(art["target"], out / art["file"])
+        assert found.get(bits, 0) == record["layers_compressed"], (found, record)
+        if bits < 8:
+            assert found.get(8, 0) == record["layers_kept_8bit"] > 0, (found, record)
+        if art["target"] == "openvino":  # the CPU plugin runs the linears' weights compressed, not expanded
+            matmuls = found.get(f"MatMul {bits}", 0)
+            # All but the head (one row of 256 -> 10): the plugin expands that one to f32 at load time.
+            assert record["runtime_weights"].get(f"FullyConnected i{bits}", 0) >= matmuls - 1 > 0, record
+        if art["target"] == "onnx":
+            ops = art["info"]["op_histogram"]
+            assert "Gemm" not in ops and ops["MatMulNBits"] == record["linears_found"] > 0
+
+
+def _stored_bits(target: str, path) -> dict:
+    """{bits: weighted layers stored at that width} (OpenVINO also {"MatMul bits": linears}), read from the file."""
+    found: dict = {}
+    if target == "openvino":
+        import openvino as ov
+
+        from export.openvino_weights import weight_type, weighted_ops
+
+        widths = {"i4": 4, "u4": 4, "i8": 8, "u8": 8}
+        for op in weighted_ops(ov.Core().read_model(str(path))):
+            width = widths.get(weight_type(op), 32)
+            found[width] = found.get(width, 0) + 1
+            if op.get_type_name() == "MatMul":
+                found[f"MatMul {width}"] = found.get(f"MatMul {width}", 0) + 1
+    else:
+        import onnx
+        from onnx import helper
+
+        model = onnx.load(str(path))
+        for node in model.graph.node:
+            if node.op_type == "MatMulNBits":
+                b = next(helper.get_attribute_value(a) for a in node.attribute if a.name == "bits")
+                found[b] = found.get(b, 0) + 1
+            if node.op_type == "DequantizeLinear" and node.name.endswith("_weight_dq"):
+                found[8] = found.get(8, 0) + 1
+    return found
