@@ -379,7 +379,7 @@ def _fmt(value, spec: str) -> str:
 # What a failed parity gate reports, per precision: the measured values its rule bounds.
 GATE_METRICS = {"fp32": ("rel_max", "top1_agreement"), "fp16": ("psnr_db", "top1_agreement"),
                 "int8": ("top1_agreement", "top1_drop_pp", "cosine"),
-                **{p: ("top1_agreement", "top1_drop_pp") for p in targets.PRECISIONS if is_compressed(p)}}
+                **{p: ("top1_agreement", "top1_drop_pp", "cosine") for p in targets.PRECISIONS if is_compressed(p)}}
 
 
 def failed_checks(entry: dict) -> list[str]:

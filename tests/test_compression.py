@@ -188,3 +188,38 @@ def _stored_bits(target: str, path) -> dict:
             if node.op_type == "DequantizeLinear" and node.name.endswith("_weight_dq"):
                 found[8] = found.get(8, 0) + 1
     return found
+
+
+@pytest.mark.heavy
+def test_crossformer_t_openvino_int4_is_a_quarter_of_fp32(checkpoints, tmp_path):
+    """Issue 30's done-when: CrossFormer-T 224 with OpenVINO INT4 weights <= 1/4 of its FP32 size, parity recorded
+    (seeded weights, no labelled images of its own: the cosine gate)."""
+    from conftest import load_manifest
+
+    out = tmp_path / "out"
+    assert run_cli("--target", "openvino", "--model", "crossformer-t", "--img-size", "224", "--checkpoint",
+                   checkpoints("crossformer-t", 1000), "--precision", "w4", "--output", out) == 0
+    art = load_manifest(out)["artifacts"][0]
+    assert art["compression"]["ratio_vs_fp32"] >= 4.0 and art["parity"]["status"] == "pass", art["compression"]
+    assert "cosine" in art["parity"]["gate"]
+
+
+def test_without_labelled_images_the_gate_is_the_logits_cosine():
+    """A model with no images of its own (a user's checkpoint, random weights): near-tied logits flip top-1 under
+    any weight noise, so the parity inputs gate on cosine and only record agreement."""
+    import numpy as np
+    from types import SimpleNamespace
+
+    from export.parity import classifier_parity
+
+    rng = np.random.default_rng(0)
+    expected = rng.normal(size=(8, 1000)).astype(np.float32) * 0.01
+    scheme = WEIGHT_SCHEMES["w4"]
+    for noise, status in ((0.02, "pass"), (1.0, "fail")):
+        got = expected + noise * rng.normal(size=expected.shape).astype(np.float32) * 0.01
+        rows = iter(got)
+        art = SimpleNamespace(target="openvino", precision="w4", runner=lambda x: next(rows)[None],
+                              cross_checks={})
+        result = classifier_parity(art, np.zeros((8, 3, 32, 32), np.float32), expected, "cpu", None)
+        assert result["status"] == status and f"cosine of the logits" in result["gate"], result
+        assert (result["cosine"] >= scheme.min_cosine) == (status == "pass")
