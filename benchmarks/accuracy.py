@@ -150,6 +150,9 @@ def _run(argv: list[str] | None) -> int:
                    help="SmoothQuant alpha in [0, 1] for the INT8 exports; negative disables (default -1: off)")
     p.add_argument("--max-accuracy-drop", type=percentage_points, metavar="PP",
                    help="also score INT8 exported with --max-accuracy-drop PP (0 <= PP < 100) on every runtime")
+    p.add_argument("--no-weight-compression", action="store_true",
+                   help=f"skip the compressed-weight variants ({', '.join(WEIGHTS)}, on the runtimes whose target "
+                        "offers them: scored by default)")
     p.add_argument("--output", type=Path, default=Path("benchmark_results/accuracy"))
     args = p.parse_args(argv)
     console = Console(stderr=True, quiet=distributed.secondary())  # rank 0 speaks for every process
@@ -215,7 +218,7 @@ def _variants(args) -> list[tuple]:
     dynamic = tuple(t for t in targets if "dynamic" in registry.get(t).int8_activations)
     if dynamic:
         variants.append(("int8", args.checkpoint, DYNAMIC, dynamic, "dynamic"))
-    for precision, name in WEIGHTS.items():
+    for precision, name in {} if args.no_weight_compression else WEIGHTS.items():
         able = tuple(t for t in targets if registry.get(t).supports(precision))
         if able:
             variants.append((precision, args.checkpoint, name, able, "static"))

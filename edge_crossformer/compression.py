@@ -47,7 +47,9 @@ class WeightScheme:
     max_drop_pp: float
     min_top1_agreement: float
     # For a model without labelled images of its own, judged on the parity inputs: the lowest cosine of its logits
-    # with the FP32 reference's (top-1 agreement is recorded there, not gated: near-tied logits flip).
+    # with the FP32 reference's (top-1 agreement is recorded there, not gated: near-tied logits flip). It catches a
+    # broken compression (cosine far below), not a fine drop: seeded random CrossFormer-T weights, 4-bit, measured
+    # 0.971 and 0.987 (docs/parity.md).
     min_cosine: float
     # One line for --help.
     summary: str
@@ -81,15 +83,15 @@ WEIGHT_SCHEMES: dict[str, WeightScheme] = {s.name: s for s in (
                  "Runtime keep them 8-bit anyway); the first stage at 8 bits raised top-1 agreement with FP32 on "
                  "crossformer-fmnist from 99.35 % to 99.76 % for 1 % more bytes, and the head is one layer "
                  "(docs/compression.md)",
-                 FLOAT_PARTS, max_drop_pp=1.0, min_top1_agreement=0.97, min_cosine=0.98,
+                 FLOAT_PARTS, max_drop_pp=1.0, min_top1_agreement=0.97, min_cosine=0.95,
                  summary="4-bit weights in groups of --group-size input channels (default {group_size}), stem / merges / "
                          "first stage / head at 8 bits, float activations"),
     WeightScheme("palette6", 6, "palette", "one 64-entry table per weight tensor", None, (), "",
-                 FLOAT_PARTS, max_drop_pp=0.5, min_top1_agreement=0.98, min_cosine=0.99,
+                 FLOAT_PARTS, max_drop_pp=0.5, min_top1_agreement=0.98, min_cosine=0.98,
                  summary="Core ML: 6-bit palettized weights (64-entry k-means table per tensor)"),
     WeightScheme("palette4", 4, "palette", "one 16-entry table per weight tensor", None, ("patch_embed", "head"),
                  "a 16-value table is coarse for the stem's wide kernels and the head",
-                 FLOAT_PARTS, max_drop_pp=1.0, min_top1_agreement=0.97, min_cosine=0.98,
+                 FLOAT_PARTS, max_drop_pp=1.0, min_top1_agreement=0.97, min_cosine=0.95,
                  summary="Core ML: 4-bit palettized weights (16-entry k-means table per tensor)"),
 )}
 WEIGHT_PRECISIONS = tuple(WEIGHT_SCHEMES)
