@@ -11,6 +11,7 @@ import numpy as np
 from rich.console import Console
 
 from edge_crossformer import targets as registry
+from edge_crossformer.compression import is_compressed
 from edge_crossformer.files import atomic_path, remove
 
 from .verify import verified_export
@@ -98,6 +99,10 @@ def export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], root
         plan.append(("project", DYNAMIC))
     if saturation and not args.quick:
         plan.append(("project", FULL_RANGE))
+    # Compressed weights (edge_crossformer.compression) where a target offers them: latency, size, load time and
+    # memory (a full run: --quick stays the smoke test it was).
+    plan += [("project", p) for p in registry.PRECISIONS if not args.quick
+             and is_compressed(p) and any(registry.get(t).supports(p) for t in targets)]
     if not args.no_baseline:
         plan += [("baseline", "fp32"), ("baseline", "int8")]
     manifests = {}
@@ -117,6 +122,8 @@ def export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], root
             want = dynamic
         if precision == FULL_RANGE:
             want = saturation
+        if is_compressed(precision):
+            want = tuple(t for t in targets if registry.get(t).supports(precision))
         settings = {"model": model, "img_size": img_size, "checkpoint": ckpt_digest, "targets": want,
                     "int8_weights": "full range" if precision == FULL_RANGE else "7-bit",
                     "calib": str(calib)}

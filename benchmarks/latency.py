@@ -31,6 +31,7 @@ from edge_crossformer.cli import MAX_IMG_SIZE, MAX_RUNS, MAX_THREADS, img_size, 
 from edge_crossformer.outputs import OutputError, check_output
 from edge_crossformer.util import progress_bar
 from edge_crossformer import targets as registry
+from edge_crossformer.compression import is_compressed
 
 from . import peaks as peaks_mod
 from . import system
@@ -104,7 +105,8 @@ def _cases(manifests: dict, runtimes: tuple[str, ...], root: Path, bf16: bool, b
                 continue
             target = registry.get(TARGET_OF[runtime])
             if (precision == DYNAMIC and "dynamic" not in target.int8_activations) or (
-                    precision == FULL_RANGE and not target.x86_pair_sums):
+                    precision == FULL_RANGE and not target.x86_pair_sums) or (
+                    is_compressed(precision) and not target.supports(precision)):
                 continue
             arts = [a for a in manifest["artifacts"] if a["target"] == target.name
                     and a["precision"] == _base(precision) and a["delegate"] == target.runtime_delegate]

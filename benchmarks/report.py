@@ -9,6 +9,8 @@ from edge_crossformer.files import atomic_path
 
 from edge_crossformer import targets as registry
 
+from .accuracy import WEIGHTS
+
 # Display names: PyTorch eager, then each target's runtime (Core ML's too: device results name it).
 RUNTIME_NAMES = {"pytorch": "PyTorch eager", **{t.runtime or t.name: t.runtime_name for t in registry.TARGETS.values()}}
 # accuracy.json keys its runtimes by export target
@@ -126,7 +128,7 @@ def plot_accuracy_latency(report: dict, path: Path) -> bool:
         if r.get("status") != "ok" or r["variant"] != "project" or key not in acc["results"]:
             continue
         name = {"fp32": "FP32", "int8": "INT8 PTQ", "int8-dynamic": "INT8 PTQ dynamic",
-                "int8-full-range": "INT8 PTQ full-range"}.get(r["precision"])
+                "int8-full-range": "INT8 PTQ full-range", **WEIGHTS}.get(r["precision"])
         entry = acc["results"][key].get(name)
         if entry:
             points.append((r["latency_ms"]["median"], entry["top1"], f"{RUNTIME_NAMES[r['runtime']]} {name}"))

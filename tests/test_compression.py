@@ -31,6 +31,7 @@ def test_every_scheme_is_described_once():
     for name, scheme in WEIGHT_SCHEMES.items():
         assert name in targets.PRECISIONS and weight_scheme(name) is scheme
         assert 0 < scheme.max_drop_pp <= 1.0 and 0.9 < scheme.min_top1_agreement <= 1.0
+        assert 0.9 < scheme.min_cosine < 1.0
         assert scheme.kind in ("linear", "palette") and 2 <= scheme.bits <= 8
         assert weight_scheme(f"int8+{name}") in (None, scheme)
     assert not any(is_compressed(p) for p in ("fp32", "fp16", "int8"))
