@@ -1,4 +1,4 @@
-"""python -m benchmarks [latency options] | accuracy ... | merge FILES... | golden ... | android ... | ddp ..."""
+"""python -m benchmarks [latency options] | accuracy ... | merge FILES... | golden ... | android ... | ddp ... | profile ..."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "golden": "benchmarks.golden",
     "android": "benchmarks.android",
     "ddp": "benchmarks.ddp",
+    "profile": "benchmarks.profile",
 }
 
 

@@ -61,7 +61,7 @@ GOALS = [
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="other commands: python -m benchmarks {accuracy,merge,golden,android} --help")
+                                epilog="other commands: python -m benchmarks {accuracy,merge,golden,android,ddp,profile} --help")
     p.add_argument("--model", default="crossformer-t")
     p.add_argument("--checkpoint", type=Path, help="weights (latency does not depend on them; default: random "
                                                    "init, or the bundled ones)")

@@ -17,6 +17,15 @@ from .sizes import output_names
 def load_runner(path, threads: int | None = None):
     """ONNX Runtime (CPU) session for an .onnx: [1, 3, S, S] float32 -> its first output (logits)."""
     ort = require("onnxruntime", "onnx")
+    session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    # A classifier has one output (logits); a backbone returns its maps as a list.
+    return lambda x: _one_or_all(session.run(None, {name: x}))
+
+
+def session_options(threads: int | None):
+    """The session settings every load uses (benchmarks/profile_worker.py turns ORT's profiler on in them)."""
+    ort = require("onnxruntime", "onnx")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
@@ -25,10 +34,7 @@ def load_runner(path, threads: int | None = None):
     # cores from whichever case ran next (CrossFormer-T 224, ORT INT8: median 39 ms with spinning, 29 ms without,
     # min 25 ms either way).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    # A classifier has one output (logits); a backbone returns its maps as a list.
-    return lambda x: _one_or_all(session.run(None, {name: x}))
+    return options
 
 
 def _one_or_all(outputs: list):

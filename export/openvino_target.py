@@ -32,15 +32,19 @@ def load_runner(path, threads: int | None = None, precision_hint: str = "f32"):
     """OpenVINO CPU plugin for an IR: [1, 3, S, S] float32 -> logits. f32 hint by default: this CPU would
     otherwise run bf16 (INT8 layers stay INT8 either way)."""
     ov = require("openvino", "openvino")
-    compiled = ov.Core().compile_model(str(path), "CPU", {
-        "INFERENCE_PRECISION_HINT": precision_hint, "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
-        "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"})
+    compiled = ov.Core().compile_model(str(path), "CPU", cpu_config(threads, precision_hint))
     request = compiled.create_infer_request()
     outputs = compiled.outputs
     if len(outputs) == 1:
         return lambda x: request.infer({0: x})[outputs[0]]
     # A backbone: its maps, in order.
     return lambda x: _ordered(request.infer({0: x}), outputs)
+
+
+def cpu_config(threads: int | None, precision_hint: str = "f32") -> dict:
+    """The CPU plugin settings every load uses (benchmarks/profile_worker.py adds PERF_COUNT to them)."""
+    return {"INFERENCE_PRECISION_HINT": precision_hint, "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+            "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
 
 
 def _ordered(results, outputs) -> list:
