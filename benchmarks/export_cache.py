@@ -23,6 +23,9 @@ DYNAMIC = "int8-dynamic"
 # OpenVINO / ONNX Runtime INT8 with full-range weights (`--full-range-int8-weights`): what the default 7-bit weights
 # (saturation-safe on x86 CPUs without VNNI) cost in speed, measured in the same run.
 FULL_RANGE = "int8-full-range"
+# INT8 made for x86 CPUs without VNNI (`--cpu avx2`), where a target's INT8 differs per CPU (Target.cpu_keep_float):
+# timed beside the default INT8 on every host (on a VNNI host it shows what the AVX2 choice costs there).
+CPU_AVX2 = "int8-avx2"
 
 
 def weights(args, cfg, img_size: int, root: Path, console: Console) -> Path | None:
@@ -90,6 +93,7 @@ def export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], root
     targets = tuple(TARGET_OF[r] for r in runtimes if r in TARGET_OF)
     saturation = tuple(t for t in targets if registry.get(t).x86_pair_sums)
     dynamic = tuple(t for t in targets if "dynamic" in registry.get(t).int8_activations)
+    per_cpu = tuple(t for t in targets if registry.get(t).cpu_keep_float)
     if not targets:
         return {}
     calib = _calibration_folder(args, model, root)
@@ -103,6 +107,8 @@ def export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], root
     # memory (a full run: --quick stays the smoke test it was).
     plan += [("project", p) for p in registry.PRECISIONS if not args.quick
              and is_compressed(p) and any(registry.get(t).supports(p) for t in targets)]
+    if per_cpu and not args.quick:
+        plan.append(("project", CPU_AVX2))
     if not args.no_baseline:
         plan += [("baseline", "fp32"), ("baseline", "int8")]
     manifests = {}
@@ -124,12 +130,14 @@ def export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], root
             want = saturation
         if is_compressed(precision):
             want = tuple(t for t in targets if registry.get(t).supports(precision))
+        if precision == CPU_AVX2:
+            want = per_cpu
         settings = {"model": model, "img_size": img_size, "checkpoint": ckpt_digest, "targets": want,
                     "int8_weights": "full range" if precision == FULL_RANGE else "7-bit",
                     "calib": str(calib)}
         stamp = out / ".benchmark-settings.json"
         fix = f"delete {out} (the next run exports it again) or pass --reexport"
-        if not args.reexport and _stamp(stamp) == json.loads(json.dumps(settings)):
+        if not args.reexport and _covers(_stamp(stamp), settings):
             # Timed only as the manifest vouches for it: edited, truncated or deleted files stop the run here.
             manifests[(variant, precision)] = verified_export(out, fix)
             continue
@@ -139,7 +147,7 @@ def export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], root
             targets=want, model=model, checkpoint=args.checkpoint, img_size=img_size,
             precision=base(precision) if not (variant == "project" and precision == "fp32") else None,
             int8_activations="dynamic" if precision == DYNAMIC else None,
-            full_range_int8_weights=precision == FULL_RANGE,
+            full_range_int8_weights=precision == FULL_RANGE, cpu="avx2" if precision == CPU_AVX2 else None,
             output=out, overwrite=True, reference_model=variant == "baseline",
             # The baseline gets NNCF's default transformer recipe (SmoothQuant on: plain_int8); the project its
             # measured one (the default).
@@ -155,6 +163,14 @@ def export_sets(args, model: str, img_size: int, runtimes: tuple[str, ...], root
             tmp.write_text(json.dumps(settings) + "\n")
         manifests[(variant, precision)] = verified_export(out, fix, manifest)
     return manifests
+
+
+def _covers(cached: dict | None, wanted: dict) -> bool:
+    """A cached export serves a run whose settings it was made with, for the targets it has (a run over fewer
+    runtimes, e.g. `python -m benchmarks profile` after the latency benchmark, reuses it)."""
+    wanted = json.loads(json.dumps(wanted))
+    return cached is not None and set(wanted["targets"]) <= set(cached.get("targets") or ()) and (
+        {k: v for k, v in cached.items() if k != "targets"} == {k: v for k, v in wanted.items() if k != "targets"})
 
 
 def _stamp(path: Path) -> dict | None:

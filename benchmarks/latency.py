@@ -35,7 +35,7 @@ from edge_crossformer.compression import is_compressed
 
 from . import peaks as peaks_mod
 from . import system
-from .export_cache import DYNAMIC, FULL_RANGE, TARGET_OF, base as _base, export_sets, weights
+from .export_cache import CPU_AVX2, DYNAMIC, FULL_RANGE, TARGET_OF, base as _base, export_sets, weights
 from .runners import Case, load
 from .stats import latency_stats
 
@@ -55,6 +55,9 @@ GOALS = [
     ("pytorch/fp32/project", "pytorch/fp32/baseline", None),
     ("openvino/int8/project", "openvino/int8-full-range/project", None),
     ("onnxruntime/int8/project", "onnxruntime/int8-full-range/project", None),
+    # INT8 made for CPUs without VNNI (--cpu avx2), against FP32 and the default INT8 on this host.
+    ("openvino/int8-avx2/project", "openvino/fp32/project", None),
+    ("openvino/int8-avx2/project", "openvino/int8/project", None),
 ]
 
 
@@ -106,7 +109,8 @@ def _cases(manifests: dict, runtimes: tuple[str, ...], root: Path, bf16: bool, b
             target = registry.get(TARGET_OF[runtime])
             if (precision == DYNAMIC and "dynamic" not in target.int8_activations) or (
                     precision == FULL_RANGE and not target.x86_pair_sums) or (
-                    is_compressed(precision) and not target.supports(precision)):
+                    is_compressed(precision) and not target.supports(precision)) or (
+                    precision == CPU_AVX2 and not target.cpu_keep_float):
                 continue
             arts = [a for a in manifest["artifacts"] if a["target"] == target.name
                     and a["precision"] == _base(precision) and a["delegate"] == target.runtime_delegate]

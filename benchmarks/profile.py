@@ -28,6 +28,7 @@ from types import SimpleNamespace
 import numpy as np
 from rich.console import Console
 
+from edge_crossformer.files import remove
 from edge_crossformer.cli import MAX_IMG_SIZE, MAX_RUNS, MAX_THREADS, img_size, int_in, names
 from edge_crossformer.outputs import OutputError, check_output
 from edge_crossformer.util import progress_bar
@@ -97,8 +98,8 @@ def run(argv: list[str] | None = None) -> int:
                                  no_baseline=True, reexport=args.reexport)
     cache_args.checkpoint = weights(cache_args, cfg, size, root, console)
     try:
-        # Every runtime the latency benchmark exports for: the same cache stamp, so one export serves both.
-        manifests = export_sets(cache_args, args.model, size, tuple(TARGET_OF), root, console)
+        # The latency benchmark's cache: an export it made for more runtimes serves here too.
+        manifests = export_sets(cache_args, args.model, size, args.runtimes, root, console)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -115,6 +116,7 @@ def run(argv: list[str] | None = None) -> int:
         "isa_caps": caps, "profiles": profiles + [{**m, "isa": "native"} for m in missing],
     }
     folder = output / "profile"
+    remove(folder)  # this command's own folder: no PNG of an earlier run's cases left beside the new ones
     folder.mkdir(parents=True, exist_ok=True)
     for entry in report["profiles"]:
         nodes = entry.pop("nodes", None)

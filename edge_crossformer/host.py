@@ -46,6 +46,18 @@ def int8_dot_product(isa: list[str] | tuple[str, ...], arch: str) -> str:
     return f"{arch}: int8 accumulation not classified"
 
 
+def cpu_level(isa: list[str] | tuple[str, ...], arch: str) -> str | None:
+    """The x86 level INT8 kernels are picked by (targets.CPUS): "vnni" (32-bit INT8 sums: AVX-512 VNNI, AVX-VNNI,
+    AMX), "avx2" (AVX2 without VNNI, AVX-512 without VNNI included: oneDNN's INT8 brgemm kernels need VNNI), or None
+    (not x86, or below AVX2)."""
+    if arch.lower() not in ("x86_64", "amd64"):
+        return None
+    features = set(isa)
+    if features & {"avx512_vnni", "avx_vnni", "amx_int8"}:
+        return "vnni"
+    return "avx2" if "avx2" in features else None
+
+
 @functools.lru_cache(maxsize=1)
 def host_isa() -> dict:
     """{cpu, arch, isa, int8_dot_product} for this machine (Linux reads /proc/cpuinfo; elsewhere the arch only)."""

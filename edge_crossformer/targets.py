@@ -22,6 +22,9 @@ PRECISIONS = ("fp32", "fp16", "int8", *WEIGHT_PRECISIONS, *COMBINED_PRECISIONS)
 # How many sizes one artifact serves: one (fixed), every multiple of 32 in a range from one graph with symbolic H
 # and W (range), or a list with one entry point per size (list: ExecuTorch methods, Core ML functions).
 SIZE_MODES = ("fixed", "range", "list")
+# The x86 CPU levels an INT8 export can be made for (`--cpu`; edge_crossformer.host.cpu_level): "avx2" (no VNNI:
+# u8 x s8 products summed through pmaddubsw + pmaddwd) and "vnni" (AVX-512 VNNI / AVX-VNNI / AMX: 32-bit sums).
+CPUS = ("avx2", "vnni")
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,10 @@ class Target:
     dynamic_batch: bool = False
     # x86 INT8 kernels that sum u8 x s8 pairs in int16 on CPUs without VNNI (export/saturation.py).
     x86_pair_sums: bool = False
+    # INT8 per x86 CPU level (`--cpu`, CPUS): (level, node-name patterns its INT8 keeps float there), for the layers
+    # whose INT8 kernels on that level are slower than the runtime's FP32 ones (profiles: docs/performance/isa.md).
+    # A level not listed gets INT8 everywhere; a target with none has one INT8 for every CPU.
+    cpu_keep_float: tuple[tuple[str, tuple[str, ...]], ...] = ()
     # The runtime that runs its artifact here (benchmarks' key and display name), or None where none can (Core ML
     # needs macOS); the delegate of the artifact that runtime runs; the module that loads the runtime.
     runtime: str | None = None
@@ -101,6 +108,10 @@ class Target:
         """How the exported model spells its ops for this target at a size mode."""
         return self.range_spelling if size_mode == "range" and self.range_spelling else self.spelling
 
+    def keep_float_on(self, cpu_level: str | None) -> tuple[str, ...]:
+        """What this target's INT8 keeps float for an x86 CPU level (--cpu; CPUS); nothing without one."""
+        return dict(self.cpu_keep_float).get(cpu_level, ()) if cpu_level else ()
+
     def spelling_for_delegate(self, delegate: str) -> Spelling:
         return dict(self.delegate_spellings)[delegate]
 
@@ -125,6 +136,9 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            # 9% faster than the 3-D bmm spelling; LayerNorm affine folded into the next linears (README, Performance).
            spelling=Spelling(matmul_4d=True, fold_norms=True), qat_spelling=Spelling(), int8_scheme="nncf",
            x86_pair_sums=True, bf16_hint=True,
+           # AVX2: oneDNN runs INT8 FullyConnected layers as jit_gemm_I8 (its brgemm INT8 kernels need VNNI), slower
+           # than the FP32 FullyConnected kernels (MLAS, brgemm_avx2_f32): the linears stay float there.
+           cpu_keep_float=(("avx2", (r".*/aten::linear/MatMul.*",)),),
            runtime="openvino", runtime_name="OpenVINO CPU", runtime_module="openvino", size_modes=("fixed", "range"),
            # 3-D attention for a range: with the 4-D spelling and symbolic sizes, the CPU plugin's fused attention
            # failed its broadcast shape inference on the in-graph mask (docs/backbone.md).

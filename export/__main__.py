@@ -12,7 +12,7 @@ from edge_crossformer.cli import (MAX_IMAGES, MAX_IMG_SIZE, MAX_NUM_CLASSES, flo
 
 from edge_crossformer import targets
 from edge_crossformer.compression import GROUP_SIZES
-from edge_crossformer.targets import PRECISIONS
+from edge_crossformer.targets import CPUS, PRECISIONS
 
 from . import arm_setup, diagnose
 from .pipeline import run_export
@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "deployments that never leave CPUs with VNNI or AMX (or Arm): on x86 CPUs without VNNI "
                         "(AVX2, AVX-512 without VNNI) the INT8 kernels sum pairs of products in 16 bits and can "
                         "saturate; the manifest's saturation check then says saturation_safe: false")
+    p.add_argument("--cpu", choices=(*CPUS, "auto"),
+                   help="int8, OpenVINO: the x86 CPU it is for: avx2 (no VNNI: the linears stay float, where INT8 "
+                        "ones are slower than FP32), vnni (INT8 everywhere, as without --cpu) or auto (this host's); "
+                        "recorded in info.cpu_int8 (docs/performance/isa.md)")
     p.add_argument("--max-accuracy-drop", type=percentage_points, metavar="PP",
                    help="int8: the most top-1 percentage points (0 to 100) INT8 may lose on held-out images (without labels: "
                         "points of agreement with FP32). OpenVINO / ONNX: NNCF's accuracy control; ExecuTorch / "
@@ -134,7 +138,7 @@ def request_from(args: argparse.Namespace) -> ExportRequest:
         calib_size=args.calib_size, smooth_quant_alpha=args.smooth_quant_alpha,
         keep_float=tuple(args.keep_float), int8_activations=args.int8_activations,
         full_range_int8_weights=args.full_range_int8_weights, max_accuracy_drop=args.max_accuracy_drop,
-        verify_arm=args.verify_arm, group_size=args.group_size)
+        verify_arm=args.verify_arm, group_size=args.group_size, cpu=args.cpu)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,6 +97,11 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--group-size", "group_size", "artifacts[].compression.group_size",
          precisions=tuple(p for p in PRECISIONS if (s := weight_scheme(p)) is not None and s.grouped),
          scope="applies to grouped low-bit weights (--precision w4) only"),
+    # Profiled and checked on the fixed-size classifier (the keep-float patterns name its OpenVINO IR's linears).
+    Flag("--cpu", "cpu", "artifacts[].info.cpu_int8", tasks=("classify",), size_modes=("fixed",),
+         precisions=("int8",), target=lambda t: bool(t.cpu_keep_float),
+         scope=f"applies to fixed-size INT8 classifiers on {targets.titles(lambda t: bool(t.cpu_keep_float))} only "
+               "(the only INT8 that differs per x86 CPU)"),
     Flag("--max-accuracy-drop", "max_accuracy_drop", "info.accuracy_control, checks", tasks=("classify",),
          size_modes=("fixed",), precisions=("int8",), ranges=("calibrated",),
          scope="applies to the classifier's INT8 with calibrated activation ranges only"),

@@ -50,6 +50,10 @@ class ExportRequest:
     # OpenVINO / ONNX INT8 weights over the full 8-bit range: exact only on CPUs with VNNI / AMX (or Arm); x86 CPUs
     # without VNNI may saturate (quantize.QuantOptions.overflow_fix). Off: 7-bit weights, the same on every CPU.
     full_range_int8_weights: bool = False
+    # The x86 CPU the INT8 is made for (`--cpu`: avx2, vnni, or auto: the exporting host's), and that CPU level once
+    # validate resolved it (targets.CPUS): per-level choices are the registry's (Target.cpu_keep_float).
+    cpu: str | None = None
+    cpu_level: str | None = None
     # Accuracy-controlled INT8: the most top-1 points (or, without labels, agreement points with FP32) INT8 may
     # lose; layers go back to float until it holds (quantize.sensitivity; NNCF's accuracy control for OV / ONNX).
     max_accuracy_drop: float | None = None

@@ -246,6 +246,10 @@ def x86_int8_info(ctx, check: dict) -> dict:
     """What an OpenVINO / ONNX target adds to its INT8 artifact's info: the saturation check, the weight range asked
     for, and with --max-accuracy-drop NNCF's accuracy control (the layers it left float are the float weights)."""
     info = {"int8_weights": weight_range_info(ctx.request.full_range_int8_weights), "saturation_check": check}
+    if ctx.request.cpu is not None:
+        info["cpu_int8"] = {"asked": ctx.request.cpu, "cpu": ctx.request.cpu_level,
+                            "kept_float": list(ctx.target.keep_float_on(ctx.request.cpu_level)),
+                            "float_weight_layers": len(check.get("float_weight_layers") or [])}
     if ctx.request.max_accuracy_drop is not None:
         info["accuracy_control"] = ctx.source.accuracy_control_info(
             "NNCF quantize_with_accuracy_control", kept_float=check["float_weight_layers"])

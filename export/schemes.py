@@ -13,6 +13,7 @@ how to quantize; what it adds is its format's own part (ONNX Runtime's QDQ fixes
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
@@ -70,7 +71,13 @@ class NncfInt8:
         accuracy = ctx.source.accuracy_target()
         ctx.step(f"quantizing {runtime} with NNCF's accuracy control (--max-accuracy-drop)" if accuracy is not None
                  else f"quantizing {runtime} (NNCF)")
-        return quantize(model, ctx.source.calibration(), ctx.source.quant_options(), accuracy=accuracy)
+        options = ctx.source.quant_options()
+        kept = ctx.target.keep_float_on(ctx.request.cpu_level)
+        if kept:
+            ctx.step(f"--cpu {ctx.request.cpu_level}: keeping float what {ctx.target.title}'s INT8 kernels run slower "
+                     f"than FP32 there ({', '.join(kept)})")
+            options = dataclasses.replace(options, keep_float=options.keep_float + kept)
+        return quantize(model, ctx.source.calibration(), options, accuracy=accuracy)
 
 
 SCHEMES = {scheme.name: scheme for scheme in (Pt2eInt8(), NncfInt8())}

@@ -10,6 +10,7 @@ from pathlib import Path
 from edge_crossformer import get_config, targets
 from edge_crossformer.backbone import BackboneConfigError, as_hw, check_out_indices, check_range
 from edge_crossformer.checkpoint import learned_ranges_file
+from edge_crossformer.host import cpu_level, host_isa
 from edge_crossformer.cli import MAX_FEATURE_SIDE, MAX_IMAGES, MAX_IMG_SIZE, MAX_NUM_CLASSES, regex_problem
 from edge_crossformer.registry import ASSETS, check_img_size, check_num_classes
 
@@ -61,12 +62,26 @@ def validate(req: ExportRequest) -> ExportRequest:
         raise ExportError(f"--task must be classify or features, got {req.task!r}")
     validate_features(req) if req.task == "features" else validate_classifier(req)
     check_flags(req)
+    resolve_cpu(req)
     for field, value in DEFAULTS.items():
         if getattr(req, field) is None:
             setattr(req, field, value)
     req.output = Path(os.path.abspath(req.output))
     check_output(req.output, req.overwrite, req.user_inputs())
     return req
+
+
+def resolve_cpu(req: ExportRequest) -> None:
+    """--cpu auto: the exporting host's CPU level; a host that is neither AVX2 nor VNNI x86 cannot say which."""
+    if req.cpu is None or req.cpu in targets.CPUS:
+        req.cpu_level = req.cpu
+        return
+    host = host_isa()
+    req.cpu_level = cpu_level(host["isa"], host["arch"])
+    if req.cpu_level is None:
+        raise ExportError(f"--cpu auto: this host ({host['cpu']}, {host['arch']}) is not an x86 CPU with AVX2, so "
+                          f"it cannot say which INT8 to make: name the CPU it is for, --cpu "
+                          f"{' or --cpu '.join(targets.CPUS)}")
 
 
 def validate_classifier(req: ExportRequest) -> None:

@@ -69,6 +69,7 @@ def samples(files, base: dict) -> dict[str, dict]:
         "--keep-float": {"keep_float": ("head",)},
         "--int8-activations": {"int8_activations": "static"},
         "--full-range-int8-weights": {"full_range_int8_weights": True},
+        "--cpu": {"cpu": "avx2"},
         # 0: the value a truthiness test lets through.
         "--max-accuracy-drop": {"max_accuracy_drop": 0.0},
         "--labels-map-by-order": {"labels_map_by_order": True},
