@@ -1,4 +1,4 @@
-"""python -m benchmarks [latency options] | accuracy ... | merge FILES... | golden ... | android ... | ddp ... | profile ..."""
+"""python -m benchmarks [latency options] | accuracy | merge FILES... | golden | android | ddp | profile (each: --help)"""
 
 from __future__ import annotations
 

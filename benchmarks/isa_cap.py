@@ -81,7 +81,8 @@ def verdict(cap: str, precision: str, native: np.ndarray, capped: np.ndarray, na
     scale = max(float(np.abs(native).max()), 1e-12)
     diff = float(np.abs(native - capped).max()) / scale
     cosine = float((native * capped).sum() / max(np.linalg.norm(native) * np.linalg.norm(capped), 1e-30))
-    same_top1 = bool((native.reshape(native.shape[0], -1).argmax(1) == capped.reshape(capped.shape[0], -1).argmax(1)).all())
+    rows = native.shape[0] if native.ndim else 1
+    same_top1 = bool((native.reshape(rows, -1).argmax(1) == capped.reshape(rows, -1).argmax(1)).all())
     agreement = {"max_abs_diff_rel": round(diff, 8), "cosine": round(cosine, 8), "same_top1": same_top1}
     fp = precision.startswith("fp") or precision == "bf16"
     if (fp and diff > 1e-3) or (not fp and (not same_top1 or cosine < 0.99)):

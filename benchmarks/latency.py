@@ -33,9 +33,11 @@ from edge_crossformer.util import progress_bar
 from edge_crossformer import targets as registry
 from edge_crossformer.compression import is_compressed
 
+from . import isa_cap
 from . import peaks as peaks_mod
 from . import system
 from .export_cache import CPU_AVX2, DYNAMIC, FULL_RANGE, TARGET_OF, base as _base, export_sets, weights
+from .recommend import gate_status, recommend
 from .runners import Case, load
 from .stats import latency_stats
 
@@ -64,7 +66,8 @@ GOALS = [
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="other commands: python -m benchmarks {accuracy,merge,golden,android,ddp,profile} --help")
+                                epilog="other commands: python -m benchmarks "
+                                       "{accuracy,merge,golden,android,ddp,profile} --help")
     p.add_argument("--model", default="crossformer-t")
     p.add_argument("--checkpoint", type=Path, help="weights (latency does not depend on them; default: random "
                                                    "init, or the bundled ones)")
@@ -230,11 +233,16 @@ def run(argv: list[str] | None = None) -> int:
     _add_stats(entries, samples, macs, peaks)
     if not args.no_memory:
         _add_memory(entries, cases, threads, args, img_size, console)
+    gates = _gates(manifests, root)
+    for case in cases:
+        if case.artifact is not None:
+            entries[case.id]["gates"] = gates.get(str(case.artifact), "unknown")
     results = list(entries.values()) + missing
+    machine = system.machine()
     report = {
         "schema": "edge-crossformer/results", "schema_version": 1,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "source": "host",
-        "machine": system.machine(), "versions": system.versions(), "commit": system.commit(),
+        "machine": machine, "versions": system.versions(), "commit": system.commit(),
         "settings": {"model": args.model, "img_size": img_size, "batch": 1, "threads": threads, "warmup": warmup,
                      "runs": runs, "rounds": rounds, "trim": TRIM, "quick": args.quick,
                      "checkpoint": str(args.checkpoint) if args.checkpoint else None,
@@ -242,6 +250,7 @@ def run(argv: list[str] | None = None) -> int:
         "model": {"name": args.model, "img_size": img_size, "macs": int(macs), "params": int(params)},
         "peaks": peaks, "results": results, "ratios": _ratios(results), "delegation": _delegation(manifests),
         "accuracy": _accuracy(args, output),
+        "recommendation": recommend(results, isa_cap.label(None, machine["isa"])),
     }
     from .report import write_report
 
@@ -349,6 +358,12 @@ def _ratios(results: list[dict]) -> list[dict]:
     return out
 
 
+def _gates(manifests: dict, root: Path) -> dict[str, str]:
+    """Artifact path -> the export's accuracy-gate verdict on it (what the recommendation may ship)."""
+    return {str(root / f"{variant}-{precision}" / art["file"]): gate_status(manifest, art["file"])
+            for (variant, precision), manifest in manifests.items() for art in manifest["artifacts"]}
+
+
 def _delegation(manifests: dict) -> dict:
     out = {}
     for (_, precision), manifest in manifests.items():
@@ -407,3 +422,5 @@ def _print_table(console: Console, report: dict) -> None:
                       "-" if g["goal"] is None else f"<= {g['goal']}",
                       {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[g["met"]])
     console.print(goals)
+    for rec in report.get("recommendation") or []:
+        console.print(rec["line"])

@@ -38,7 +38,8 @@ _KIND_OF = {op: kind for kind, ops in _TYPES.items() for op in ops}
 # XNNPACK operator names as ExecuTorch's ETDump reports them ("Fully Connected (NC, QD8, F32, QC8W) GEMM #12"): the
 # words before the parenthesis. LayerNorm reaches XNNPACK decomposed (mean, subtract, mean of squares, rsqrt, multiply,
 # add): the reductions and the rsqrt count as norm, its subtract / multiply / add as elementwise.
-_XNNPACK = {"Fully Connected": "gemm", "Convolution": "gemm", "Deconvolution": "gemm", "Dynamic Fully Connected": "gemm",
+_XNNPACK = {"Fully Connected": "gemm", "Convolution": "gemm", "Deconvolution": "gemm",
+            "Dynamic Fully Connected": "gemm",
             "Batch Matrix Multiply": "attention", "Softmax": "attention", "GELU": "activation", "Tanh": "activation",
             "Sigmoid": "activation", "Clamp": "activation", "Add": "elementwise", "Multiply": "elementwise",
             "Subtract": "elementwise", "Divide": "elementwise", "Mean": "norm", "Mean Squared": "norm",

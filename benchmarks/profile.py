@@ -94,8 +94,8 @@ def run(argv: list[str] | None = None) -> int:
     root = (output / "artifacts").resolve()
     root.mkdir(parents=True, exist_ok=True)
     started, load_before = time.time(), os.getloadavg()
-    cache_args = SimpleNamespace(checkpoint=args.checkpoint, calib_data=args.calib_data, quick=args.quick,
-                                 no_baseline=True, reexport=args.reexport)
+    cache_args = SimpleNamespace(model=args.model, checkpoint=args.checkpoint, calib_data=args.calib_data,
+                                 quick=args.quick, no_baseline=True, reexport=args.reexport)
     cache_args.checkpoint = weights(cache_args, cfg, size, root, console)
     try:
         # The latency benchmark's cache: an export it made for more runtimes serves here too.

@@ -64,6 +64,9 @@ def markdown(report: dict) -> str:
             met = {True: "yes", False: "**no**", None: "-"}[g.get("met")]
             lines.append(f"| {g['name']} | {_f(g.get('value'), '.3f')} | "
                          f"{'-' if g.get('goal') is None else '<= ' + str(g['goal'])} | {met} |")
+    if report.get("recommendation"):
+        lines += ["", "What to ship on this CPU (fastest artifact that passed the export's accuracy gates):", ""]
+        lines += [f"- {rec['line']}" for rec in report["recommendation"]]
     deleg = report.get("delegation") or {}
     if deleg:
         lines += ["", "Placement:", ""]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import torch
 
 from quantize import quantize_onnx
@@ -12,6 +14,7 @@ from .onnx_io import OPSET, max_rank, to_onnx
 from .onnx_qdq import fix_for_onnxruntime
 from .saturation import check_onnx, x86_int8_info
 from .sizes import output_names
+from .speed_check import int8_speed
 
 
 def load_runner(path, threads: int | None = None):
@@ -58,6 +61,11 @@ def export(ctx: TargetContext) -> list[Artifact]:
         example = ctx.source.example(batch=2)
         dynamic = ({0: torch.export.Dim("batch", min=1, max=64)},)
     model = to_onnx(module, example, dynamic, output_names(ctx.request), path)
+    fp32_reference = None
+    if ctx.int8 and ctx.request.size_mode == "fixed":  # for the INT8-vs-FP32 timing (export/speed_check.py)
+        fp32_reference = ctx.staging / ".tmp" / "int8-speed-fp32.onnx"
+        fp32_reference.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, fp32_reference)
     if ctx.int8:
         model = ctx.int8.quantize(ctx, model, quantize_onnx, "ONNX")
         if not ctx.request.plain_int8:  # ONNX Runtime's own part: its INT8 kernels' patterns
@@ -76,6 +84,9 @@ def export(ctx: TargetContext) -> list[Artifact]:
         info.update(dynamic_size=ctx.request.dynamic_size, max_rank=max_rank(model))
     if ctx.int8:
         info.update(x86_int8_info(ctx, check_onnx(path)))
+        if fp32_reference is not None:
+            ctx.step("timing INT8 against FP32 on this CPU")
+            info["int8_speed"] = int8_speed(load_runner, fp32_reference, path, ctx.source.example().numpy())
     if ctx.weights:
         info["compression"] = compression
     return [Artifact(ctx.target.name, None, ctx.precision, path, load_runner(path), info=info)]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import torch
 
@@ -14,6 +15,7 @@ from .base import Artifact, TargetContext, require
 from .onnx_io import to_onnx
 from .saturation import check_openvino, x86_int8_info
 from .sizes import output_names
+from .speed_check import int8_speed
 
 
 AUTO_NAME = re.compile(r"^[A-Za-z0-9]+_\d+$")
@@ -45,6 +47,19 @@ def cpu_config(threads: int | None, precision_hint: str = "f32") -> dict:
     """The CPU plugin settings every load uses (benchmarks/profile_worker.py adds PERF_COUNT to them)."""
     return {"INFERENCE_PRECISION_HINT": precision_hint, "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
             "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+
+
+def _fp32_reference(ctx: TargetContext, ov, model) -> Path | None:
+    """The FP32 graph the INT8 one is quantized from, with the same one input shape, for the INT8-vs-FP32 timing
+    (export/speed_check.py); only for one fixed size (a range has no one shape to time)."""
+    if ctx.request.size_mode != "fixed":
+        return None
+    path = ctx.staging / ".tmp" / "int8-speed-fp32.xml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    reference = model.clone()
+    reference.reshape({reference.inputs[0]: [1, 3, *ctx.request.img_hw]})
+    ov.save_model(reference, str(path), compress_to_fp16=False)
+    return path
 
 
 def _ordered(results, outputs) -> list:
@@ -98,6 +113,7 @@ def export(ctx: TargetContext) -> list[Artifact]:
     model.inputs[0].get_tensor().set_names({"image"})
     if ctx.request.task == "features" or ctx.request.dynamic_size:
         _shape_slices(model)
+    fp32_reference = _fp32_reference(ctx, ov, model) if ctx.int8 else None
     if ctx.int8:
         model = ctx.int8.quantize(ctx, model, quantize_openvino, "OpenVINO")
     if ctx.weights:
@@ -122,6 +138,9 @@ def export(ctx: TargetContext) -> list[Artifact]:
             gather_ops=ops.get("Gather", 0) + ops.get("GatherND", 0) + ops.get("GatherElements", 0))
     if ctx.int8:
         info.update(x86_int8_info(ctx, check_openvino(path)))
+        if fp32_reference is not None:
+            ctx.step("timing INT8 against FP32 on this CPU")
+            info["int8_speed"] = int8_speed(load_runner, fp32_reference, path, ctx.source.example().numpy())
     if ctx.weights:  # what the CPU plugin holds once loaded (weights it expands to f32 save file size only)
         compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         info["compression"] = {**compression, "runtime_weights": openvino_weights.runtime_weights(compiled)}

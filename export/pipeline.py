@@ -29,6 +29,7 @@ from . import arm_parity, parity
 from .base import Artifact, TargetContext
 from .compression import held_out_images as judged_on_held_out, manifest_entry as compression_entry
 from .diagnose import diagnose_artifact
+from .speed_check import warning as speed_warning
 from .manifest import build_manifest, sha256_of
 from .prepare import SAMPLES, ModelSource
 from .request import ExportError, ExportRequest
@@ -441,6 +442,10 @@ def _summary(console: Console, manifest: dict, output: Path, seconds: float) -> 
             console.print(f"[yellow]{a['file']}: {sat['layers_at_risk']} INT8 layer(s) can saturate on x86 CPUs "
                           f"without VNNI (AVX2, AVX-512 without VNNI); results there will differ from this "
                           f"machine's[/yellow]")
+    for a in manifest["artifacts"]:
+        slower = speed_warning(a["file"], a["info"].get("int8_speed"))
+        if slower:
+            console.print(f"[yellow]warning: {slower}[/yellow]")
     for a in manifest["artifacts"]:
         for check in failed_checks(a) if a["parity"]["status"] == "fail" else ():
             where = _diagnosis_line(a["parity"].get("diagnosis")) if check.startswith("parity:") else ""

@@ -66,6 +66,63 @@ def test_quick_benchmark_writes_every_runtime(quick):
     assert (out / "latency.png").stat().st_size > 10_000
 
 
+def test_recommendation_per_runtime(quick):
+    """results.json ends with what to ship per runtime: an artifact that passed its gates, fastest of those."""
+    _, out = quick
+    report = json.loads((out / "results.json").read_text())
+    by_id = {r["id"]: r for r in report["results"]}
+    recs = {r["runtime"]: r for r in report["recommendation"]}
+    assert {"onnxruntime", "openvino", "executorch"} <= set(recs) and "pytorch" not in recs
+    for runtime, rec in recs.items():
+        ok = [r for r in report["results"] if r["runtime"] == runtime and r["variant"] == "project"
+              and r["status"] == "ok" and r.get("gates") == "pass" and r["precision"] != "bf16"]
+        assert rec["ship"] == min(ok, key=lambda r: r["latency_ms"]["median"])["id"]
+        assert rec["vs_fp32"] == pytest.approx(by_id[rec["ship"]]["latency_ms"]["median"]
+                                               / by_id[f"{runtime}/fp32/project"]["latency_ms"]["median"], abs=1e-3)
+        assert rec["line"].startswith("on this CPU (") and "ship" in rec["line"]
+    assert "What to ship on this CPU" in (out / "results.md").read_text()
+
+
+def test_profile_on_the_benchmark_cache(quick):
+    """`profile` over the latency benchmark's cached exports: every runtime x precision with its per-node profile
+    grouped by kind and the ISA named; the AVX2 cap on OpenVINO checked against the uncapped run before it counts;
+    a PNG per runtime x precision."""
+    from benchmarks.node_kinds import KINDS
+
+    _, out = quick
+    assert bench(["profile", "--quick", "--model", "crossformer-fmnist", "--runs", "2", "--warmup", "1",
+                  "--isa", "native,avx2", "--output", str(out)]) == 0
+    report = json.loads((out / "profile.json").read_text())
+    assert report["schema"] == "edge-crossformer/profile" and report["machine"]["isa"]
+    assert report["settings"]["load_average"]["before"]
+    by_id = {p["id"]: p for p in report["profiles"]}
+    for runtime in ("onnxruntime", "openvino", "executorch"):
+        for precision in ("fp32", "int8"):
+            p = by_id[f"{runtime}/{precision}/project/native"]
+            assert p["status"] == "ok" and p["isa_label"].endswith("(native)"), p
+            assert list(p["by_kind"]) == list(KINDS) and p["by_kind"]["gemm"] > 0
+            assert sum(p["by_kind"].values()) == pytest.approx(p["node_ms"], rel=1e-3, abs=1e-3)
+            nodes = json.loads((out / p["nodes_file"]).read_text())
+            assert nodes and all(n["kind"] in KINDS and n["kernel"] for n in nodes)
+            assert (out / "profile" / f"{runtime}_{precision}.png").stat().st_size > 5_000
+    # OpenVINO's INT8 linears run INT8 kernels, its FP32 ones FP32 kernels (the kernel names are the runtime's).
+    kernels = {k["kernel"] for k in by_id["openvino/int8/project/native"]["by_kernel"]}
+    assert any("I8" in k for k in kernels), kernels
+    caps = report["isa_caps"]
+    assert not caps["onnxruntime"]["avx2"]["measured"] and "cpuid" in caps["onnxruntime"]["avx2"]["why"]
+    if "avx512f" in report["machine"]["isa"]:
+        capped = by_id["openvino/fp32/project/avx2"]
+        assert capped["isa_label"].startswith("AVX2 (capped on a")
+        check = capped["cap_check"]
+        assert check["status"] in ("ok", "partial", "broken", "not honored")
+        if check["status"] in ("ok", "partial"):
+            assert check["agreement"]["same_top1"] and capped["wall_ms"]["median"] > 0
+            assert not any("avx512" in k["kernel"] for k in capped["by_kernel"] if k["kind"] == "gemm"
+                           and "mlas" not in k["kernel"])
+        else:
+            assert "wall_ms" not in capped  # detected, not timed
+
+
 def test_merge_host_and_device(quick, tmp_path, capsys):
     _, out = quick
     host = json.loads((out / "results.json").read_text())
