@@ -40,7 +40,7 @@ from .profile_worker import PROFILERS, median_nodes
 
 RUNTIMES = tuple(r for r in TARGET_OF if r in PROFILERS)
 ISAS = ("native", *isa_cap.CAPS)
-OWNED = ("artifacts", "profile.json", "profile")
+OWNED = ("artifacts", "profile.json", "profile.md", "profile")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,7 +73,7 @@ def run(argv: list[str] | None = None) -> int:
     from export import ExportError
 
     from .latency import _cases
-    from .profile_report import print_table, write_plots
+    from .profile_report import markdown, print_table, write_plots
 
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
     try:
@@ -125,8 +125,9 @@ def run(argv: list[str] | None = None) -> int:
             (output / entry["nodes_file"]).write_text(json.dumps(nodes, indent=0) + "\n")
     (output / "profile.json").write_text(json.dumps(report, indent=1) + "\n")
     write_plots(report, folder)
+    (output / "profile.md").write_text(markdown(report))
     print_table(console, report)
-    console.print(f"wrote {output / 'profile.json'} and {folder}/*.png ({report['settings']['seconds']:.0f} s)")
+    console.print(f"wrote {output / 'profile.json'}, profile.md and {folder}/*.png ({report['settings']['seconds']:.0f} s)")
     return 0
 
 

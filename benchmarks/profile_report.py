@@ -62,6 +62,42 @@ def write_plots(report: dict, folder: Path) -> list[Path]:
     return written
 
 
+def markdown(report: dict) -> str:
+    """profile.json as Markdown: one table per ISA (node ms by kind per case), the top kernels, the cap checks."""
+    s, m = report["settings"], report["machine"]
+    load = s.get("load_average", {})
+    lines = [f"## Per-node profiles: {s['model']} @ {s['img_size']} px, batch 1, {s['threads']} threads", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores; ISA {', '.join(m['isa'])} ({m['int8_dot_product']}). "
+             f"Load average (1 / 5 / 15 min) before {load.get('before')}, after {load.get('after')}: a shared "
+             f"machine, every time is an upper bound. Created {report['created']}, commit "
+             f"`{(report.get('commit') or '?')[:12]}`; {s['rounds']} processes per case x {s['runs']} profiled runs, "
+             "medians.", ""]
+    by_isa: dict[str, list[dict]] = {}
+    for p in report["profiles"]:
+        by_isa.setdefault(p.get("isa_label") or p["isa"], []).append(p)
+    for isa, rows in by_isa.items():
+        lines += [f"### {isa}", "", "| case | wall ms | node ms | " + " | ".join(KINDS) + " | top kernels (ms) |",
+                  "| --- | ---: | ---: | " + " | ".join("---:" for _ in KINDS) + " | --- |"]
+        for p in rows:
+            if not p.get("by_kind"):
+                lines.append(f"| {p['id']} | {p['status']}: {p.get('error') or ''} |" + " |" * (len(KINDS) + 2))
+                continue
+            top = ", ".join(f"{k['kernel']} {k['ms']:.2f}" for k in p["by_kernel"][:3])
+            lines.append(f"| {p['id']} | {p['wall_ms']['median']:.2f} | {p['node_ms']:.2f} | "
+                         + " | ".join(f"{p['by_kind'][k]:.2f}" for k in KINDS) + f" | {top} |")
+        lines.append("")
+    checks = [p for p in report["profiles"] if p.get("cap_check")]
+    if checks:
+        lines += ["Cap checks (a capped run counts only when its output matches the uncapped run's):", ""]
+        lines += [f"- {p['id']}: {p['cap_check']['status']}"
+                  + (f" ({p['cap_check']['reason']})" if p["cap_check"].get("reason") else "") for p in checks]
+    for runtime, caps in report.get("isa_caps", {}).items():
+        for isa, cap in caps.items():
+            if not cap["measured"]:
+                lines.append(f"- {runtime} {isa}: not measured: {cap['why']}")
+    return "\n".join(lines) + "\n"
+
+
 def print_table(console: Console, report: dict) -> None:
     table = Table(title=f"node time by kind, ms ({report['machine']['cpu']}, {report['settings']['threads']} threads)")
     for col in ("case", "ISA", "wall", "nodes", *KINDS, "top kernel"):
