@@ -97,7 +97,7 @@ def onnxruntime(spec: dict, x: np.ndarray) -> tuple[np.ndarray, list[float], lis
         per_run.setdefault(run_index, []).append({
             "name": e["name"][: -len("_kernel_time")], "type": op, "kernel": f"{op} ({args.get('provider', '?')})",
             "kind": kind_of(op, _second_operand_is_weight(args)), "ms": e["dur"] / 1e3})
-    wall = wall[1 + spec["warmup"]:] if len(wall) > spec["warmup"] else wall
+    wall = wall[spec["warmup"]:]  # ORT profiles every run: its warm-up runs are timed here and dropped
     notes = ["ONNX Runtime's profiler names the op and provider, not the MLAS routine (MLAS picks its kernel from "
              "cpuid at load)"]
     return y, wall, median_nodes(list(per_run.values())), notes

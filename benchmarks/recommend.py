@@ -8,6 +8,9 @@ candidate, and the recommendation says so.
 
 from __future__ import annotations
 
+# The gates' verdict when the benchmark times seeded random weights (near-tied logits: INT8's top-1 agreement with FP32
+# says nothing about a trained model): ranked by speed, and the recommendation says the gates were not judged.
+UNJUDGED = "not judged (random weights)"
 # Upstream as exported, the reference every runtime is compared with (issue #5's goals are against it too).
 UPSTREAM = "openvino/fp32/baseline"
 
@@ -25,7 +28,7 @@ def _why_not(result: dict) -> str | None:
         return f"did not run: {result.get('error')}"
     if result["precision"] == "bf16":
         return "no accuracy gate judges the BF16 hint (the FP32 file computed in BF16)"
-    if result.get("gates") != "pass":
+    if result.get("gates") not in ("pass", UNJUDGED):
         return f"accuracy gates: {result.get('gates', 'unknown')}"
     return None
 
@@ -54,7 +57,8 @@ def recommend(results: list[dict], isa_label: str) -> list[dict]:
         entry = {"runtime": runtime, "ship": best["id"], "precision": best["precision"],
                  "artifact": best.get("artifact"), "median_ms": median, "isa": isa_label,
                  "vs_fp32": _ratio(median, fp32), "vs_upstream": _ratio(median, upstream),
-                 "vs_upstream_same_runtime": _ratio(median, own), "excluded": excluded}
+                 "vs_upstream_same_runtime": _ratio(median, own), "gates": best.get("gates"),
+                 "excluded": excluded}
         entry["line"] = _line(entry)
         out.append(entry)
     return out
@@ -71,4 +75,6 @@ def _line(e: dict) -> str:
              if e["vs_upstream_same_runtime"] is not None and e["runtime"] != "openvino" else None]
     ratios = ", ".join(p for p in parts if p)
     return (f"on this CPU ({e['isa']}) ship {e['runtime']} {e['precision']} ({e['artifact']}): "
-            f"{e['median_ms']:.2f} ms" + (f", {ratios}" if ratios else ""))
+            f"{e['median_ms']:.2f} ms" + (f", {ratios}" if ratios else "")
+            + (" (random weights: accuracy gates not judged; a trained checkpoint's export judges them)"
+               if e.get("gates") == UNJUDGED else ""))

@@ -165,3 +165,12 @@ def test_recommendation_on_recorded_numbers():
     assert ort["vs_upstream_same_runtime"] == pytest.approx(38.8 / 50.4, abs=1e-4)
     assert "on this CPU (AVX2 (native)) ship onnxruntime int8" in ort["line"] and "0.72x its FP32" in ort["line"]
     assert recs["executorch"]["ship"] is None and "nothing to ship" in recs["executorch"]["line"]
+
+
+def test_recommendation_with_random_weights_says_gates_were_not_judged():
+    from benchmarks.recommend import UNJUDGED
+
+    results = [result("openvino", "fp32", 36.0, gates=UNJUDGED), result("openvino", "int8", 15.6, gates=UNJUDGED)]
+    rec = recommend(results, "AVX-512 VNNI (native)")[0]
+    assert rec["ship"] == "openvino/int8/project" and rec["vs_upstream"] is None
+    assert "accuracy gates not judged" in rec["line"]
