@@ -13,7 +13,7 @@ LABELS = {"gemm": "GEMM (linear, conv)", "attention": "attention (q@k, softmax, 
 # Op types per kind: OpenVINO CPU plugin node types (PERF_COUNT's node_type), ONNX Runtime op names (its profiler's
 # op_name, after its own fusions) and ExecuTorch operator / delegate names. MatMul is decided by its operands (below).
 _TYPES = {
-    "gemm": {"FullyConnected", "Convolution", "GroupConvolution", "Deconvolution", "Gemm", "QGemm", "FusedGemm",
+    "gemm": {"FullyConnected", "FullyConnectedQuantizedLegacy", "FullyConnectedQuantized", "Convolution", "GroupConvolution", "Deconvolution", "Gemm", "QGemm", "FusedGemm",
              "Conv", "FusedConv", "QLinearConv", "ConvInteger", "NhwcConv", "QLinearMatMul", "MatMulInteger",
              "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "FusedMatMul", "MatMulNBits",
              "aten.linear.default", "aten.convolution.default", "aten.addmm.default", "aten.mm.default"},
@@ -24,7 +24,7 @@ _TYPES = {
              "aten.native_layer_norm.default"},
     "activation": {"Gelu", "FastGelu", "BiasGelu", "QuickGelu", "Erf", "Relu", "Sigmoid", "Tanh", "Swish", "HSwish",
                    "Clamp", "aten.gelu.default"},
-    "elementwise": {"Eltwise", "Add", "Mul", "Sub", "Div", "Pow", "Sqrt", "Where", "Subgraph", "QLinearAdd",
+    "elementwise": {"Eltwise", "Add", "Mul", "Sub", "Div", "Pow", "Sqrt", "Where", "QLinearAdd",
                     "QLinearMul", "aten.add.Tensor", "aten.mul.Tensor"},
     "reorder": {"Reorder", "Convert", "Cast", "FakeQuantize", "QuantizeLinear", "DequantizeLinear",
                 "DynamicQuantizeLinear", "MemoryCopy", "quantized_decomposed.quantize_per_tensor.default",
@@ -49,13 +49,18 @@ _XNNPACK = {"Fully Connected": "gemm", "Convolution": "gemm", "Deconvolution": "
 # Reshapes and shape arithmetic cost nothing on the CPU runtimes; they fall in "other" with anything unnamed.
 
 
-def kind_of(op_type: str, weight_operand: bool | None = None) -> str:
+def kind_of(op_type: str, weight_operand: bool | None = None, name: str = "") -> str:
     """The kind of one profiled node. `weight_operand`: for a MatMul, whether its second operand is a constant weight
     (a linear layer, GEMM) or an activation (attention's q @ k^T and @ v); None when the profile cannot tell (then
     GEMM: the runtimes turn the linears, the bulk of the MACs, into MatMul when they do not call them
-    FullyConnected / Gemm)."""
+    FullyConnected / Gemm). `name`: OpenVINO's fused `Subgraph` (snippets) is attention when the plugin fused an
+    attention block into it (it is named after a matmul, a softmax or a node of an attention module), elementwise
+    otherwise."""
     if op_type in ("MatMul", "aten.matmul.default"):
         return "attention" if weight_operand is False else "gemm"
+    if op_type == "Subgraph":
+        lowered = name.lower()
+        return "attention" if any(k in lowered for k in ("matmul", "softmax", "attn", "attention")) else "elementwise"
     if op_type in _KIND_OF:
         return _KIND_OF[op_type]
     return _XNNPACK.get(op_type.split(" (")[0].strip(), "other")

@@ -35,7 +35,7 @@ def write_plots(report: dict, folder: Path) -> list[Path]:
     written = []
     load = report["settings"].get("load_average", {}).get("before", ["?"])[0]
     for (runtime, precision), rows in groups(report).items():
-        fig, ax = plt.subplots(figsize=(8.5, 1.1 + 0.55 * len(rows)))
+        fig, ax = plt.subplots(figsize=(8.5, 1.9 + 0.55 * len(rows)))
         left = [0.0] * len(rows)
         for kind in KINDS:
             widths = [r["by_kind"][kind] for r in rows]
@@ -53,7 +53,8 @@ def write_plots(report: dict, folder: Path) -> list[Path]:
         s = report["settings"]
         ax.set_title(f"{RUNTIME_NAMES.get(runtime, runtime)} {precision}: {s['model']} @ {s['img_size']} px, "
                      f"{s['threads']} threads, {report['machine']['cpu']} (load {load})", fontsize=8)
-        ax.legend(fontsize=6, loc="lower right", ncol=2)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.45 if len(rows) < 3 else -0.3), ncol=4,
+                  frameon=False)
         fig.tight_layout()
         path = folder / f"{runtime}_{precision}.png"
         fig.savefig(path, dpi=110)

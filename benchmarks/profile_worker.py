@@ -65,7 +65,8 @@ def openvino(spec: dict, x: np.ndarray) -> tuple[np.ndarray, list[float], list[d
             # A MatMul the plugin did not turn into FullyConnected multiplies two activations (attention).
             nodes.append({"name": info.node_name, "type": info.node_type, "kernel": info.exec_type,
                           "kind": kind_of(info.node_type, weight_operand=False if info.node_type == "MatMul"
-                                          else None), "ms": info.real_time.total_seconds() * 1e3})
+                                          else None, name=info.node_name),
+                          "ms": info.real_time.total_seconds() * 1e3})
         per_run.append(nodes)
 
     y, wall = _timed(lambda a: request.infer({0: a})[output], x, spec["warmup"], spec["runs"], counters)

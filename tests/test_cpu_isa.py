@@ -125,6 +125,8 @@ def test_cap_applicability_and_labels():
 def test_node_kinds():
     assert [kind_of(t) for t in ("FullyConnected", "Convolution", "QGemm", "QLinearConv")] == ["gemm"] * 4
     assert kind_of("MatMul", weight_operand=False) == "attention" and kind_of("MatMul", True) == "gemm"
+    assert kind_of("Subgraph", name="layers.2.blocks.2.attn/aten::matmul/MatMul_1/fq_output_0") == "attention"
+    assert kind_of("Subgraph", name="layers.0.blocks.0/aten::add/Add") == "elementwise"
     assert [kind_of(t) for t in ("ScaledDotProductAttention", "Softmax", "MVN", "LayerNormalization", "Gelu",
                                  "Reorder", "DequantizeLinear", "Transpose", "Reshape")] == [
         "attention", "attention", "norm", "norm", "activation", "reorder", "reorder", "transpose", "other"]
