@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
@@ -207,7 +208,7 @@ def run(argv: list[str] | None = None) -> int:
         return 2
     root = (output / "artifacts").resolve()  # absolute: the memory probes run from the repository root
     root.mkdir(parents=True, exist_ok=True)
-    started = time.time()
+    started, load_before = time.time(), os.getloadavg()
 
     random_weights = args.checkpoint is None and not cfg.bundled_checkpoint
     args.checkpoint = weights(args, cfg, img_size, root, console)
@@ -248,7 +249,10 @@ def run(argv: list[str] | None = None) -> int:
         "settings": {"model": args.model, "img_size": img_size, "batch": 1, "threads": threads, "warmup": warmup,
                      "runs": runs, "rounds": rounds, "trim": TRIM, "quick": args.quick,
                      "checkpoint": str(args.checkpoint) if args.checkpoint else None,
-                     "openvino_bf16": bf16, "seconds": round(time.time() - started, 1)},
+                     "openvino_bf16": bf16, "seconds": round(time.time() - started, 1),
+                     # a shared machine's load (1 / 5 / 15 min): how far the times may be from a quiet machine's
+                     "load_average": {"before": [round(v, 2) for v in load_before],
+                                      "after": [round(v, 2) for v in os.getloadavg()]}},
         "model": {"name": args.model, "img_size": img_size, "macs": int(macs), "params": int(params)},
         "peaks": peaks, "results": results, "ratios": _ratios(results), "delegation": _delegation(manifests),
         "accuracy": _accuracy(args, output),

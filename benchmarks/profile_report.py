@@ -48,7 +48,7 @@ def write_plots(report: dict, folder: Path) -> list[Path]:
                     fontsize=7)
         ax.set_yticks(range(len(rows)), [r["isa_label"] for r in rows], fontsize=8)
         ax.invert_yaxis()
-        ax.set_xlim(0, max(left) * 1.45)
+        ax.set_xlim(0, max(left) * 1.6)
         ax.set_xlabel("median node time, ms (summed per kind)")
         s = report["settings"]
         ax.set_title(f"{RUNTIME_NAMES.get(runtime, runtime)} {precision}: {s['model']} @ {s['img_size']} px, "
@@ -57,7 +57,7 @@ def write_plots(report: dict, folder: Path) -> list[Path]:
                   frameon=False)
         fig.tight_layout()
         path = folder / f"{runtime}_{precision}.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
     return written
