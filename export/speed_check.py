@@ -20,7 +20,7 @@ from edge_crossformer.host import host_isa
 
 # Timing budget per INT8 artifact (after one warm-up run of each), and the most pairs it times.
 SECONDS = 2.0
-MAX_PAIRS = 30
+MAX_PAIRS = 20
 
 
 def int8_speed(load_runner, fp32_path: Path, int8_path: Path, example: np.ndarray) -> dict:
