@@ -76,7 +76,8 @@ FLOAT_PARTS = ("biases, LayerNorm parameters, the folded position biases and act
 WEIGHT_SCHEMES: dict[str, WeightScheme] = {s.name: s for s in (
     WeightScheme("w8", 8, "linear", "per output channel, symmetric", None, (), "nothing needs more than 8 bits",
                  FLOAT_PARTS, max_drop_pp=0.2, min_top1_agreement=0.99, min_cosine=0.999,
-                 summary="8-bit weights (per output channel), float activations"),
+                 summary="8-bit weights (per output channel), float activations (ExecuTorch: INT8 per row at run "
+                         "time, XNNPACK has no weight-only path)"),
     WeightScheme("w4", 4, "linear", "per group of input channels, symmetric", 32,
                  ("patch_embed", "merges", "first_stage", "head"),
                  "the stem and merges are convolutions (no runtime here runs 4-bit convolutions: NNCF and ONNX "
@@ -85,7 +86,8 @@ WEIGHT_SCHEMES: dict[str, WeightScheme] = {s.name: s for s in (
                  "(docs/compression.md)",
                  FLOAT_PARTS, max_drop_pp=1.0, min_top1_agreement=0.97, min_cosine=0.95,
                  summary="4-bit weights in groups of --group-size input channels (default {group_size}), stem / merges / "
-                         "first stage / head at 8 bits, float activations"),
+                         "first stage / head at 8 bits, float activations (ExecuTorch: INT8 per row at run time; its "
+                         "convolutions stay float)"),
     WeightScheme("palette6", 6, "palette", "one 64-entry table per weight tensor", None, (), "",
                  FLOAT_PARTS, max_drop_pp=0.5, min_top1_agreement=0.98, min_cosine=0.98,
                  summary="Core ML: 6-bit palettized weights (64-entry k-means table per tensor)"),

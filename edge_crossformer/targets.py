@@ -122,7 +122,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            spelling=Spelling(), qat_spelling=Spelling(decompose_layernorm=True), int8_scheme="xnnpack",
            runtime_name="Core ML", fp16_top1=1.0, size_modes=("fixed", "list")),
     Target("executorch", "export.executorch_target", ("executorch", "coremltools"), "executorch", "executorch==1.5.1",
-           title="ExecuTorch", precisions=("fp32", "int8"), default_precision="fp32", fp32_gate=1e-3,
+           title="ExecuTorch", precisions=("fp32", "int8", "w8", "w4"), default_precision="fp32", fp32_gate=1e-3,
            spelling=Spelling(decompose_layernorm=True), qat_spelling=Spelling(decompose_layernorm=True),
            int8_scheme="xnnpack", int8_activations=("static", "dynamic"),
            uses_learned_ranges=True,

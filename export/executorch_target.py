@@ -18,7 +18,7 @@ import torch
 
 from edge_crossformer.util import captured_native_stderr
 
-from . import coreml_mil
+from . import coreml_mil, executorch_weights
 from .base import Artifact, TargetContext, require
 from .sizes import Size, export_sizes, method_name, size_dispatch
 
@@ -139,11 +139,20 @@ def _accuracy_controlled(ctx: TargetContext, example: torch.Tensor, path):
 
 
 def _xnnpack(ctx: TargetContext) -> Artifact:
-    """The XNNPACK .pte: the whole network in one delegate, in the request's precision and INT8 scheme."""
+    """The XNNPACK .pte: the whole network in one delegate, in the request's precision and INT8 scheme (compressed
+    weights: export/executorch_weights.py)."""
     path = ctx.file_name("xnnpack", "pte")
-    accuracy = None
+    accuracy = compression = None
     if ctx.int8 and ctx.request.max_accuracy_drop is not None:
         edge, accuracy = _accuracy_controlled(ctx, ctx.source.example(), path)
+    elif ctx.weights:
+        plan = ctx.weights
+        ctx.step(f"quantizing linears to {plan.scheme.bits}-bit weights, INT8 dynamic activations (torchao)")
+        program, bits = executorch_weights.compressed_program(ctx, ctx.source.example())
+        ctx.step("lowering to ExecuTorch XNNPACK")
+        edge = lower_xnnpack(program)
+        save_program(edge, path)
+        compression = executorch_weights.record(ctx, bits, path.read_bytes())
     else:
         program = (_int8_program(ctx, ctx.source.example()) if ctx.int8
                    else ctx.source.exported_program(ctx.spelling))
@@ -156,7 +165,8 @@ def _xnnpack(ctx: TargetContext) -> Artifact:
         "ops_outside_delegate_by_op": outside,
         **({"int8_activations": ctx.request.int8_activations, "int8_ranges": ctx.int8.ranges(ctx)}
            if ctx.int8 else {}),
-        **({"accuracy_control": accuracy} if accuracy else {})})
+        **({"accuracy_control": accuracy} if accuracy else {}),
+        **({"compression": compression} if ctx.weights else {})})
 
 
 def _xnnpack_sizes(ctx: TargetContext) -> Artifact:
@@ -178,15 +188,17 @@ def _xnnpack_sizes(ctx: TargetContext) -> Artifact:
 
 
 def export(ctx: TargetContext) -> list[Artifact]:
-    """The XNNPACK .pte (FP32 or INT8 in the request's scheme; a backbone for --sizes: one method per size) and,
-    for FP32, the Core ML delegate .pte (FP16) for iOS."""
+    """The XNNPACK .pte (FP32, INT8 in the request's scheme or w8 / w4 weights; a backbone for --sizes: one method
+    per size) and, for FP32, the Core ML delegate .pte (FP16) for iOS."""
     require("executorch.exir", "executorch")
     if ctx.request.sizes:
         # The Core ML delegate .pte is one size per file; Core ML's own target makes the multifunction package.
         return [_xnnpack_sizes(ctx)]
     artifacts = [_xnnpack(ctx)]
-    if ctx.int8:
+    if ctx.int8 or ctx.weights:
         # INT8 on iOS goes through the Core ML target's W8A8 ML program; the delegate .pte here is FP16 only.
+        # Compressed weights on iOS go through the Core ML target's .mlpackage (palettized / blockwise, decoded by
+        # the MIL evaluator); the delegate's preprocess converts the graph itself and offers no weight compression.
         return artifacts
     ctx.step("lowering to ExecuTorch Core ML delegate")
     # The Core ML delegate computes in FP16 (what the Neural Engine runs), whatever the XNNPACK precision.
