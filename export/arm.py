@@ -27,9 +27,9 @@ SETUP_COMMAND = "python -m export setup-arm"
 EMULATOR = "qemu-aarch64"
 
 # Keys are the registry's `Target.runtime` (edge_crossformer/targets.py).
-RUNTIMES = ("executorch", "onnxruntime", "openvino")
+RUNTIMES = ("executorch", "onnxruntime", "openvino", "litert")
 # The emulated Python needs the host's versions of these: the same kernels the host's parity judged, built for ARM.
-PINNED = ("executorch", "onnxruntime", "openvino", "numpy")
+PINNED = ("executorch", "onnxruntime", "openvino", "ai-edge-litert", "numpy")
 
 CPUS = {
     # Features phones have: Armv9 with dotprod, i8mm, bf16 and SVE/SVE2 at the 128-bit vector length phone cores

@@ -37,7 +37,7 @@ HOST_TOOLS = {"mmdebstrap": "mmdebstrap", arm_stubs.AS: arm_stubs.BINUTILS, arm_
 # What the worker imports besides the pinned runtimes: torch (ExecuTorch's pybindings link libtorch_python) and the
 # pure-Python packages torch, ONNX Runtime and OpenVINO import. Pinned to the host's versions where it has them.
 SUPPORT = ("torch", "typing-extensions", "sympy", "mpmath", "filelock", "fsspec", "networkx", "jinja2", "markupsafe",
-           "flatbuffers", "protobuf", "packaging")
+           "flatbuffers", "protobuf", "packaging", "backports.strenum", "tqdm", "ml_dtypes")
 # pip matches an explicit --platform exactly; list every manylinux tag bookworm's glibc (2.36) can load.
 PLATFORMS = [f"manylinux_2_{n}_aarch64" for n in range(17, 37)] + ["manylinux2014_aarch64"]
 # Bump when what setup makes changes shape, so older caches are rebuilt.
@@ -139,11 +139,13 @@ def _stubs(work: Path) -> None:
     arm_stubs.build(plan, work / "stubs")
 
 
-SMOKE = ("import json, platform, numpy, onnxruntime, openvino, torch\n"
+# The versions the stamp records: the pinned runtimes and torch, as the emulated Python reports them.
+REPORTED = (*arm.PINNED, "torch")
+SMOKE = ("import json, platform, numpy, onnxruntime, openvino, torch, ai_edge_litert.interpreter\n"
          "from importlib.metadata import version\n"
          "from executorch.extension.pybindings import _C\n"
          "print(json.dumps({'machine': platform.machine(), 'backends': list(_C._get_registered_backend_names()),\n"
-         "  **{p: version(p) for p in ('executorch', 'onnxruntime', 'openvino', 'numpy', 'torch')}}))\n")
+         f"  **{{p: version(p) for p in {REPORTED!r}}}}}))\n")
 
 
 def _smoke(work: Path, emulator: str) -> dict:
@@ -177,7 +179,7 @@ def _make(work: Path, wanted: dict[str, str]) -> None:
     _wheels(work, wanted)
     _stubs(work)
     seen = _smoke(work, emulator)
-    versions = {name: seen[name] for name in ("executorch", "onnxruntime", "openvino", "numpy", "torch")}
+    versions = {name: seen[name] for name in REPORTED}
     (work / arm.STAMP).write_text(json.dumps({"recipe": RECIPE, "pins": wanted, "versions": versions,
                                               "emulator": emulator, "root": f"debian {ROOT_SUITE} arm64"},
                                              indent=1) + "\n")

@@ -2,7 +2,7 @@
 
 Imports only the standard library, numpy and the runtime: this file runs under qemu-aarch64 with the packages of the
 emulated environment, not this project's. Mirrors the host runners (`load_runner` in export/onnx_target.py,
-export/openvino_target.py, export/executorch_target.py).
+export/openvino_target.py, export/executorch_target.py, export/litert_target.py).
 
     python3.11 arm_worker.py REQUEST.json
 REQUEST: {"runtime", "artifact", "inputs" (.npy, float32 [N, 3, H, W]), "outputs" (.npz to write), "threads",
@@ -80,7 +80,24 @@ def _executorch(path: str, threads: int, _options: dict):
     return (lambda x: [out.numpy() for out in method([torch.from_numpy(x)])]), version("executorch")
 
 
-RUNNERS = {"onnxruntime": _onnxruntime, "openvino": _openvino, "executorch": _executorch}
+def _litert(path: str, threads: int, _options: dict):
+    from importlib.metadata import version
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    # The default XNNPACK CPU delegate, as on the host; outputs output_0, output_1, ... in the model's order.
+    runner = Interpreter(model_path=path, num_threads=threads).get_signature_runner()
+    (image,) = runner.get_input_details()
+    names = sorted(runner.get_output_details(), key=lambda name: int(name.rsplit("_", 1)[-1]))
+
+    def run(x):
+        outputs = runner(**{image: x})
+        return [outputs[name] for name in names]
+
+    return run, version("ai-edge-litert")
+
+
+RUNNERS = {"onnxruntime": _onnxruntime, "openvino": _openvino, "executorch": _executorch, "litert": _litert}
 
 
 def _fault(outputs: list, request: dict) -> list:
