@@ -26,10 +26,12 @@ STAMP = "env.json"
 SETUP_COMMAND = "python -m export setup-arm"
 EMULATOR = "qemu-aarch64"
 
-# Keys are the registry's `Target.runtime` (edge_crossformer/targets.py).
-RUNTIMES = ("executorch", "onnxruntime", "openvino", "litert")
+# The registry's `Target.runtime` (edge_crossformer/targets.py) -> the package that ships its aarch64 build.
+PACKAGES = {"executorch": "executorch", "onnxruntime": "onnxruntime", "openvino": "openvino",
+            "litert": "ai-edge-litert"}
+RUNTIMES = tuple(PACKAGES)
 # The emulated Python needs the host's versions of these: the same kernels the host's parity judged, built for ARM.
-PINNED = ("executorch", "onnxruntime", "openvino", "ai-edge-litert", "numpy")
+PINNED = (*PACKAGES.values(), "numpy")
 
 CPUS = {
     # Features phones have: Armv9 with dotprod, i8mm, bf16 and SVE/SVE2 at the 128-bit vector length phone cores
@@ -69,6 +71,10 @@ class ArmEnv:
     @property
     def python(self) -> Path:
         return self.root / "usr/bin/python3.11"
+
+    def runtime_version(self, runtime: str) -> str | None:
+        """The version of `runtime`'s package in the emulated environment."""
+        return self.versions.get(PACKAGES[runtime])
 
 
 def host_versions() -> dict[str, str]:

@@ -95,7 +95,7 @@ def test_fp32_matches_x86(arm_env, fp32, runtime, cpu):
     print(f"{runtime} on QEMU-emulated aarch64 {cpu} (-cpu {facts['cpu_model']}): rel err {err:.2e}, "
           f"{np.median(facts['seconds_per_inference']):.2f} s/inference")
     assert facts["machine"] == "aarch64" and facts["emulator"].startswith("qemu-aarch64")
-    assert facts["runtime_version"] == arm_env.versions[runtime]
+    assert facts["runtime_version"] == arm_env.runtime_version(runtime)
     assert len(emulated) == INPUTS and emulated[0][0].shape == (1, manifest["num_classes"])
     assert err <= REL_TOL, f"{runtime} on {cpu}: rel err {err:.2e} > {REL_TOL}"
 
@@ -120,7 +120,7 @@ def test_int8_matches_x86(arm_env, int8, runtime, cpu):
     print(f"{runtime} INT8 on QEMU-emulated aarch64 {cpu} (-cpu {facts['cpu_model']}): same top-1 as x86 on "
           f"{same}/{len(images)}, min cosine {cosine:.5f}, top-1 accuracy ARM {accuracy['arm']:.3f} / x86 "
           f"{accuracy['x86']:.3f}")
-    assert facts["machine"] == "aarch64" and facts["runtime_version"] == arm_env.versions[runtime]
+    assert facts["machine"] == "aarch64" and facts["runtime_version"] == arm_env.runtime_version(runtime)
     assert same >= INT8_MIN_SAME_TOP1, f"{runtime} INT8 on {cpu}: same top-1 as x86 on only {same}/{len(images)}"
     assert cosine >= INT8_MIN_COSINE, f"{runtime} INT8 on {cpu}: logits' cosine to x86 down to {cosine:.4f}"
 

@@ -263,7 +263,24 @@ def _quantization_error_grows(result):
     assert by_name["output"]["sim_rel"] > by_name["patch_embed"]["sim_rel"] > 1e-3
     # The runtime's kernels add less than quantization costs by design, at the logits.
     assert by_name["output"]["kernel_rel"] < by_name["output"]["sim_rel"]
+    # Where it grows: every block-level point once, ranked by what it adds, the first adding some.
+    growth = result["error_growth"]
+    assert growth and growth[0]["added"] > 0 and len({g["block"] for g in growth}) == len(growth)
+    assert [g["added"] for g in growth] == sorted((g["added"] for g in growth), reverse=True)
     return by_name
+
+
+def test_error_growth_names_the_block_that_adds_error():
+    """Accumulated error (1 - cosine) that a block adds is charged to that block, not to those after it."""
+    from export.diagnose.report import error_growth
+
+    cosines = {"patch_embed": 0.9999, "layers.0.blocks.0.attn": 0.5, "layers.0.blocks.0": 0.999,
+               "layers.0.blocks.1": 0.99, "norm": 0.9895, "head": 0.9905}
+    rows = [{"layer": name, "block": name.rsplit(".attn", 1)[0], "sim_cosine": cos} for name, cos in cosines.items()]
+    growth = error_growth(rows, "sim_cosine")
+    assert [g["block"] for g in growth][:2] == ["layers.0.blocks.1", "layers.0.blocks.0"]
+    assert "layers.0.blocks.0.attn" not in {g["block"] for g in growth}  # parts roll up into their block
+    assert growth[-1] == {"block": "head", "added": pytest.approx(-1e-3), "one_minus_cosine": pytest.approx(0.0095)}
 
 
 @pytest.mark.parametrize("suffix", ["onnx_int8.onnx", "openvino_int8.xml"])

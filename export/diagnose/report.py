@@ -33,7 +33,22 @@ def summarise(rows: list[dict], gate: float, kernel: bool) -> dict:
     return {"gate": gate, "gated_on": measure, "first_over_gate": first,
             "first_block_over_gate": over[0]["block"] if over else None,
             "worst": [row["layer"] for row, _ in ranked[:WORST]], "not_exposed": blind, "layers": rows,
-            "summary": summary}
+            "error_growth": error_growth(rows, "sim_cosine" if kernel else "cosine")[:WORST], "summary": summary}
+
+
+def error_growth(rows: list[dict], key: str) -> list[dict]:
+    """Where the error enters, largest first: for each block-level point (stem, block, merge, final norm, head) in
+    network order, how much 1 - cosine with float (`key`: the INT8 simulation's where there is one) grows over the
+    block-level point before it. Per-layer errors accumulate downstream of the layer that causes them; their growth
+    is what `python -m quantize sensitivity` (one layer INT8 at a time) ranks too (docs/diagnose.md)."""
+    grown, before = [], 0.0
+    for row in rows:
+        if row["layer"] != row["block"] or row.get(key) is None:
+            continue
+        error = 1.0 - row[key]
+        grown.append({"block": row["block"], "added": error - before, "one_minus_cosine": error})
+        before = error
+    return sorted(grown, key=lambda g: -_sortable(g["added"]))
 
 
 def _sortable(value: float) -> float:
@@ -70,6 +85,11 @@ def print_table(result: dict, console=None) -> None:
         style = "red" if value is None or not value <= result["gate"] else ""
         table.add_row(*cells, style=style)
     console.print(table)
+    growth = [g for g in result.get("error_growth", []) if g["added"] > 0][:3]
+    if growth:
+        what = "quantization error (INT8 simulation)" if kernel else "error"
+        console.print(f"{what} grows most at: " + ", ".join(
+            f"{g['block']} (1 - cosine +{g['added']:.1e})" for g in growth))
     if result["not_exposed"]:
         console.print(f"not exposed by {result['runtime']}: {', '.join(result['not_exposed'][:8])}"
                       + (" ..." if len(result["not_exposed"]) > 8 else ""))
