@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from quantize.ptq import float_outputs
+
 from .base import Artifact, TargetContext, require
 
 # The builtin ops LiteRT's GPU delegate parses (its NewOperationParser), and the highest tensor rank it takes (its
@@ -144,7 +146,9 @@ def export(ctx: TargetContext) -> list[Artifact]:
     example = ctx.source.example()
     module = ctx.deployable()
     if ctx.int8:
-        module = _unfold_weight_quantization(ctx.int8.graph(ctx, example))
+        # Float logits out: litert-torch's converter would fold a trailing quantize / dequantize pair into an INT8
+        # output tensor (the interpreter then returns int8 codes, not logits; docs/litert.md).
+        module = float_outputs(_unfold_weight_quantization(ctx.int8.graph(ctx, example)))
     ctx.step("converting to LiteRT")
     path = ctx.file_name(None, "tflite")
     with torch.no_grad():

@@ -234,6 +234,15 @@ def features_parity(art, reference: nn.Module, req: ExportRequest, samples_dir: 
             "gate": rule, "status": "pass" if ok else "fail", "per_size": per_size}
 
 
+def output_contract(got: np.ndarray) -> str | None:  # one output as the runtime returns it (before run_batched)
+    """What is wrong with an artifact's outputs against the manifest's contract (float32 logits), or None. An INT8
+    artifact can return its quantized codes instead (top-1 is unchanged by the monotone mapping, so the INT8 gate
+    alone would pass it) and an app would read int8 codes as logits."""
+    if not np.issubdtype(got.dtype, np.floating):
+        return f"returns {got.dtype} values, not float logits (a quantized output tensor left undequantized)"
+    return None
+
+
 def classifier_parity(art, inputs: np.ndarray, expected: np.ndarray, device: str, int8_set=None) -> dict:
     """A fixed-size classifier artifact's logits against the reference's; INT8 judged on real held-out images
     (`int8_set`: images, their reference logits, labels (-1: none), where they come from) with the top-1 drop
@@ -251,6 +260,9 @@ def classifier_parity(art, inputs: np.ndarray, expected: np.ndarray, device: str
         status = "pass" if measured.cosine >= scheme.min_cosine else "fail"
         rule = (f"cosine of the logits with the fp32 reference >= {scheme.min_cosine} on every parity input (no "
                 "labelled images of the model's own; top-1 agreement recorded, not gated)")
+    broken = output_contract(np.asarray(art.runner(inputs[:1])))
+    if broken:
+        status, extra["output_contract"] = "fail", broken
     if held and (labels >= 0).all():
         limit = scheme.max_drop_pp if scheme is not None else INT8_DROP_PP
         fp32_acc = float((expected.argmax(1) == labels).mean() * 100)

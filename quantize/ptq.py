@@ -245,6 +245,28 @@ def quantize_pt2e_dynamic(module: nn.Module, example: torch.Tensor, opts: QuantO
         return convert_pt2e(prepared)
 
 
+def float_outputs(graph: torch.fx.GraphModule, where=lambda producer: True) -> torch.fx.GraphModule:
+    """In place: each graph output read through quantize -> dequantize whose producer satisfies `where` reads the
+    producer's float tensor instead (the pair goes: nothing downstream reads an output). Returns the graph."""
+    def quantized_op(node, kind: str) -> bool:  # e.g. quantized_decomposed.quantize_per_tensor.default
+        return (isinstance(node, torch.fx.Node) and node.op == "call_function"
+                and str(node.target).split(".")[1:2] in ([f"{kind}_per_tensor"], [f"{kind}_per_channel"]))
+
+    def unquantized(value):
+        if quantized_op(value, "dequantize") and quantized_op(value.args[0], "quantize"):
+            producer = value.args[0].args[0]
+            if isinstance(producer, torch.fx.Node) and where(producer):
+                return producer
+        return value
+
+    output = next(node for node in graph.graph.nodes if node.op == "output")
+    output.args = tuple(type(a)(unquantized(v) for v in a) if isinstance(a, (list, tuple)) else unquantized(a)
+                        for a in output.args)
+    graph.graph.eliminate_dead_code()
+    graph.recompile()
+    return graph
+
+
 def calibration_list(images: torch.Tensor) -> list[np.ndarray]:
     """[N, 3, S, S] in [0, 1] -> N arrays of [1, 3, S, S] float32 (artifacts are batch 1)."""
     return [images[i:i + 1].numpy().astype(np.float32) for i in range(len(images))]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .ptq import QuantOptions, _module_of, _module_path, quantize_pt2e
+from .ptq import QuantOptions, _module_of, _module_path, float_outputs, quantize_pt2e
 
 WEIGHTED = (torch.ops.aten.linear.default, torch.ops.aten.conv2d.default)
 
@@ -86,27 +86,13 @@ def _float_arg(gm, model: nn.Module, node, arg, index: int, float_units: set[str
     return arg
 
 
-def _float_outputs(output, float_units: set[str]) -> None:
-    """The graph's outputs are nobody's input: a float unit's output quantizer before them goes with the unit."""
-    def unquantized(value):
-        if _is_dequantize(value) and _is_quantize(value.args[0]):
-            producer = value.args[0].args[0]
-            if isinstance(producer, torch.fx.Node) and _unit_of(producer) in float_units:
-                return producer
-        return value
-
-    output.args = tuple(type(a)(unquantized(v) for v in a) if isinstance(a, (list, tuple)) else unquantized(a)
-                        for a in output.args)
-
-
 def with_float_units(graph: torch.fx.GraphModule, model: nn.Module, float_units: set[str]) -> torch.fx.GraphModule:
     """A copy of the calibrated graph as an export with these units in --keep-float computes it: their nodes read
     float (inputs from before the quantizers they own; linears and convs the float weight and bias of `model`, the
     module that was quantized), while an INT8 neighbour still quantizes its own input or output."""
-    gm = copy.deepcopy(graph)
+    # The graph's outputs are nobody's input: a float unit's output quantizer before them goes with the unit.
+    gm = float_outputs(copy.deepcopy(graph), lambda producer: _unit_of(producer) in float_units)
     for node in list(gm.graph.nodes):
-        if node.op == "output":
-            _float_outputs(node, float_units)
         if not _reads_int8(node) or _unit_of(node) not in float_units:
             continue
         args = []

@@ -101,6 +101,7 @@ def test_fp32_matches_x86(arm_env, fp32, runtime, cpu):
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
