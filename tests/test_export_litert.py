@@ -86,8 +86,11 @@ def test_int8_on_real_images(tmp_path):
     assert p["images"].startswith("fashion-mnist")
     assert p["top1_agreement"] >= 0.98 and p["top1_drop_pp"] <= 0.5, p
     info = art["info"]
-    # Every linear and conv runs an INT8 kernel (not float with dequantized weights).
-    assert info["int8_ops"]["FULLY_CONNECTED"] == info["op_histogram"]["FULLY_CONNECTED"], info
+    # Every linear and conv runs an INT8 kernel (not float with dequantized weights), but the head: it computes the
+    # logits in float, so that the file returns logits, not int8 codes (docs/litert.md).
+    assert info["int8_ops"]["FULLY_CONNECTED"] == info["op_histogram"]["FULLY_CONNECTED"] - 1, info
+    logits = litert_target.load_runner(out / art["file"])(np.zeros((1, 3, 32, 32), np.float32))
+    assert logits.dtype == np.float32 and logits.shape == (1, 10)
     assert info["int8_ops"]["CONV_2D"] == info["op_histogram"]["CONV_2D"], info
     assert info["quantize_ops"] > 0 and info["int8_ranges"] == "calibrated"
     _gpu_checked(art)
