@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from edge_crossformer import targets
 from export import pipeline
 from export.base import Artifact
 from export.diagnose import main
-from export.diagnose.run import ModelSource, read_manifest, request_from_manifest
+from export.diagnose.run import DiagnoseError, ModelSource, read_manifest, request_from_manifest
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -330,3 +331,39 @@ def test_bad_input_exit_2_nothing_written(fp32, tmp_path, capsys, monkeypatch):
     assert main([str(fp32), "--artifact", _file(fp32, "onnx_fp32.onnx")]) == 2
     assert "onnxruntime" in capsys.readouterr().err
     assert not (fp32 / "diagnose").exists()
+    monkeypatch.undo()
+
+    # --sensitivity: only for INT8 (this export is FP32), and only a sensitivity.json of the same model.
+    ranking = tmp_path / "sensitivity.json"
+    ranking.write_text(json.dumps({"model": "crossformer-fmnist", "layers": [
+        {"unit": "model.head", "only_int8": {"kl": 1e-3}}]}))
+    assert main([str(fp32), "--sensitivity", str(ranking)]) == 2
+    assert "diagnose an INT8 artifact" in capsys.readouterr().err
+    from export.diagnose.run import read_sensitivity
+
+    int8_entry = [{"precision": "int8"}]
+    for text, words in (("{not json", "not a sensitivity.json"), ('{"model": "crossformer-fmnist"}', "KeyError"),
+                        ('{"model": "crossformer-t", "layers": [{"unit": "model.head", "only_int8": {"kl": 1}}]}',
+                         "python -m quantize sensitivity --model crossformer-fmnist")):
+        ranking.write_text(text)
+        with pytest.raises(DiagnoseError, match=re.escape(words)):
+            read_sensitivity(ranking, {"model": "crossformer-fmnist"}, int8_entry, brief=False)
+    assert not (fp32 / "diagnose").exists()
+
+
+def test_against_sensitivity_ranks_blocks():
+    """Error growth per block against a sensitivity ranking: parts roll up into their block, overlap and rank
+    correlation computed over the blocks both rank."""
+    from export.diagnose.report import against_sensitivity
+
+    # 1 - cosine grows by 1e-3, 9e-3, 1.5e-3, 3.5e-3, 3.5e-2.
+    cosines = {"patch_embed": 0.999, "layers.0.blocks.0": 0.99, "layers.0.blocks.1": 0.9885, "norm": 0.985,
+               "head": 0.95}
+    result = {"layers": [{"layer": name, "block": name, "sim_cosine": cos} for name, cos in cosines.items()]}
+    kl = {"model.head": 5e-3, "model.norm": 1e-3, "model.layers.0.blocks.0.mlp.fc1": 2e-4,
+          "model.layers.0.blocks.0.attn.qkv": 2e-4, "model.layers.0.blocks.1.mlp.fc2": 1e-5, "model.patch_embed": 1e-4}
+    sensitivity = {"layers": [{"unit": unit, "only_int8": {"kl": v}} for unit, v in kl.items()]}
+    found = against_sensitivity(result, sensitivity, top=2)
+    assert found["diagnose"] == ["head", "layers.0.blocks.0"] and found["sensitivity"] == ["head", "norm"]
+    assert found["overlap"] == ["head"] and found["blocks"] == 5
+    assert found["spearman"] == pytest.approx(0.8)  # 1 - 6 * 4 / (5 * 24): two pairs of neighbours swapped

@@ -51,6 +51,30 @@ def error_growth(rows: list[dict], key: str) -> list[dict]:
     return sorted(grown, key=lambda g: -_sortable(g["added"]))
 
 
+def against_sensitivity(result: dict, sensitivity: dict, top: int = 3) -> dict:
+    """How the blocks where the INT8 simulation's error grows (`error_growth`) compare with `python -m quantize
+    sensitivity`'s ranking (its sensitivity.json: each unit's KL divergence from FP32 when only it is INT8, summed
+    per block): the top-`top` blocks of each, their overlap, and Spearman's rank correlation over the blocks both
+    rank. The measures differ (error accumulated in the whole INT8 model vs logits with one unit INT8), so this
+    is agreement, not identity (docs/diagnose.md)."""
+    import numpy as np
+
+    from .points import block_of
+
+    kl: dict[str, float] = {}
+    for row in sensitivity["layers"]:
+        block = block_of(row["unit"])
+        if block is not None:
+            kl[block] = kl.get(block, 0.0) + float(row["only_int8"]["kl"])
+    growth = {g["block"]: g["added"] for g in error_growth(result["layers"], "sim_cosine")}
+    both = [b for b in growth if b in kl]
+    ranks = [np.argsort(np.argsort(values)) for values in ([growth[b] for b in both], [kl[b] for b in both])]
+    rho = float(np.corrcoef(*ranks)[0, 1]) if len(both) > 2 else None
+    by_growth, by_kl = sorted(both, key=lambda b: -growth[b])[:top], sorted(both, key=lambda b: -kl[b])[:top]
+    return {"top": top, "diagnose": by_growth, "sensitivity": by_kl,
+            "overlap": [b for b in by_growth if b in by_kl], "spearman": rho, "blocks": len(both)}
+
+
 def _sortable(value: float) -> float:
     return math.inf if value is None or math.isnan(value) else value
 
@@ -90,6 +114,12 @@ def print_table(result: dict, console=None) -> None:
         what = "quantization error (INT8 simulation)" if kernel else "error"
         console.print(f"{what} grows most at: " + ", ".join(
             f"{g['block']} (1 - cosine +{g['added']:.1e})" for g in growth))
+    agreement = result.get("sensitivity")
+    if agreement:
+        rho = "-" if agreement["spearman"] is None else f"{agreement['spearman']:.2f}"
+        console.print(f"against quantize sensitivity: top {agreement['top']} here {', '.join(agreement['diagnose'])}; "
+                      f"there {', '.join(agreement['sensitivity'])}; shared {len(agreement['overlap'])}, "
+                      f"rank correlation {rho} over {agreement['blocks']} blocks")
     if result["not_exposed"]:
         console.print(f"not exposed by {result['runtime']}: {', '.join(result['not_exposed'][:8])}"
                       + (" ..." if len(result["not_exposed"]) > 8 else ""))

@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the manifest does not record it")
     p.add_argument("--output", type=Path, help="where diagnose.json and diagnose.png go (default ARTIFACT_DIR/diagnose)")
     p.add_argument("--brief", action="store_true", help="2 inputs, no INT8 simulation, no faithful-model column")
+    p.add_argument("--sensitivity", type=Path, metavar="JSON",
+                   help="a sensitivity.json of `python -m quantize sensitivity` for the same model: INT8 artifacts' "
+                        "error growth is compared with its ranking (top blocks, overlap, rank correlation)")
     return p
 
 
@@ -210,18 +213,42 @@ def _run(args: argparse.Namespace) -> int:
         raise DiagnoseError(f"--gate is a positive ratio (max |diff| / max |ref|), got {args.gate}")
     for entry in entries:
         check_runtime(entry)
+    sensitivity = read_sensitivity(args.sensitivity, manifest, entries, args.brief)
     source = ModelSource(request_from_manifest(manifest, args.calib_data, args.calib_size))
     results = []
     for entry in entries:
         results.append(diagnose_artifact(args.artifact_dir / entry["file"], entry["target"], entry["precision"],
                                          source, delegate=entry.get("delegate"), samples=args.samples,
                                          gate=args.gate, brief=args.brief))
+        if sensitivity is not None and results[-1]["precision"] == "int8":
+            results[-1]["sensitivity"] = {"file": str(args.sensitivity),
+                                          **report.against_sensitivity(results[-1], sensitivity)}
         report.print_table(results[-1])
     out = args.output or args.artifact_dir / "diagnose"
     written = report.write(out, {"manifest": str(args.artifact_dir / "manifest.json"), "model": manifest["model"],
                                  "img_size": manifest["img_size"], "host": _host(), "artifacts": results})
     print(f"written: {', '.join(str(p) for p in written)}")
     return 0
+
+
+def read_sensitivity(path: Path | None, manifest: dict, entries: list[dict], brief: bool) -> dict | None:
+    """--sensitivity's sensitivity.json, checked before any work: readable, of the same model, for an INT8 artifact
+    with its simulation (not --brief)."""
+    if path is None:
+        return None
+    if brief or not any(e["precision"] == "int8" for e in entries):
+        raise DiagnoseError("--sensitivity compares the INT8 simulation's error growth: diagnose an INT8 artifact, "
+                            "without --brief")
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        units = [(row["unit"], float(row["only_int8"]["kl"])) for row in data["layers"]]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise DiagnoseError(f"--sensitivity {path}: not a sensitivity.json of `python -m quantize sensitivity` "
+                            f"({type(e).__name__}: {e}); run that command and pass the JSON it writes") from None
+    if data.get("model") != manifest["model"] or not units:
+        raise DiagnoseError(f"--sensitivity {path} ranks {data.get('model')!r}'s layers, this export is "
+                            f"{manifest['model']!r}: run `python -m quantize sensitivity --model {manifest['model']}`")
+    return data
 
 
 def _host() -> str:
