@@ -392,6 +392,8 @@ def failed_checks(entry: dict) -> list[str]:
         measured = ", ".join(f"{key} {parity_[key]:.4g}" for key in GATE_METRICS.get(entry["precision"], ())
                              if isinstance(parity_.get(key), (int, float)))
         failed.append(f"parity: {parity_['gate']} (measured: {measured or 'see the manifest'})")
+    if parity_.get("output_contract"):
+        failed.append(f"output contract: {parity_['output_contract']}")
     return failed
 
 
