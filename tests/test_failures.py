@@ -379,3 +379,27 @@ def test_image_too_large_to_decode_is_refused(tmp_path):
     with pytest.raises(DataError, match="bomb.png"):
         load_image(tmp_path / "bomb.png")
 
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_integer_outputs_fail_parity_whatever_the_gate(precision):
+    """An artifact that returns quantized codes instead of float logits (same top-1: the INT8 gate alone would pass
+    it) fails parity, with the reason recorded."""
+    import numpy as np
+
+    from export import parity
+    from export.base import Artifact
+
+    rng = np.random.default_rng(0)
+    inputs = rng.random((6, 3, 32, 32), dtype=np.float32)
+    expected = rng.normal(size=(6, 10)).astype(np.float32) * 5
+    table = {x.tobytes(): row for x, row in zip(inputs, expected)}
+    codes = lambda x: np.clip(np.round(table[x[0].tobytes()] * 10), -128, 127).astype(np.int8)[None]
+    labels = expected.argmax(1)
+    art = Artifact("onnx", None, precision, Path("model.onnx"), runner=codes)
+    held = (inputs, expected, labels, "test") if precision == "int8" else None
+    result = parity.classifier_parity(art, inputs, expected, "cpu", held)
+    assert result["top1_agreement"] == 1.0
+    assert result["status"] == "fail" and "int8" in result["output_contract"]
+    floats = Artifact("onnx", None, precision, Path("model.onnx"), runner=lambda x: table[x[0].tobytes()][None])
+    assert parity.classifier_parity(floats, inputs, expected, "cpu", held)["status"] == "pass"
