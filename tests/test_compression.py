@@ -102,9 +102,11 @@ def test_group_size_reaches_the_plan(tmp_path):
     from export.validate import validate
 
     name = offering("w4")[0]
-    req = validate(ExportRequest(targets=(name,), precision="w4", group_size=16, output=tmp_path / "o"))
+    group = next(g for g in GROUP_SIZES if g != WEIGHT_SCHEMES["w4"].group_size
+                 and g in (targets.get(name).group_sizes or GROUP_SIZES))
+    req = validate(ExportRequest(targets=(name,), precision="w4", group_size=group, output=tmp_path / "o"))
     plan = plan_for(req, "w4", len(get_config(req.model).depths))
-    assert plan.group_size == 16 and plan.kept("head") and not plan.kept("layers.2.blocks.0.mlp.fc1")
+    assert plan.group_size == group and plan.kept("head") and not plan.kept("layers.2.blocks.0.mlp.fc1")
     assert plan_for(req, "w8", 4).group_size is None and plan_for(req, "int8", 4) is None
 
 
