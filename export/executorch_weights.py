@@ -60,7 +60,8 @@ def compressed_program(ctx: TargetContext, example: torch.Tensor):
 
 
 def xnnpack_graphs(pte: bytes) -> list[dict]:
-    """Each XNNPACK delegate's graph in a `.pte`, as flatc decodes it against XNNPACK's schema."""
+    """Each XNNPACK delegate's graph in a `.pte`, as flatc decodes it against XNNPACK's schema. ExecuTorch has no
+    public reader for it: these are its own serializer's helpers (private, pinned with executorch==1.5.1)."""
     program = require("executorch.exir._serialize._program", "executorch")
     flatbuffer = require("executorch.exir._serialize._flatbuffer", "executorch")
     serialize = require("executorch.backends.xnnpack.serialization.xnnpack_graph_serialize", "executorch")
