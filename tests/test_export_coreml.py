@@ -96,8 +96,13 @@ def test_compressed_weights(precision, tmp_path, monkeypatch):
 
 @pytest.mark.heavy
 def test_crossformer_t_palette4_is_a_sixth_of_fp32(checkpoints, tmp_path):
-    """Issue 30's bar: CrossFormer-T 224 palettized to 4 bits is at most 1/6 of its FP32 weights' size."""
-    art = _export(checkpoints("crossformer-t", 1000), tmp_path / "t224", "--model", "crossformer-t",
-                  "--precision", "palette4")
-    assert art["compression"]["ratio_vs_fp32"] >= 6, art["compression"]
-    assert art["parity"]["status"] == "pass", art["parity"]
+    """Issue 30's bar: CrossFormer-T 224 palettized to 4 bits is at most 1/6 of its FP32 weights' size, nearly every
+    weight at 4 bits. Size only: with seeded random weights the parity gate (cosine of near-tied logits) says little
+    about accuracy, which is measured on crossformer-fmnist (docs/compression.md)."""
+    out = tmp_path / "t224"
+    run_cli("--target", "coreml", "--checkpoint", checkpoints("crossformer-t", 1000), "--output", out,
+            "--model", "crossformer-t", "--precision", "palette4")
+    (art,) = load_manifest(out)["artifacts"]
+    c = art["compression"]
+    assert c["ratio_vs_fp32"] >= 6 and c["weights_by_bits"]["4"] > 10 * c["weights_by_bits"]["8"], c
+    assert art["parity"]["runtime"] == "MIL evaluator (numpy, fp16-emulated)" or sys.platform == "darwin"
