@@ -36,7 +36,7 @@ BASELINE = ("iOS17", "macOS14")
 
 
 @dataclass(frozen=True)
-class Spelling:
+class CoreMLForm:
     """How Core ML writes one scheme: the coremltools pass, its config at the scheme's bits and at 8 bits, and the
     deployment target the program must be converted for."""
     release: tuple[str, str]
@@ -55,7 +55,6 @@ class Spelling:
         return (cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype=f"int{bits}", granularity="per_block",
                                             block_size=plan.group_size, weight_threshold=0), int8)
 
-
     def words(self, plan: WeightPlan) -> str:
         """The coremltools call, for the manifest."""
         if self.palette:
@@ -66,12 +65,12 @@ class Spelling:
                 "channels (int8 per output channel where kept)")
 
 
-def spelling(plan: WeightPlan) -> Spelling:
+def form(plan: WeightPlan) -> CoreMLForm:
     """Per-tensor palettes and int8 per channel run from iOS 16 (the iOS 17 baseline covers them); int4 blocks need
     iOS 18's constexpr_blockwise_shift_scale."""
     if plan.scheme.kind == "palette":
-        return Spelling(BASELINE, palette=True)
-    return Spelling(BASELINE if plan.scheme.bits == 8 else OP_RELEASE["constexpr_blockwise_shift_scale"], False)
+        return CoreMLForm(BASELINE, palette=True)
+    return CoreMLForm(BASELINE if plan.scheme.bits == 8 else OP_RELEASE["constexpr_blockwise_shift_scale"], False)
 
 
 def weight_names(model: nn.Module) -> dict[str, str]:
@@ -89,7 +88,7 @@ def compress(mlmodel, plan: WeightPlan, model: nn.Module):
     """The converted ML program with its conv / linear weights compressed by `plan` (the plan's kept roles at 8
     bits), as a new MLModel."""
     cto = require("coremltools.optimize.coreml", "coreml")
-    low, eight = spelling(plan).configs(plan)
+    low, eight = form(plan).configs(plan)
     paths = weight_names(model)
     program = mlmodel.get_spec().mlProgram
     present = [op.outputs[0].name for f in program.functions.values() for block in f.block_specializations.values()
@@ -99,7 +98,7 @@ def compress(mlmodel, plan: WeightPlan, model: nn.Module):
                            "export/coreml_compress.weight_names no longer matches coremltools' constant names")
     config = cto.OptimizationConfig(op_name_configs={name: eight if plan.kept(paths[name]) else low
                                                      for name in present})
-    run = cto.palettize_weights if spelling(plan).palette else cto.linear_quantize_weights
+    run = cto.palettize_weights if form(plan).palette else cto.linear_quantize_weights
     return run(mlmodel, config)
 
 

@@ -91,7 +91,7 @@ def export(ctx: TargetContext) -> list[Artifact]:
     else:
         program = ctx.source.exported_program(ctx.spelling)
     plan = ctx.weights
-    ios = coreml_compress.spelling(plan).release[0] if plan else coreml_compress.BASELINE[0]
+    ios = coreml_compress.form(plan).release[0] if plan else coreml_compress.BASELINE[0]
     mlmodel = convert(program, tuple(req.img_hw), "fp16" if plan else ctx.precision, output_names(req), ios)
     if plan:
         ctx.step(f"compressing weights ({plan.scheme.name}, coremltools.optimize)")
@@ -120,7 +120,7 @@ def _compression_record(path, plan) -> tuple[tuple[str, str], dict]:
         compressed=bits[str(plan.scheme.bits)], kept_8bit=bits["8"] if plan.scheme.bits < 8 else 0,
         float_weights=bits["16"], weights_by_bits=dict(sorted(bits.items())),
         weight_ops=dict(sorted(found["ops"].items())),
-        minimum_ios=release[0], minimum_macos=release[1], coreml=coreml_compress.spelling(plan).words(plan))
+        minimum_ios=release[0], minimum_macos=release[1], coreml=coreml_compress.form(plan).words(plan))
 
 
 def _multifunction(ctx: TargetContext) -> Artifact:
