@@ -13,7 +13,7 @@ import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
-from .compression import COMBINED_PRECISIONS, WEIGHT_PRECISIONS
+from .compression import COMBINED_PRECISIONS, GROUP_SIZES, WEIGHT_PRECISIONS
 from .export_friendly import Spelling
 
 # fp32 / fp16 / int8, the weight-compression schemes (edge_crossformer.compression: w8, w4, palette4, palette6) and
@@ -83,6 +83,10 @@ class Target:
     # Artifacts lowered to another runtime's delegate inside this one's program, and the spelling each delegate
     # takes (ExecuTorch's Core ML delegate runs Core ML: Core ML's spelling).
     delegate_spellings: tuple[tuple[str, Spelling], ...] = ()
+    # --group-size values its runtime takes where it takes fewer than edge_crossformer.compression.GROUP_SIZES, and
+    # why (refused before any work, export.compression).
+    group_sizes: tuple[int, ...] = ()
+    group_sizes_why: str = ""
     # FP16 top-1 agreement gate where it is stricter than export.parity's FP16_TOP1 (docs/parity.md).
     fp16_top1: float | None = None
 
@@ -124,6 +128,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            runtime_name="Core ML", fp16_top1=1.0, size_modes=("fixed", "list")),
     Target("executorch", "export.executorch_target", ("executorch", "coremltools"), "executorch", "executorch==1.5.1",
            title="ExecuTorch", precisions=("fp32", "int8", "w8", "w4"), default_precision="fp32", fp32_gate=1e-3,
+           group_sizes=tuple(g for g in GROUP_SIZES if g % 32 == 0),
+           group_sizes_why="XNNPACK's 4-bit blockwise GEMMs need a multiple of 32 input channels per scale",
            spelling=Spelling(decompose_layernorm=True), qat_spelling=Spelling(decompose_layernorm=True),
            int8_scheme="xnnpack", int8_activations=("static", "dynamic"),
            uses_learned_ranges=True,

@@ -91,6 +91,17 @@ def check_compression_request(req: ExportRequest, cfg) -> None:
         if scheme.grouped:
             check_group_size(req.group_size or scheme.group_size, scheme, cfg, req.model,
                              given=req.group_size is not None)
+            check_target_group_size(req.group_size or scheme.group_size, name)
+
+
+def check_target_group_size(group: int, name: str) -> None:
+    """A group size the target's runtime takes (the registry's `group_sizes`, where it takes fewer than all)."""
+    allowed = targets.get(name).group_sizes
+    if allowed and group not in allowed:
+        others = targets.names(lambda t: t.supports("w4") and not t.group_sizes)
+        raise ExportError(f"--group-size {group}: {name} takes {' / '.join(map(str, allowed))} "
+                          f"({targets.get(name).group_sizes_why}); use one of those"
+                          + (f", or export {', '.join(others)} with {group} in a separate command" if others else ""))
 
 
 def check_group_size(group: int, scheme: WeightScheme, cfg, model: str, given: bool) -> None:

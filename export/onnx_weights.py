@@ -17,6 +17,10 @@ from .base import TargetContext, require
 # MatMulNBits' block: the plan's group size (w4); for 8-bit weights, whose scheme is per output channel, blocks of
 # this many input channels (MatMulNBits is blockwise only; a larger block than the layer's inputs is one block).
 BLOCK_8BIT = 128
+# MatMulNBits' accuracy_level per weight width: 8-bit weights with float activations (level 0) ran crossformer-fmnist
+# 3x slower than FP32 (min 2.03 ms vs 0.48); level 4 (activations quantized to int8 per block inside the kernel) ran
+# 0.68 ms with the same top-1 (docs/compression.md). 4-bit: float activations, its own kernels are fast.
+ACCURACY_LEVEL = {8: 4, 4: None}
 
 
 def module_path(weight_name: str) -> str:
@@ -43,6 +47,8 @@ def compress(ctx: TargetContext, model):
     at_8 = sum(b == 8 for b in bits.values()) + convs if plan.scheme.bits != 8 else 0
     record = plan.record(at_scheme + (convs if plan.scheme.bits == 8 else 0), at_8,
                          runtime_op="com.microsoft.MatMulNBits (linears), DequantizeLinear INT8 -> Conv (convolutions)",
+                         activations={f"{b}-bit MatMulNBits": "int8 per block at run time (accuracy_level 4)"
+                                      if ACCURACY_LEVEL[b] == 4 else "float" for b in sorted(set(bits.values()))},
                          linears_found=len(linears), matmul_nbits={f"{b}-bit": sum(v == b for v in bits.values())
                                                                    for b in sorted(set(bits.values()))},
                          block_size=block, int8_convolutions=convs,
@@ -84,7 +90,8 @@ def _nbits(model, bits: int, block: int, names: list[str]):
 
     # nodes_to_include adds to the MatMuls it would take anyway: the others are excluded by name instead.
     others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in names]
-    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=True, nodes_to_exclude=others)
+    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=True, nodes_to_exclude=others,
+                                     accuracy_level=ACCURACY_LEVEL[bits])
     quantizer.process()
     return quantizer.model.model
 

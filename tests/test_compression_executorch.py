@@ -97,6 +97,17 @@ def test_w4_runs_on_executorch_runtime(exported):
     assert not np.allclose(got, expected, atol=1e-4), "4-bit weights cannot reproduce FP32 logits exactly"
 
 
+def test_a_group_size_xnnpack_cannot_run_is_refused(tmp_path, capsys):
+    """XNNPACK's 4-bit GEMMs take multiples of 32 input channels per scale: 16 (valid elsewhere) is refused before
+    any work, with what to use."""
+    out = tmp_path / "out"
+    assert run_cli("--target", "executorch", "--model", "crossformer-fmnist", "--precision", "w4", "--group-size",
+                   "16", "--output", out) == 2
+    assert not out.exists()
+    err = capsys.readouterr().err
+    assert "--group-size 16" in err and "executorch" in err and "32" in err and "Traceback" not in err, err
+
+
 def test_a_list_of_sizes_is_refused(tmp_path, capsys):
     out = tmp_path / "out"
     assert run_cli("--target", "executorch", "--model", "crossformer-fmnist", "--task", "features", "--precision",
