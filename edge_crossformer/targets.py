@@ -122,7 +122,8 @@ class Target:
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("coreml", "export.coreml_target", ("coremltools",), "coreml", "coremltools==9.0",
-           title="Core ML", precisions=("fp16", "fp32", "int8"), default_precision="fp16", fp32_gate=1e-3,
+           title="Core ML", precisions=("fp16", "fp32", "int8", "w8", "w4", "palette4", "palette6"),
+           default_precision="fp16", fp32_gate=1e-3,
            spelling=Spelling(), qat_spelling=Spelling(decompose_layernorm=True), int8_scheme="xnnpack",
            runtime_name="Core ML", fp16_top1=1.0, size_modes=("fixed", "list")),
     Target("executorch", "export.executorch_target", ("executorch", "coremltools"), "executorch", "executorch==1.5.1",

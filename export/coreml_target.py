@@ -27,7 +27,7 @@ import torch
 from edge_crossformer import get_config
 from edge_crossformer.backbone import output_specs
 
-from . import coreml_mil
+from . import coreml_compress, coreml_mil
 from .base import Artifact, TargetContext, require
 from .coreml_mil_ops import ConstCache, uncovered
 from .sizes import Size, export_sizes, method_name, output_names, size_dispatch
@@ -52,22 +52,24 @@ def mil_structure(mlmodel) -> dict:
             "gather_ops": sum(ops[name] for name in GATHER_OPS), "value_dtypes": dict(sorted(dtypes.items()))}
 
 
-def convert(program, size: Size, precision: str, names: Sequence[str]):
+def convert(program, size: Size, precision: str, names: Sequence[str], ios: str = coreml_compress.BASELINE[0]):
     """One torch.export program at one size as an ML program: RGB image input `image` (scale 1/255; normalization
-    is inside the graph), float32 outputs `names`, iOS 17, FP16 or FP32 compute."""
+    is inside the graph), float32 outputs `names`, iOS 17 (or the later `ios` compressed weights need), FP16 or
+    FP32 compute (compressed weights: FP16)."""
     ct = require("coremltools", "coreml")
     return ct.convert(
         program.run_decompositions({}),
         inputs=[ct.ImageType(name="image", shape=(1, 3, *size), scale=1.0 / 255.0, color_layout=ct.colorlayout.RGB)],
         outputs=[ct.TensorType(name=name, dtype=np.float32) for name in names],
-        convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
+        convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, ios),
         compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16)
 
 
 def export(ctx: TargetContext) -> list[Artifact]:
     """The ML program `.mlpackage` (FP16 / FP32; INT8 as W8A8 from the XNNPACK scheme's quantize / dequantize
-    graph; a backbone for --sizes: a multifunction package), described for Xcode, judged by the Core ML runtime on
-    macOS and by the MIL evaluator elsewhere."""
+    graph; compressed weights (w8 / w4 / palette4 / palette6: export/coreml_compress.py) on an FP16 program; a
+    backbone for --sizes: a multifunction package), described for Xcode, judged by the Core ML runtime on macOS and
+    by the MIL evaluator elsewhere."""
     require("coremltools", "coreml")
     req = ctx.request
     if req.sizes:
@@ -88,18 +90,37 @@ def export(ctx: TargetContext) -> list[Artifact]:
             program = torch.export.export(graph, (example,))
     else:
         program = ctx.source.exported_program(ctx.spelling)
-    mlmodel = convert(program, tuple(req.img_hw), ctx.precision, output_names(req))
+    plan = ctx.weights
+    ios = coreml_compress.form(plan).release[0] if plan else coreml_compress.BASELINE[0]
+    mlmodel = convert(program, tuple(req.img_hw), "fp16" if plan else ctx.precision, output_names(req), ios)
+    if plan:
+        ctx.step(f"compressing weights ({plan.scheme.name}, coremltools.optimize)")
+        mlmodel = coreml_compress.compress(mlmodel, plan, ctx.source.deployable(ctx.spelling))
     structure = mil_structure(mlmodel)
     describe(mlmodel, req)
     path = ctx.file_name(None, "mlpackage")
     mlmodel.save(str(path))
     runner, reason, runtime, cross_checks = _judges(path, ctx.precision)
+    release, compression = _compression_record(path, plan) if plan else (coreml_compress.BASELINE, None)
     return [Artifact(ctx.target.name, None, ctx.precision, path, runner, skip_reason=reason,
                      cross_checks=cross_checks,
-                     info={**structure, "compute_precision": ctx.precision,
-                           "minimum_deployment_target": "iOS17/macOS14",
+                     info={**structure, "compute_precision": "fp16" if plan else ctx.precision,
+                           "minimum_deployment_target": "/".join(release),
+                           **({"compression": compression} if compression else {}),
                            "input_type": "image (RGB, scale 1/255)", "runtime": runtime,
                            **({"accuracy_control": accuracy} if accuracy else {})})]
+
+
+def _compression_record(path, plan) -> tuple[tuple[str, str], dict]:
+    """(the first iOS / macOS that loads the saved program, the manifest's `compression`): what the saved program
+    stores, read back from it (export/coreml_compress.py), beside the plan."""
+    found = coreml_compress.compressed_weights(coreml_functions(path)["main"])
+    bits, release = found["bits"], coreml_compress.release(found["ops"])
+    return release, plan.record(
+        compressed=bits[str(plan.scheme.bits)], kept_8bit=bits["8"] if plan.scheme.bits < 8 else 0,
+        float_weights=bits["16"], weights_by_bits=dict(sorted(bits.items())),
+        weight_ops=dict(sorted(found["ops"].items())),
+        minimum_ios=release[0], minimum_macos=release[1], coreml=coreml_compress.form(plan).words(plan))
 
 
 def _multifunction(ctx: TargetContext) -> Artifact:

@@ -10,10 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from coremltools.converters.mil import Builder as mb
+from coremltools.converters.mil.mil import types
 from torch import nn
 
 from export import coreml_mil, parity
-from export.coreml_mil_ops import NUMPY_OPS
+from export.coreml_mil_ops import DECODERS, NUMPY_OPS
 
 from conftest import load_manifest, run_cli
 
@@ -146,7 +147,98 @@ def test_numpy_gelu_matches_coremltools_value_inference():
     folded = mb_program_const_gelu(x)
     got = _one_op("gelu", x, mode="EXACT")
     np.testing.assert_allclose(got, folded, rtol=1e-6, atol=1e-6)
-    assert set(NUMPY_OPS) == {"conv", "gelu"}  # a new one needs its own test here
+    # a new one needs its own test here (the weight decoders: test_weight_decoders_match_coremltools)
+    assert set(NUMPY_OPS) == {"conv", "gelu", *DECODERS}
+    assert {case.split()[0] for case in DECODER_CASES} == {"lut", "affine", "blockwise"} and len(DECODERS) == 3
+
+
+# --- compressed weights: the evaluator's own decoders against coremltools' definitions -------------------------
+
+_RNG = np.random.default_rng(3)
+
+
+def _lut16(nbits):
+    """iOS 16: one table, indices packed LSB first (coremltools' packer); (5, 7): 35 indices, so 6-bit ones
+    straddle bytes and the last byte is partly padding."""
+    from coremltools.optimize._utils import pack_elements_into_bits
+
+    indices = _RNG.integers(0, 2 ** nbits, 35).astype(np.uint8)
+    return mb.constexpr_lut_to_dense(indices=pack_elements_into_bits(indices, nbits),
+                                     lut=_RNG.standard_normal(2 ** nbits).astype(np.float32),
+                                     shape=np.array([5, 7], np.uint32))
+
+
+def _lut18(nbits, groups, vector=1, vector_axis=None):
+    """iOS 18: sub-byte indices of the output's shape, a table per block of (rows / groups[0], cols / groups[1])."""
+    dtype = getattr(types, f"np_uint{nbits}_dtype")
+    indices = _RNG.integers(0, 2 ** nbits, (8, 6)).astype(dtype)
+    lut = _RNG.standard_normal((*groups, 2 ** nbits, vector)).astype(np.float32)
+    return mb.constexpr_lut_to_dense(indices=indices, lut=lut,
+                                     **({"vector_axis": np.int32(vector_axis)} if vector > 1 else {}))
+
+
+def _affine(axis, per_axis):
+    data = _RNG.integers(-128, 128, (6, 4)).astype(np.int8)
+    n = data.shape[axis] if per_axis else 1
+    return mb.constexpr_affine_dequantize(quantized_data=data, axis=np.int32(axis),
+                                          zero_point=_RNG.integers(-3, 3, n).astype(np.int8).reshape(-1)[:n]
+                                          if per_axis else np.int8(2),
+                                          scale=(_RNG.random(n) + 0.1).astype(np.float32) if per_axis
+                                          else np.float32(0.05))
+
+
+def _blockwise(dtype, low, high, scale_shape, offset):
+    data = _RNG.integers(low, high, (8, 6)).astype(dtype)
+    kwargs = {"offset": _RNG.integers(low, high, scale_shape).astype(dtype)} if offset else {}
+    return mb.constexpr_blockwise_shift_scale(data=data, scale=(_RNG.random(scale_shape) + 0.1).astype(np.float32),
+                                              **kwargs)
+
+
+DECODER_CASES = {
+    "lut iOS16 2-bit": (ct.target.iOS16, (5, 7), lambda: _lut16(2)),
+    "lut iOS16 4-bit": (ct.target.iOS16, (5, 7), lambda: _lut16(4)),
+    "lut iOS16 6-bit": (ct.target.iOS16, (5, 7), lambda: _lut16(6)),
+    "lut iOS18 4-bit per tensor": (ct.target.iOS18, (8, 6), lambda: _lut18(4, (1, 1))),
+    "lut iOS18 4-bit grouped channels": (ct.target.iOS18, (8, 6), lambda: _lut18(4, (4, 1))),
+    "lut iOS18 6-bit 2-D blocks": (ct.target.iOS18, (8, 6), lambda: _lut18(6, (2, 3))),
+    "lut iOS18 2-bit vectors": (ct.target.iOS18, (8, 12), lambda: _lut18(2, (2, 1), 2, 1)),
+    "affine iOS16 per channel": (ct.target.iOS16, (6, 4), lambda: _affine(0, True)),
+    "affine iOS16 axis 1": (ct.target.iOS16, (6, 4), lambda: _affine(1, True)),
+    "affine iOS16 per tensor": (ct.target.iOS16, (6, 4), lambda: _affine(1, False)),
+    "blockwise iOS18 int4 blocks, offset": (ct.target.iOS18, (8, 6),
+                                            lambda: _blockwise(types.np_int4_dtype, -8, 8, (8, 2), True)),
+    "blockwise iOS18 uint4 blocks": (ct.target.iOS18, (8, 6),
+                                     lambda: _blockwise(types.np_uint4_dtype, 0, 16, (4, 3), True)),
+    "blockwise iOS18 int8 per channel": (ct.target.iOS18, (8, 6),
+                                         lambda: _blockwise(np.int8, -128, 128, (8, 1), False)),
+}
+
+
+@pytest.mark.parametrize("case", DECODER_CASES)
+def test_weight_decoders_match_coremltools(case, tmp_path, monkeypatch):
+    """Each compressed-weight op, saved in a package and read back: the evaluator's own decoder (not coremltools')
+    gives what coremltools' definition of the op (materialized_val_inference) gives, exactly."""
+    import export.coreml_mil_ops as ops
+
+    opset, shape, make = DECODER_CASES[case]
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=shape)], opset_version=opset)
+    def prog(x):
+        return mb.add(x=x, y=make())
+
+    (op,) = [o for o in prog.functions["main"].operations if o.op_type.startswith("constexpr_")]
+    expected = np.asarray(op.materialized_val_inference(), np.float32)
+    path = tmp_path / "w.mlpackage"
+    ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=opset,
+               compute_precision=ct.precision.FLOAT32).save(str(path))
+    loaded = coreml_mil.load(path)
+    calls = []
+    decoder = ops.NUMPY_OPS[op.op_type]
+    monkeypatch.setitem(ops.NUMPY_OPS, op.op_type, lambda o, v: calls.append(o.op_type) or decoder(o, v))
+    monkeypatch.setattr(type(op), "materialized_val_inference", None)  # coremltools' own may not be used
+    got = coreml_mil.run_function(loaded.function, {loaded.input_name: np.zeros(shape, np.float32)})
+    assert calls == [op.op_type]
+    np.testing.assert_array_equal(got[loaded.output_name], expected)
 
 
 def mb_program_const_gelu(x):
