@@ -182,17 +182,26 @@ def _memory_probe(case: Case, threads: int, model: str, img_size: int, checkpoin
 
 # ----------------------------------------------------------------------------------------------------- main
 
+def model_and_size(args):
+    """(the model's config, the input size a benchmark runs at): --img-size, else the model's own (at most 64 with
+    --quick); ModelConfigError for an unknown model or a size it cannot take."""
+    from edge_crossformer.registry import check_img_size, get_config
+
+    cfg = get_config(args.model)
+    size = args.img_size or (min(64, cfg.default_img_size) if args.quick else cfg.default_img_size)
+    check_img_size(size)
+    return cfg, size
+
+
 def run(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from edge_crossformer.registry import ModelConfigError, build_model, check_img_size, get_config
+    from edge_crossformer.registry import ModelConfigError, build_model
     from edge_crossformer.reference import model_macs
     from export import ExportError
 
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
     try:
-        cfg = get_config(args.model)
-        img_size = args.img_size or (min(64, cfg.default_img_size) if args.quick else cfg.default_img_size)
-        check_img_size(img_size)
+        cfg, img_size = model_and_size(args)
     except ModelConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

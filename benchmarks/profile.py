@@ -70,17 +70,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from edge_crossformer.registry import ModelConfigError, check_img_size, get_config
+    from edge_crossformer.registry import ModelConfigError
     from export import ExportError
 
-    from .latency import _cases
+    from .latency import _cases, model_and_size
     from .profile_report import markdown, print_table, write_plots
 
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
     try:
-        cfg = get_config(args.model)
-        size = args.img_size or (min(64, cfg.default_img_size) if args.quick else cfg.default_img_size)
-        check_img_size(size)
+        cfg, size = model_and_size(args)
     except ModelConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
