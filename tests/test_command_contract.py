@@ -38,6 +38,9 @@ FLAGS = {
     "benchmarks android": {"inputs": ["--artifacts (its manifest.json, .pte, labels.txt)"],
                            "outputs": ["--output (a file)"]},
     "benchmarks ddp": {"inputs": [], "outputs": ["--output (a directory: ddp.json)"]},
+    "benchmarks profile": {"inputs": ["--checkpoint", "--calib-data"],
+                           "outputs": ["--output (a directory: artifacts/ shared with the latency benchmark, "
+                                       "profile.json, profile.md, *.png)"]},
     "edge_crossformer.train": {"inputs": ["--data"], "outputs": ["--workdir (a directory: resume state)"]},
 }
 
@@ -125,6 +128,12 @@ def _latency(root, link):
             "--output", root / "out"], victim
 
 
+def _profile(root, link):
+    victim = _checkpoint(root / "out" / "artifacts" / "ck.safetensors")
+    return ["--model", "crossformer-fmnist", "--checkpoint", link / "artifacts" / victim.name,
+            "--output", root / "out"], victim
+
+
 def _accuracy(root, link):
     victim = _checkpoint(root / "out" / "accuracy.json")
     return ["--checkpoint", link / victim.name, "--output", root / "out"], victim
@@ -175,6 +184,7 @@ CASES: list[tuple[str, str, Setup]] = [
     ("benchmarks golden", "samples in the folder it writes decoded copies to", _golden),
     ("benchmarks android", "the export's manifest as the output file", _android),
     ("benchmarks ddp", "no input paths; a file as the output folder", _ddp),
+    ("benchmarks profile", "checkpoint inside the export cache", _profile),
     ("edge_crossformer.train", "training data inside the workdir", _train),
 ]
 
