@@ -97,6 +97,10 @@ WEIGHT_SCHEMES: dict[str, WeightScheme] = {s.name: s for s in (
                  summary="Core ML: 4-bit palettized weights (16-entry k-means table per tensor)"),
 )}
 WEIGHT_PRECISIONS = tuple(WEIGHT_SCHEMES)
+# --max-accuracy-drop with compressed weights keeps the units 4 bits hurt most at 8 bits (quantize.weights): what a
+# scheme below 8 bits can trade. 8-bit weights have nothing left to trade but float, which their runtimes' weight
+# formats do not mix in.
+SEARCHABLE_WEIGHTS = tuple(name for name, s in WEIGHT_SCHEMES.items() if s.bits < 8)
 # --precision int8+SCHEME: static INT8 activations with compressed weights, where a target can do both.
 COMBINED_PRECISIONS = tuple(f"int8+{name}" for name, s in WEIGHT_SCHEMES.items() if s.bits < 8)
 # --group-size: powers of two in this range (ONNX Runtime's MatMulNBits takes powers of two >= 16).

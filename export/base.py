@@ -58,8 +58,10 @@ class TargetContext:
 
     @property
     def weights(self) -> WeightPlan | None:
-        """The weight compression this artifact is made with (export.compression), or None (fp32 / fp16 / int8)."""
-        return plan_for(self.request, self.precision, len(get_config(self.request.model).depths))
+        """The weight compression this artifact is made with (export.compression), or None (fp32 / fp16 / int8);
+        with --max-accuracy-drop, its search's units at 8 bits too."""
+        plan = plan_for(self.request, self.precision, len(get_config(self.request.model).depths))
+        return self.source.weight_plan(plan)
 
     @property
     def spelling(self):

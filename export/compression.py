@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 from edge_crossformer import get_config, targets
-from edge_crossformer.compression import (GROUP_SIZES, WEIGHT_SCHEMES, WeightScheme, is_compressed,
+from edge_crossformer.compression import (GROUP_SIZES, SEARCHABLE_WEIGHTS, WEIGHT_SCHEMES, WeightScheme, is_compressed,
                                           linear_in_features, role_patterns, weight_scheme)
 
 from .int8 import check_calibration_request
@@ -48,6 +48,11 @@ def plan_for(req: ExportRequest, precision: str, stages: int) -> WeightPlan | No
         return None
     group = (req.group_size or scheme.group_size) if scheme.grouped else None
     return WeightPlan(scheme, group, role_patterns(scheme.keep_8bit, stages))
+
+
+def searchable_weights(precision: str) -> bool:
+    """Whether --max-accuracy-drop can keep layers of this compressed precision at 8 bits (w4, palette4, ...)."""
+    return precision in SEARCHABLE_WEIGHTS
 
 
 def compressed_targets(req: ExportRequest) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edge_crossformer import targets
 from edge_crossformer.checkpoint import learned_ranges_file
-from edge_crossformer.compression import weight_scheme
+from edge_crossformer.compression import SEARCHABLE_WEIGHTS, weight_scheme
 from edge_crossformer.targets import PRECISIONS, SIZE_MODES
 
 from .request import ExportError, ExportRequest
@@ -104,7 +104,13 @@ FLAGS: tuple[Flag, ...] = (
                "(the only INT8 that differs per x86 CPU)"),
     Flag("--max-accuracy-drop", "max_accuracy_drop", "info.accuracy_control, checks", tasks=("classify",),
          size_modes=("fixed",), precisions=("int8",), ranges=("calibrated",),
-         scope="applies to the classifier's INT8 with calibrated activation ranges only"),
+         scope="applies to the classifier's INT8 with calibrated activation ranges, and to weights below 8 bits "
+               f"({' / '.join(SEARCHABLE_WEIGHTS)}), only"),
+    # Compressed weights: the units 4 bits hurt most are kept at 8 bits (quantize.weights).
+    Flag("--max-accuracy-drop", "max_accuracy_drop", "info.accuracy_control, checks", tasks=("classify",),
+         size_modes=("fixed",), precisions=SEARCHABLE_WEIGHTS,
+         scope="applies to the classifier's INT8 with calibrated activation ranges, and to weights below 8 bits "
+               f"({' / '.join(SEARCHABLE_WEIGHTS)}), only"),
     Flag("--labels-map-by-order", "labels_map_by_order", "int8_calibration.labels", tasks=("classify",),
          precisions=("int8",), scope="applies to the classifier's INT8 only (a labelled calibration set)"),
     # Compressed weights are not verified on aarch64 yet (export.arm_parity judges INT8's held-out images only).

@@ -174,6 +174,9 @@ def _export_into(req: ExportRequest, staging: Path, console: Console, arm_env=No
             finally:
                 # The one rule: what a target leaves in the output is an artifact the manifest lists, or nothing.
                 _remove_unlisted(staging, before, made)
+            if ctx.weights is not None and req.max_accuracy_drop is not None:
+                for art in made:  # the search's outcome, measured on the file itself below
+                    art.info["accuracy_control"] = source.weight_control_info(ctx.weights)
             artifacts.extend(made)
             bar.advance(task)
         bar.update(task, description="parity")
@@ -270,13 +273,17 @@ def _accuracy_control(art: Artifact, source: ModelSource) -> tuple[bool, str | N
     control["met"] = met
     if met:
         return True, None
-    floats = control.get("kept_float") or []
-    target = targets.get(art.target)
-    hint = (f"; {target.runtime_name}'s --int8-activations dynamic keeps activations float between linears (0.02 pp "
+    if "kept_8bit" in control:  # compressed weights
+        kept, how = control["kept_8bit"], "kept at 8 bits beyond the scheme's defaults"
+        hint = "; allow a larger drop, or export --precision w8 (8-bit weights)"
+    else:
+        kept, how = control.get("kept_float") or [], "kept float"
+        target = targets.get(art.target)
+        hint = "; allow a larger drop or fine-tune with python -m quantize qat" + (
+            f"; {target.runtime_name}'s --int8-activations dynamic keeps activations float between linears (0.02 pp "
             "on crossformer-fmnist with ExecuTorch)" if "dynamic" in target.int8_activations else "")
     return False, (f"--max-accuracy-drop {control['max_drop_pp']} not met: drop {drop:.2f} pp on {control['images']}"
-                   f" with {len(floats)} layer(s) kept float" + (f" (e.g. {', '.join(floats[:3])})" if floats else "")
-                   + f"; allow a larger drop or fine-tune with python -m quantize qat{hint}")
+                   f" with {len(kept)} layer(s) {how}" + (f" (e.g. {', '.join(kept[:3])})" if kept else "") + hint)
 
 
 # A failed gate is diagnosed while the export runs (export.diagnose, brief: 2 inputs, no INT8 simulation); a
@@ -334,7 +341,8 @@ def _parity_entry(art: Artifact, inputs: np.ndarray, expected: np.ndarray, devic
     checks = structural_checks(art)
     if "accuracy_control" in art.info:
         met, why = _accuracy_control(art, source)
-        checks.append({"check": f"INT8 drop <= {art.info['accuracy_control']['max_drop_pp']} pp "
+        what = "INT8" if art.precision == "int8" else f"{art.precision} weights'"
+        checks.append({"check": f"{what} drop <= {art.info['accuracy_control']['max_drop_pp']} pp "
                                 f"(--max-accuracy-drop)", "value": why or "met", "ok": met})
     structure_ok = all(c["ok"] for c in checks)
     if "saturation_check" in art.info:

@@ -14,6 +14,7 @@ from edge_crossformer import Normalized, Spelling, create_model, deployable, tar
 from edge_crossformer.checkpoint import CheckpointError, learned_ranges_file
 from quantize import AccuracyTarget, QuantOptions, calibration_list, quantize_pt2e
 from quantize.sensitivity import keep_float_pattern, measure, search_keep_float, units
+from quantize.weights import WeightSensitivity, search_keep_8bit, unit_of, unit_pattern
 
 from .int8 import load_int8_data
 from .parity import eight_bit, reference_logits, run_batched
@@ -31,6 +32,7 @@ class ModelSource:
     _deployables: dict = field(default_factory=dict, repr=False)
     _search: object = field(default=None, repr=False)
     _int8_graphs: dict = field(default_factory=dict, repr=False)
+    _weight_searches: dict = field(default_factory=dict, repr=False)
 
     def _create(self, **kw) -> nn.Module:
         req = self.request
@@ -172,6 +174,37 @@ class ModelSource:
         criterion = "top-1 drop vs FP32 (labels)" if self.search_labelled else "agreement with FP32 (no labels)"
         return {"max_drop_pp": self.request.max_accuracy_drop, "method": method, "criterion": criterion,
                 "images": self.int8_data.search_source, **extra}
+
+    def weight_plan(self, plan):
+        """A compressed precision's plan (export.compression.WeightPlan), with --max-accuracy-drop plus the units its
+        search keeps at 8 bits."""
+        if plan is None or self.request.max_accuracy_drop is None:
+            return plan
+        found, _, _ = self.weight_search(plan)
+        return replace(plan, keep_8bit=plan.keep_8bit + tuple(unit_pattern(u) for u in found.kept_8bit))
+
+    def weight_search(self, plan):
+        """(KeepSearch, units, units the scheme keeps at 8 bits by default) of --max-accuracy-drop for compressed
+        weights: the units ranked by what the scheme's bits cost each (simulated in PyTorch on the search images),
+        the most harmful kept at 8 bits until the simulated drop holds. Once per scheme and group size."""
+        key = (plan.scheme.name, plan.group_size)
+        if key not in self._weight_searches:
+            labels = self.search_labels if self.search_labelled else None
+            sens = WeightSensitivity(deployable(self._create()), plan.scheme, plan.group_size,
+                                     torch.from_numpy(self.search_images), labels, batch=100)
+            default = {unit_of(name) for name in sens.weights if plan.kept(name)}
+            found = search_keep_8bit(sens, default, self.request.max_accuracy_drop)
+            self._weight_searches[key] = (found, sens.units, default)
+        return self._weight_searches[key]
+
+    def weight_control_info(self, plan) -> dict:
+        """What the manifest records of --max-accuracy-drop for compressed weights."""
+        found, units_, default = self.weight_search(plan)
+        return self.accuracy_control_info(
+            f"units {plan.scheme.bits} bits hurt most kept at 8 bits (weights simulated in PyTorch, ranked by KL)",
+            kept_8bit=found.kept_8bit, units=len(units_), kept_8bit_by_default=sorted(default),
+            simulated_drop_pp=found.drop_pp, default_simulated_drop_pp=found.default_drop_pp,
+            met_in_simulation=found.met, tried=found.tried)
 
     def calibration(self):
         """The calibration images as batch-1 arrays, made once (several targets and the ONNX fixes read them)."""

@@ -15,7 +15,7 @@ from edge_crossformer.cli import MAX_FEATURE_SIDE, MAX_IMAGES, MAX_IMG_SIZE, MAX
 from edge_crossformer.registry import ASSETS, check_img_size, check_num_classes
 
 from .arm_parity import check_request as check_request_arm
-from .compression import check_compression_request, unsupported_message
+from .compression import check_compression_request, held_out_images, searchable_weights, unsupported_message
 from .flags import FLAGS, TASKS, check_flags, given
 from .int8 import check_calibration_request
 from .request import (DEFAULTS, INT8_ACTIVATIONS, MAX_PARITY_SAMPLES, ExportError, ExportRequest, check_output,
@@ -30,19 +30,39 @@ def check_accuracy_request(req: ExportRequest) -> None:
     drop = req.max_accuracy_drop
     if not math.isfinite(drop) or not 0 <= drop < 100:
         raise ExportError(f"--max-accuracy-drop is in percentage points, 0 <= PP < 100; got {drop}")
-    if not any(req.precision_for(t) == "int8" for t in req.targets):
-        raise ExportError("--max-accuracy-drop applies to INT8: add --precision int8")
+    int8 = [t for t in req.targets if req.precision_for(t) == "int8"]
+    low_bit = [t for t in req.targets if searchable_weights(req.precision_for(t))]
+    if not int8 and not low_bit:
+        raise ExportError("--max-accuracy-drop applies to INT8 and to weights below 8 bits: add --precision int8 "
+                          "(or w4 / palette4 / palette6)")
+    if req.reference_model:
+        raise ExportError("--max-accuracy-drop applies to the export-friendly model; drop --reference-model")
+    if low_bit:
+        check_weight_search_request(req, low_bit)
+    if int8:
+        check_int8_search_request(req, int8)
+
+
+def check_weight_search_request(req: ExportRequest, names: list[str]) -> None:
+    """Compressed weights: the drop is measured on the model's own labelled images (those its parity uses)."""
+    precision = req.precision_for(names[0])
+    if not held_out_images(precision, req):
+        raise ExportError(f"--max-accuracy-drop with --precision {precision} measures the drop on {req.model}'s own "
+                          "labelled images (the bundled model's Fashion-MNIST), and it has none: export without "
+                          "--max-accuracy-drop (the logits' cosine gate applies), or install Debian's "
+                          "dataset-fashion-mnist for the bundled model")
+
+
+def check_int8_search_request(req: ExportRequest, int8: list[str]) -> None:
     if req.int8_activations == "dynamic":
         raise ExportError("--max-accuracy-drop searches the static INT8 scheme; drop --int8-activations dynamic "
                           "(dynamic INT8 already keeps activations in float between linears)")
-    pt2e = [t for t in req.targets if targets.get(t).int8_scheme == "xnnpack"]
+    pt2e = [t for t in int8 if targets.get(t).int8_scheme == "xnnpack"]
     if pt2e and req.smooth_quant_alpha is not None and req.smooth_quant_alpha >= 0:
         raise ExportError(f"--max-accuracy-drop for {', '.join(pt2e)} needs SmoothQuant off (its per-layer search "
                           "switches layers back to their original float weights); pass --smooth-quant-alpha -1")
-    if req.reference_model:
-        raise ExportError("--max-accuracy-drop applies to the export-friendly model; drop --reference-model")
     ranges = learned_ranges_file(req.checkpoint)
-    learned = [t for t in req.targets if targets.get(t).uses_learned_ranges]
+    learned = [t for t in int8 if targets.get(t).uses_learned_ranges]
     if ranges is not None and learned:
         raise ExportError(f"--max-accuracy-drop recalibrates, but {req.checkpoint} comes with ranges learned in QAT "
                           f"({ranges}); export {' / '.join(targets.get(t).title for t in learned)} without "

@@ -99,7 +99,7 @@ def test_max_accuracy_drop_bad_input(tmp_path, capsys):
     cases = [
         (["--target", "onnx", "--precision", "int8", "--max-accuracy-drop", "-1"], "[0, 100)"),
         (["--target", "onnx", "--precision", "int8", "--max-accuracy-drop", "nan"], "[0, 100)"),
-        (["--target", "onnx", "--max-accuracy-drop", "0.1"], "applies to INT8: add --precision int8"),
+        (["--target", "onnx", "--max-accuracy-drop", "0.1"], "applies to INT8 and to weights below 8 bits: add --precision int8"),
         (["--target", "executorch", "--precision", "int8", "--int8-activations", "dynamic",
           "--max-accuracy-drop", "0.1"], "drop --int8-activations dynamic"),
         (["--target", "coreml", "--precision", "int8", "--smooth-quant-alpha", "0.5", "--max-accuracy-drop", "0.1"],

@@ -241,10 +241,15 @@ def read_sensitivity(path: Path | None, manifest: dict, entries: list[dict], bri
                             "without --brief")
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-        units = [(row["unit"], float(row["only_int8"]["kl"])) for row in data["layers"]]
+        weights = isinstance(data, dict) and data.get("precision", "int8") != "int8"
+        units = [] if weights else [(row["unit"], float(row["only_int8"]["kl"])) for row in data["layers"]]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise DiagnoseError(f"--sensitivity {path}: not a sensitivity.json of `python -m quantize sensitivity` "
                             f"({type(e).__name__}: {e}); run that command and pass the JSON it writes") from None
+    if weights:
+        raise DiagnoseError(f"--sensitivity {path} ranks what {data['precision']} weights cost each layer; diagnose "
+                            "compares INT8: pass the sensitivity.json of `python -m quantize sensitivity` without "
+                            "--precision (INT8)")
     if data.get("model") != manifest["model"] or not units:
         raise DiagnoseError(f"--sensitivity {path} ranks {data.get('model')!r}'s layers, this export is "
                             f"{manifest['model']!r}: run `python -m quantize sensitivity --model {manifest['model']}`")
