@@ -65,6 +65,26 @@ def environment(cap: str, runtime: str) -> dict[str, str]:
 UNCAPPED = ("mlas",)
 
 
+def output_check(precision: str, native: np.ndarray, other: np.ndarray) -> dict:
+    """{status: "broken" | "same", reason, agreement}: whether `other` (a capped or emulated run) computes what the
+    native run did: FP32 max |diff| within 1e-3 of the largest logit; INT8 the same top-1 and cosine >= 0.99."""
+    native, other = np.asarray(native, np.float64), np.asarray(other, np.float64)
+    if other.size == 0 or other.shape != native.shape:
+        return {"status": "broken", "reason": f"output shape {list(other.shape)}, expected {list(native.shape)}"}
+    if not np.isfinite(other).all():
+        return {"status": "broken", "reason": "non-finite output"}
+    scale = max(float(np.abs(native).max()), 1e-12)
+    diff = float(np.abs(native - other).max()) / scale
+    cosine = float((native * other).sum() / max(np.linalg.norm(native) * np.linalg.norm(other), 1e-30))
+    rows = native.shape[0] if native.ndim else 1
+    same_top1 = bool((native.reshape(rows, -1).argmax(1) == other.reshape(rows, -1).argmax(1)).all())
+    agreement = {"max_abs_diff_rel": round(diff, 8), "cosine": round(cosine, 8), "same_top1": same_top1}
+    fp = precision.startswith("fp") or precision == "bf16"
+    if (fp and diff > 1e-3) or (not fp and (not same_top1 or cosine < 0.99)):
+        return {"status": "broken", "reason": "output differs from the native run", "agreement": agreement}
+    return {"status": "same", "reason": None, "agreement": agreement}
+
+
 def verdict(cap: str, precision: str, native: np.ndarray, capped: np.ndarray, native_nodes: list[dict],
             capped_nodes: list[dict]) -> dict:
     """Whether a capped run may be timed, and as what: {status, reason, agreement, uncapped_ms, uncapped_kernels}.
@@ -73,20 +93,10 @@ def verdict(cap: str, precision: str, native: np.ndarray, capped: np.ndarray, na
     not honored: it ran the very kernels the uncapped run did. partial: the cap changed kernels, but some node time
     is in kernels that name an ISA above the cap or read cpuid themselves (MLAS); the figure is timed with that share.
     ok: every kernel it ran is at or below the cap."""
-    native, capped = np.asarray(native, np.float64), np.asarray(capped, np.float64)
-    if capped.size == 0 or capped.shape != native.shape:
-        return {"status": "broken", "reason": f"output shape {list(capped.shape)}, expected {list(native.shape)}"}
-    if not np.isfinite(capped).all():
-        return {"status": "broken", "reason": "non-finite output"}
-    scale = max(float(np.abs(native).max()), 1e-12)
-    diff = float(np.abs(native - capped).max()) / scale
-    cosine = float((native * capped).sum() / max(np.linalg.norm(native) * np.linalg.norm(capped), 1e-30))
-    rows = native.shape[0] if native.ndim else 1
-    same_top1 = bool((native.reshape(rows, -1).argmax(1) == capped.reshape(rows, -1).argmax(1)).all())
-    agreement = {"max_abs_diff_rel": round(diff, 8), "cosine": round(cosine, 8), "same_top1": same_top1}
-    fp = precision.startswith("fp") or precision == "bf16"
-    if (fp and diff > 1e-3) or (not fp and (not same_top1 or cosine < 0.99)):
-        return {"status": "broken", "reason": "output differs from the uncapped run", "agreement": agreement}
+    broken = output_check(precision, native, capped)
+    if broken["status"] == "broken":
+        return broken
+    agreement = broken["agreement"]
     if {n["kernel"] for n in capped_nodes} == {n["kernel"] for n in native_nodes}:
         return {"status": "not honored", "reason": "the same kernels ran as without the cap", "agreement": agreement}
     escaped = [n for n in capped_nodes if any(f in n["kernel"].lower() for f in CAPS[cap][2] + UNCAPPED)]
@@ -98,3 +108,18 @@ def verdict(cap: str, precision: str, native: np.ndarray, capped: np.ndarray, na
                        + ", ".join(kernels)) if escaped else None,
             "agreement": agreement, "uncapped_ms": round(uncapped_ms, 4),
             "uncapped_fraction": round(uncapped_ms / total, 4), "uncapped_kernels": kernels}
+
+
+def emulated_verdict(precision: str, native: np.ndarray, emulated: np.ndarray, nodes: list[dict]) -> dict:
+    """Whether a run on the emulated AVX2-only CPU (export/x86_emulation.py) computed what the native run did
+    (output_check), and "not emulated" where a kernel name still says AVX-512 / VNNI / AMX (the emulator let a
+    feature through). {status, reason, agreement, above_avx2}."""
+    check = output_check(precision, native, emulated)
+    above = sorted({f"{n['type']}: {n['kernel']}" for n in nodes
+                    if any(f in n["kernel"].lower() for f in CAPS["avx2"][2])})
+    if check["status"] == "broken":
+        return {**check, "above_avx2": above}
+    if above:
+        return {"status": "not emulated", "reason": "kernels above AVX2 ran: " + ", ".join(above),
+                "agreement": check["agreement"], "above_avx2": above}
+    return {"status": "ok", "reason": None, "agreement": check["agreement"], "above_avx2": []}

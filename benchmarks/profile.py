@@ -5,7 +5,9 @@ where a runtime can be capped, on a lower one (ISA capped on this CPU, labelled 
 2. Each (case, ISA) profiled in a process of its own (benchmarks/profile_worker.py): OpenVINO's PERF_COUNT per node
    with the kernel it picked (exec type), ONNX Runtime's profiler (per-node events), ExecuTorch's ETDump (XNNPACK's
    per-operator events). Rounds run every (case, ISA) in a shuffled order, so load on the machine lands on all.
-3. A capped run is compared with the uncapped one before its times count (benchmarks/isa_cap.py).
+3. A capped run is compared with the uncapped one before its times count (benchmarks/isa_cap.py). `avx2-emulated`
+   runs the same worker on a QEMU-emulated Haswell (export/x86_emulation.py: CPUID without AVX-512 / VNNI, so every
+   runtime picks its AVX2 kernels): its kernels and outputs are recorded, never its times (the emulator's).
 4. Node time grouped by kind (benchmarks/node_kinds.py); profile.json, per-node lists and a stacked-bar PNG per
    runtime x precision (one bar per ISA) under OUTPUT/profile/.
 """
@@ -13,6 +15,7 @@ where a runtime can be capped, on a lower one (ISA capped on this CPU, labelled 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import random
@@ -33,13 +36,16 @@ from edge_crossformer.cli import MAX_IMG_SIZE, MAX_RUNS, MAX_THREADS, img_size, 
 from edge_crossformer.outputs import OutputError, check_output
 from edge_crossformer.util import progress_bar
 
+from export import x86_emulation
+
 from . import isa_cap, system
 from .export_cache import TARGET_OF, export_sets, weights
 from .node_kinds import by_kernel, by_kind
 from .profile_worker import PROFILERS, median_nodes
 
 RUNTIMES = tuple(r for r in TARGET_OF if r in PROFILERS)
-ISAS = ("native", *isa_cap.CAPS)
+EMULATED = "avx2-emulated"
+ISAS = ("native", *isa_cap.CAPS, EMULATED)
 OWNED = ("artifacts", "profile.json", "profile.md", "profile")
 
 
@@ -60,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--isa", type=names(ISAS, "ISA"), default="native,avx2",
                    help="comma list of " + ", ".join(ISAS) + ": native, and caps below this CPU's ISA where a "
                         "runtime has one (OpenVINO through oneDNN; each cap also runs native, to check it against; "
-                        "default: native,avx2)")
+                        f"default: native,avx2). {EMULATED}: every runtime on a QEMU-emulated AVX2-only CPU, kernels "
+                        "and outputs only (needs python -m export setup-arm)")
     p.add_argument("--calib-data", type=Path, help="INT8 calibration images (as for python -m benchmarks)")
     p.add_argument("--output", type=Path, help="default: benchmark_results/<model>_<size> (the latency "
                                                "benchmark's, sharing its export cache)")
@@ -149,11 +156,14 @@ def _measure(cases, isas, settings: dict, host: dict, size: int, output: Path, c
     isas = ("native", *(i for i in isas if i != "native"))
     for case in cases:
         for isa in isas:
-            why = None if isa == "native" else isa_cap.applicable(isa, case.runtime, host["isa"])
+            why = _why_not(isa, case.runtime, host)
             if why:
                 caps.setdefault(case.runtime, {})[isa] = {"measured": False, "why": why}
                 continue
-            if isa != "native":
+            if isa == EMULATED:
+                caps.setdefault(case.runtime, {})[isa] = {
+                    "measured": True, "emulator": " ".join(x86_emulation.command()[:3]), "times": False}
+            elif isa != "native":
                 caps.setdefault(case.runtime, {})[isa] = {
                     "measured": True, "variable": isa_cap.environment(isa, case.runtime)}
             jobs.append((case, isa))
@@ -173,15 +183,29 @@ def _measure(cases, isas, settings: dict, host: dict, size: int, output: Path, c
     return [_entry(case, isa, results, host) for case, isa in jobs], caps
 
 
+def _why_not(isa: str, runtime: str, host: dict) -> str | None:
+    """Why this ISA cannot be profiled for `runtime` here (None: it can)."""
+    if isa == "native":
+        return None
+    if isa == EMULATED:
+        try:
+            x86_emulation.emulator()
+        except x86_emulation.Unavailable as e:
+            return str(e)
+        return None
+    return isa_cap.applicable(isa, runtime, host["isa"])
+
+
 def _one(case, isa: str, settings: dict, tmp: Path) -> dict:
     """One worker process: {nodes, wall_ms, notes, logits} or {error}."""
     out = Path(tempfile.mkdtemp(dir=tmp))
     spec = {"runtime": case.runtime, "artifact": str(case.artifact), "threads": settings["threads"],
             "warmup": settings["warmup"], "runs": settings["runs"], "input": str(tmp / "x.npy"), "output": str(out)}
     (out / "spec.json").write_text(json.dumps(spec))
-    env = {**os.environ, **(isa_cap.environment(isa, case.runtime) if isa != "native" else {})}
+    env = {**os.environ, **(isa_cap.environment(isa, case.runtime) if isa in isa_cap.CAPS else {})}
+    worker = ("-m", "benchmarks.profile_worker", str(out / "spec.json"))
     try:
-        done = subprocess.run([sys.executable, "-m", "benchmarks.profile_worker", str(out / "spec.json")], env=env,
+        done = subprocess.run(x86_emulation.command(*worker) if isa == EMULATED else [sys.executable, *worker], env=env,
                               capture_output=True, text=True, timeout=1800, cwd=Path(__file__).resolve().parents[1])
     except subprocess.TimeoutExpired:
         return {"error": "profile process timed out (30 min)"}
@@ -193,13 +217,16 @@ def _one(case, isa: str, settings: dict, tmp: Path) -> dict:
 
 def _entry(case, isa: str, results: dict, host: dict) -> dict:
     runs = results[(case.id, isa)]
+    label = x86_emulation.label(host["cpu"]) if isa == EMULATED else isa_cap.label(
+        None if isa == "native" else isa, host["isa"])
     entry = {"id": f"{case.id}/{isa}", "runtime": case.runtime, "precision": case.precision,
-             "artifact": case.artifact.name, "isa": isa,
-             "isa_label": isa_cap.label(None if isa == "native" else isa, host["isa"]), "status": "ok"}
+             "artifact": case.artifact.name, "isa": isa, "isa_label": label, "status": "ok"}
     failed = [r["error"] for r in runs if "error" in r]
     if failed:
         return {**entry, "status": "failed", "error": failed[0]}
     nodes = median_nodes([r["nodes"] for r in runs])
+    if isa == EMULATED:
+        return _emulated_entry(entry, case, runs, results.get((case.id, "native"), []))
     if isa != "native":
         native = results.get((case.id, "native"), [])
         if not native or "error" in native[0]:
@@ -217,3 +244,16 @@ def _entry(case, isa: str, results: dict, host: dict) -> dict:
             "node_ms": round(total, 4), "by_kind": by_kind(nodes), "by_kernel": by_kernel(nodes),
             "notes": runs[0].get("notes", []), "nodes": nodes}
 
+
+
+def _emulated_entry(entry: dict, case, runs: list[dict], native: list[dict]) -> dict:
+    """An emulated run: which kernels each node ran (counts, no times: they are the emulator's) and its output
+    checked against the native run's (benchmarks/isa_cap.py: emulated_verdict)."""
+    if not native or "error" in native[0]:
+        return {**entry, "status": "failed", "error": "no native run to check the emulated one against"}
+    check = isa_cap.emulated_verdict(case.precision, native[0]["logits"], runs[0]["logits"], runs[0]["nodes"])
+    kernels = collections.Counter((n["type"], n["kernel"]) for n in runs[0]["nodes"])
+    return {**entry, "status": "kernels only" if check["status"] == "ok" else f"emulation {check['status']}",
+            "emulation_check": check, "error": check.get("reason"),
+            "kernels": [{"type": t, "kernel": k, "nodes": n} for (t, k), n in sorted(kernels.items())],
+            "nodes": [{k: v for k, v in node.items() if k != "ms"} for node in runs[0]["nodes"]]}

@@ -63,6 +63,13 @@ def write_plots(report: dict, folder: Path) -> list[Path]:
     return written
 
 
+def kernel_counts(profile: dict, top: int = 6) -> str:
+    """An emulated run's kernels (no times: they are the emulator's), most nodes first: 'FullyConnected
+    jit_gemm_I8 x36, ...'."""
+    ranked = sorted(profile["kernels"], key=lambda k: -k["nodes"])[:top]
+    return ", ".join(f"{k['type']} {k['kernel']} x{k['nodes']}" for k in ranked)
+
+
 def markdown(report: dict) -> str:
     """profile.json as Markdown: one table per ISA (node ms by kind per case), the top kernels, the cap checks."""
     s, m = report["settings"], report["machine"]
@@ -80,6 +87,9 @@ def markdown(report: dict) -> str:
         lines += [f"### {isa}", "", "| case | wall ms | node ms | " + " | ".join(KINDS) + " | top kernels (ms) |",
                   "| --- | ---: | ---: | " + " | ".join("---:" for _ in KINDS) + " | --- |"]
         for p in rows:
+            if p.get("kernels"):
+                lines.append(f"| {p['id']} | {p['status']} | | {kernel_counts(p)} |" + " |" * len(KINDS))
+                continue
             if not p.get("by_kind"):
                 lines.append(f"| {p['id']} | {p['status']}: {p.get('error') or ''} |" + " |" * (len(KINDS) + 2))
                 continue
@@ -104,6 +114,9 @@ def print_table(console: Console, report: dict) -> None:
     for col in ("case", "ISA", "wall", "nodes", *KINDS, "top kernel"):
         table.add_column(col, justify="left" if col in ("case", "ISA", "top kernel") else "right")
     for p in report["profiles"]:
+        if p.get("kernels"):
+            table.add_row(p["id"], p["isa_label"], p["status"], "", *[""] * len(KINDS), kernel_counts(p)[:70])
+            continue
         if not p.get("by_kind"):
             table.add_row(p["id"], p.get("isa_label", p["isa"]), f"[red]{p['status']}[/]",
                           (p.get("error") or "")[:70], *[""] * (len(KINDS) + 1))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from . import arm, arm_stubs
+from . import arm, arm_stubs, x86_emulation
 
 MIRROR = "http://deb.debian.org/debian"
 ROOT_SUITE = "bookworm"          # its python3.11 matches the host's cp311 wheels
@@ -90,22 +91,33 @@ def _host_tools() -> None:
          env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
-def _qemu(work: Path) -> str:
-    """qemu-aarch64 from trixie's qemu-user .deb, via a private apt state (the host's sources stay untouched)."""
-    apt = work / "apt"
+def _qemu_user_deb(apt: Path) -> Path:
+    """trixie's qemu-user .deb, downloaded into `apt` through a private apt state (the host's sources stay
+    untouched)."""
     for sub in ("lists/partial", "cache/archives/partial"):
         (apt / sub).mkdir(parents=True, exist_ok=True)
     (apt / "sources.list").write_text(f"deb {MIRROR} {QEMU_SUITE} main\n")
     opts = [f"-o=Dir::Etc::sourcelist={apt / 'sources.list'}", "-o=Dir::Etc::sourceparts=-",
             f"-o=Dir::State::Lists={apt / 'lists'}", f"-o=Dir::Cache={apt / 'cache'}",
             "-o=Dir::State::status=/dev/null", "-o=APT::Sandbox::User=root"]
-    _step(f"{QEMU_PACKAGE} from Debian {QEMU_SUITE} (static qemu-aarch64, user mode)")
     _run(["apt-get", "-q", *opts, "update"], f"apt-get update ({QEMU_SUITE})")
     _run(["apt-get", "-q", *opts, "download", QEMU_PACKAGE], f"apt-get download {QEMU_PACKAGE}", cwd=apt)
-    deb = next(apt.glob(f"{QEMU_PACKAGE}_*.deb"))
+    return next(apt.glob(f"{QEMU_PACKAGE}_*.deb"))
+
+
+def _extract(deb: Path, binary: str, into: Path) -> None:
     # Only the one binary: the package holds a static emulator for every architecture.
-    _run(["sh", "-c", 'dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" ./usr/bin/qemu-aarch64', "sh", str(deb),
-          str(apt)], "extracting qemu-aarch64")
+    _run(["sh", "-c", f'dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" ./usr/bin/{binary}', "sh", str(deb),
+          str(into)], f"extracting {binary}")
+
+
+def _qemu(work: Path) -> str:
+    """qemu-aarch64 (and, on x86 hosts, qemu-x86_64 for export.x86_emulation) from trixie's qemu-user .deb."""
+    apt = work / "apt"
+    _step(f"{QEMU_PACKAGE} from Debian {QEMU_SUITE} (static qemu-aarch64, user mode)")
+    deb = _qemu_user_deb(apt)
+    _extract(deb, "qemu-aarch64", apt)
+    _x86_emulator(deb)
     qemu = work / arm.EMULATOR
     shutil.move(apt / "usr/bin/qemu-aarch64", qemu)
     shutil.rmtree(apt)
@@ -185,6 +197,19 @@ def _make(work: Path, wanted: dict[str, str]) -> None:
                                              indent=1) + "\n")
 
 
+def _x86_emulator(deb: Path | None = None) -> None:
+    """qemu-x86_64 under x86_emulation.DIR (x86 hosts only), from `deb` or a download of its own."""
+    target = x86_emulation.DIR / x86_emulation.EMULATOR
+    if target.is_file() or platform.machine() != "x86_64":
+        return
+    with tempfile.TemporaryDirectory(prefix="qemu-x86-", dir=arm.CACHE) as tmp:
+        _step(f"{x86_emulation.EMULATOR} for the emulated AVX2-only x86 CPU ({x86_emulation.CPU_MODEL})")
+        _extract(deb or _qemu_user_deb(Path(tmp) / "apt"), x86_emulation.EMULATOR, Path(tmp))
+        x86_emulation.DIR.mkdir(parents=True, exist_ok=True)
+        shutil.move(Path(tmp) / "usr/bin" / x86_emulation.EMULATOR, target.with_suffix(".part"))
+        target.with_suffix(".part").rename(target)
+
+
 def _usable() -> bool:
     """A stamped environment with a part missing (deleted by hand) is rebuilt, not reported."""
     try:
@@ -198,6 +223,8 @@ def build(force: bool = False) -> Path:
     wanted = pins()
     if not force and _cached(wanted) and _usable():
         _step(f"cached, versions unchanged: {arm.ENV_DIR} ({_size(arm.ENV_DIR) / 1e9:.2f} GB)")
+        arm.CACHE.mkdir(parents=True, exist_ok=True)
+        _x86_emulator()
         return arm.ENV_DIR
     _host_tools()
     arm.CACHE.mkdir(parents=True, exist_ok=True)

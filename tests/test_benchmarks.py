@@ -123,6 +123,32 @@ def test_profile_on_the_benchmark_cache(quick):
             assert "wall_ms" not in capped  # detected, not timed
 
 
+def test_profile_on_an_emulated_avx2_cpu(quick):
+    """`--isa avx2-emulated`: OpenVINO on a QEMU-emulated Haswell (no AVX-512, no VNNI), checked against the native
+    run, recorded with the kernels it ran and no times (they are the emulator's). INT8 linears there run oneDNN's
+    AVX2 INT8 GEMM, none an AVX-512 / VNNI kernel: the picture of an AVX2-only CPU (docs/performance/isa.md)."""
+    from test_cpu_isa import emulator_or_skip
+
+    emulator_or_skip()
+    _, out = quick
+    assert bench(["profile", "--quick", "--model", "crossformer-fmnist", "--runs", "1", "--warmup", "0",
+                  "--runtimes", "openvino", "--isa", "avx2-emulated", "--output", str(out)]) == 0
+    report = json.loads((out / "profile.json").read_text())
+    assert report["isa_caps"]["openvino"]["avx2-emulated"] == {**report["isa_caps"]["openvino"]["avx2-emulated"],
+                                                               "measured": True, "times": False}
+    by_id = {p["id"]: p for p in report["profiles"]}
+    for precision in ("fp32", "int8"):
+        p = by_id[f"openvino/{precision}/project/avx2-emulated"]
+        assert "QEMU-emulated" in p["isa_label"] and "not speed" in p["isa_label"], p["isa_label"]
+        assert p["status"] == "kernels only", p
+        assert "wall_ms" not in p and "by_kind" not in p and all("ms" not in n for n in p["nodes"])
+        assert p["emulation_check"]["agreement"]["same_top1"] and p["emulation_check"]["above_avx2"] == []
+        linears = [k["kernel"] for k in p["kernels"] if k["type"] == "FullyConnected"]
+        assert linears and not any("avx512" in k or "vnni" in k.lower() or "amx" in k for k in linears), linears
+        assert all(("I8" in k) == (precision == "int8") for k in linears), linears
+    assert "QEMU-emulated" in (out / "profile.md").read_text()
+
+
 def test_merge_host_and_device(quick, tmp_path, capsys):
     _, out = quick
     host = json.loads((out / "results.json").read_text())

@@ -5,6 +5,7 @@ Speed is not asserted (benchmarks measure it, on the host they run on); what the
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -73,6 +74,47 @@ def test_cpu_avx2_keeps_the_linears_float(tmp_path):
     fully_connected = [k for t, k in ran if t == "FullyConnected"]
     assert fully_connected and all(k.endswith("f32") for k in fully_connected), fully_connected
     assert any("I8" in k or "u8" in k.lower() for _, k in ran), ran  # the rest still runs INT8
+    # And on a CPU without AVX-512 / VNNI (emulated: the kernels it selects, not their speed): the linears run
+    # OpenVINO's AVX2 FP32 kernels, the convolutions its AVX2 INT8 ones.
+    emulated = emulated_kernels(out / art["file"], tmp_path)
+    fully_connected = [k for t, k in emulated if t == "FullyConnected"]
+    assert fully_connected and all(k.endswith("f32") for k in fully_connected), fully_connected
+    assert not any("avx512" in k or "vnni" in k.lower() for _, k in emulated), emulated
+    assert any("avx2" in k and "I8" in k for t, k in emulated if t == "Convolution"), emulated
+
+
+def emulator_or_skip():
+    """The emulated AVX2-only x86 CPU (export/x86_emulation.py), set up by python -m export setup-arm."""
+    from export import x86_emulation
+
+    try:
+        return x86_emulation.emulator()
+    except x86_emulation.Unavailable as e:
+        if os.environ.get("EDGE_CROSSFORMER_REQUIRE_ARM"):
+            pytest.fail(f"the emulated AVX2 CPU is required here (EDGE_CROSSFORMER_REQUIRE_ARM): {e}")
+        pytest.skip(str(e))
+
+
+def emulated_kernels(artifact, tmp_path) -> list[tuple[str, str]]:
+    """(node type, kernel) of each node OpenVINO ran for `artifact` on the emulated AVX2-only CPU, by the profile
+    worker (benchmarks/profile_worker.py) under the emulator."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    from export import x86_emulation
+
+    emulator_or_skip()
+    work = tmp_path / "emulated"
+    work.mkdir()
+    np.save(work / "x.npy", np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32))
+    spec = {"runtime": "openvino", "artifact": str(artifact), "threads": 1, "warmup": 0, "runs": 1,
+            "input": str(work / "x.npy"), "output": str(work)}
+    (work / "spec.json").write_text(json.dumps(spec))
+    done = subprocess.run(x86_emulation.command("-m", "benchmarks.profile_worker", str(work / "spec.json")),
+                          capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [(n["type"], n["kernel"]) for n in json.loads((work / "nodes.json").read_text())["nodes"]]
 
 
 # ------------------------------------------------------------------------------------------------ ISA cap check
