@@ -35,12 +35,31 @@ from .verify import verified_export
 
 
 def _runtime_name(target: str) -> str:
+    if target == MIL_EVALUATED and sys.platform != "darwin":
+        return "Core ML (MIL evaluator)"
     t = registry.get(target)
     return t.runtime_name + (f" {t.runtime_delegate.upper()}" if t.runtime_delegate else "")
 
 
 # Scored per export target whose artifact runs here (edge_crossformer.targets), named by its runtime.
 RUNTIMES = registry.names(lambda t: t.runtime is not None)
+# Core ML off macOS: its saved programs run through the project's MIL evaluator (export/coreml_mil.py, FP16-emulated,
+# with its own decoders of compressed weights), one image at a time, about 0.03-0.07 s each at 32 px: scored when
+# named in --runtimes, not by default.
+MIL_EVALUATED = "coreml"
+SCORABLE = (*RUNTIMES, MIL_EVALUATED)
+
+
+def _runner(target: str, path: Path):
+    """The artifact on its runtime, or Core ML's program on the MIL evaluator where Core ML cannot run."""
+    if target == MIL_EVALUATED and sys.platform != "darwin":
+        from export import coreml_mil
+
+        run, why = coreml_mil.runner(path)
+        if run is None:
+            raise UsageError(f"{path.name}: {why}")
+        return run
+    return registry.get(target).load_runner(path)
 
 
 # ExecuTorch also scores its dynamic INT8 (`--int8-activations dynamic`: linears' inputs quantized per row at run time).
@@ -144,8 +163,9 @@ def _run(argv: list[str] | None) -> int:
                    help="calibration images, >= 1 (default 300)")
     p.add_argument("--limit", type=int_in(1, MAX_IMAGES),
                    help="score only this many labelled images, >= 1 (default: all)")
-    p.add_argument("--runtimes", type=names(tuple(RUNTIMES), "runtime"), default=",".join(RUNTIMES),
-                   help="comma list of " + ", ".join(RUNTIMES) + " (default: all)")
+    p.add_argument("--runtimes", type=names(SCORABLE, "runtime"), default=",".join(RUNTIMES),
+                   help="comma list of " + ", ".join(SCORABLE) + f" (default: {', '.join(RUNTIMES)}; "
+                        f"{MIL_EVALUATED}: off macOS through the MIL evaluator, slow, so only when named)")
     p.add_argument("--smooth-quant-alpha", type=float_in(0, 1, negative_disables=True), default=-1.0,
                    help="SmoothQuant alpha in [0, 1] for the INT8 exports; negative disables (default -1: off)")
     p.add_argument("--max-accuracy-drop", type=percentage_points, metavar="PP",
@@ -277,7 +297,7 @@ def _score_variant(args, variant: tuple, out: Path, images: np.ndarray, labels: 
                                     "here; score without torchrun (the shares would be scored by different models)")
         with progress_bar(console=console) as bar:
             task = bar.add_task(f"{name} on {_runtime_name(key)}", total=len(images))
-            logits = evaluate_artifact(registry.get(key).load_runner(out / art["file"]), images, labels,
+            logits = evaluate_artifact(_runner(key, out / art["file"]), images, labels,
                                        lambda: bar.advance(task))
         entry = scores(logits, labels, results.get(key, {}).get("FP32", {}).get("_logits"))
         if "saturation_safe" in art:
@@ -301,6 +321,7 @@ def _report(args, source: str, labels: np.ndarray, results: dict, seconds: float
               # INT8 results depend on the CPU (VNNI or not): every figure names the machine it came from.
               "machine": machine(), "versions": versions(), "commit": commit(),
               **({"distributed": distributed.describe()} if distributed.world_size() > 1 else {}),
+              "runtimes": {rt: _runtime_name(rt) for rt in results},
               "results": {rt: {v: {k: x for k, x in e.items() if not k.startswith("_")} for v, e in per.items()}
                           for rt, per in results.items()}}
     for per in report["results"].values():

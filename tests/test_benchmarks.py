@@ -141,7 +141,8 @@ def test_profile_on_an_emulated_avx2_cpu(quick):
         p = by_id[f"openvino/{precision}/project/avx2-emulated"]
         assert "QEMU-emulated" in p["isa_label"] and "not speed" in p["isa_label"], p["isa_label"]
         assert p["status"] == "kernels only", p
-        assert "wall_ms" not in p and "by_kind" not in p and all("ms" not in n for n in p["nodes"])
+        nodes = json.loads((out / p["nodes_file"]).read_text())
+        assert "wall_ms" not in p and "by_kind" not in p and nodes and all("ms" not in n for n in nodes)
         assert p["emulation_check"]["agreement"]["same_top1"] and p["emulation_check"]["above_avx2"] == []
         linears = [k["kernel"] for k in p["kernels"] if k["type"] == "FullyConnected"]
         assert linears and not any("avx512" in k or "vnni" in k.lower() or "amx" in k for k in linears), linears
@@ -197,3 +198,24 @@ def test_bad_benchmark_arguments(tmp_path, capsys):
         bench(["--runtimes", "tflite", "--output", str(tmp_path / "x")])
     assert refused.value.code == 2 and "unknown runtime(s) 'tflite'" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "x")
+
+
+def test_accuracy_scores_core_ml_through_the_mil_evaluator(tmp_path, monkeypatch):
+    """`accuracy --runtimes coreml` off macOS: Core ML's saved programs (compressed ones decoded by the evaluator's
+    own decoders) scored on labelled images through the MIL evaluator, and named so."""
+    import sys
+
+    import benchmarks.accuracy
+
+    if sys.platform == "darwin":
+        pytest.skip("on macOS Core ML itself runs the programs (the evaluator is the off-macOS path)")
+    monkeypatch.setattr(benchmarks.accuracy, "WEIGHTS", {"palette4": "weights palette4"})  # one scheme: CI time
+    out = tmp_path / "acc"
+    assert bench(["accuracy", "--runtimes", "coreml", "--limit", "12", "--calib-size", "32", "--output",
+                  str(out)]) == 0
+    report = json.loads((out / "accuracy.json").read_text())
+    assert report["runtimes"] == {"coreml": "Core ML (MIL evaluator)"} and report["images"] == 12
+    scored = report["results"]["coreml"]
+    assert set(scored) == {"FP32", "INT8 PTQ", "weights palette4"}, set(scored)
+    assert scored["weights palette4"]["compression"]["bits"] == 4
+    assert all(0 <= e["top1"] <= 100 and e["parity_status"] == "pass" for e in scored.values())
