@@ -67,11 +67,14 @@ DYNAMIC = "INT8 PTQ dynamic"
 # OpenVINO and ONNX Runtime also score full-range INT8 weights (`--full-range-int8-weights`), so the cost of the
 # default 7-bit weights (saturation-safe on x86 CPUs without VNNI) is measured in the same run.
 FULL_RANGE = "INT8 PTQ full-range"
+# OpenVINO also scores its INT8 for x86 CPUs without VNNI (`--cpu avx2`: linears float), whose accuracy must hold
+# like the default's (issue 31).
+CPU_AVX2 = "INT8 PTQ --cpu avx2"
 # `--max-accuracy-drop PP` adds accuracy-controlled INT8 (python -m export --max-accuracy-drop) on every runtime.
 CONTROLLED = "INT8 PTQ accuracy-controlled"
 # Every weight-compression precision (edge_crossformer.compression) on the runtimes whose target offers it.
 WEIGHTS = {p: f"weights {p}" for p in registry.PRECISIONS if is_compressed(p)}
-VARIANTS = ["FP32", "INT8 PTQ", FULL_RANGE, CONTROLLED, DYNAMIC, "INT8 QAT", *WEIGHTS.values()]
+VARIANTS = ["FP32", "INT8 PTQ", FULL_RANGE, CPU_AVX2, CONTROLLED, DYNAMIC, "INT8 QAT", *WEIGHTS.values()]
 
 
 def evaluate_artifact(run, images: np.ndarray, labels: np.ndarray, progress=None) -> np.ndarray:
@@ -233,6 +236,9 @@ def _variants(args) -> list[tuple]:
     full_range = tuple(t for t in targets if registry.get(t).x86_pair_sums)
     if full_range:
         variants.append(("int8", args.checkpoint, FULL_RANGE, full_range, "static"))
+    per_cpu = tuple(t for t in targets if registry.get(t).cpu_keep_float)
+    if per_cpu:
+        variants.append(("int8", args.checkpoint, CPU_AVX2, per_cpu, "static"))
     if args.max_accuracy_drop is not None:
         variants.append(("int8", args.checkpoint, CONTROLLED, targets, "static"))
     dynamic = tuple(t for t in targets if "dynamic" in registry.get(t).int8_activations)
@@ -277,7 +283,7 @@ def _score_variant(args, variant: tuple, out: Path, images: np.ndarray, labels: 
     req = ExportRequest(targets=runtimes, model=args.model, checkpoint=ckpt, img_size=args.img_size,
                         num_classes=args.num_classes, precision=precision, output=out,
                         int8_activations=activations if precision == "int8" else None,
-                        full_range_int8_weights=name == FULL_RANGE,
+                        full_range_int8_weights=name == FULL_RANGE, cpu="avx2" if name == CPU_AVX2 else None,
                         max_accuracy_drop=args.max_accuracy_drop if name == CONTROLLED else None)
     # One set of knobs for every variant, each set only where the variant's export uses it (validate refuses a
     # knob an export would ignore: calibration for FP32, the size of a calibration QAT ranges replace, ...).
