@@ -218,3 +218,18 @@ def test_recommendation_with_random_weights_says_gates_were_not_judged():
     rec = recommend(results, "AVX-512 VNNI (native)")[0]
     assert rec["ship"] == "openvino/int8/project" and rec["vs_upstream"] is None
     assert "accuracy gates not judged" in rec["line"]
+
+
+def test_accuracy_benchmark_scores_the_avx2_variant_where_a_target_has_one():
+    """`python -m benchmarks accuracy` exports --cpu avx2 beside the default INT8 for the targets whose INT8 differs
+    per CPU, and for no other."""
+    from types import SimpleNamespace
+
+    from benchmarks.accuracy import CPU_AVX2, _variants
+    from edge_crossformer import targets
+
+    args = SimpleNamespace(runtimes=("openvino", "onnx", "executorch"), checkpoint=None, max_accuracy_drop=None,
+                           no_weight_compression=True, qat_checkpoint=[])
+    avx2 = [v for v in _variants(args) if v[2] == CPU_AVX2]
+    assert len(avx2) == 1 and avx2[0][0] == "int8"
+    assert set(avx2[0][3]) == {t for t in args.runtimes if targets.get(t).cpu_keep_float} == {"openvino"}
