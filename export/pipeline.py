@@ -282,6 +282,12 @@ def _accuracy_control(art: Artifact, source: ModelSource) -> tuple[bool, str | N
         hint = "; allow a larger drop or fine-tune with python -m quantize qat" + (
             f"; {target.runtime_name}'s --int8-activations dynamic keeps activations float between linears (0.02 pp "
             "on crossformer-fmnist with ExecuTorch)" if "dynamic" in target.int8_activations else "")
+    if not control.get("met_in_simulation", True):
+        detail = (f"with every layer kept at 8 bits it still lost {control['simulated_drop_pp']:.2f} pp"
+                  if "kept_8bit" in control else "only every layer kept float would")
+        return False, (f"--max-accuracy-drop {control['max_drop_pp']} not met: in simulation on {control['images']}, "
+                       f"{detail} (the file measured {drop:.2f} pp), so {art.precision} buys nothing at this bar"
+                       + hint)
     return False, (f"--max-accuracy-drop {control['max_drop_pp']} not met: drop {drop:.2f} pp on {control['images']}"
                    f" with {len(kept)} layer(s) {how}" + (f" (e.g. {', '.join(kept[:3])})" if kept else "") + hint)
 

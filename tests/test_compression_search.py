@@ -184,3 +184,20 @@ def test_diagnose_refuses_a_weight_sensitivity_report(tmp_path):
         {"unit": "head", "only_compressed": {"kl": 1e-4}}]}))
     with pytest.raises(DiagnoseError, match="w4 weights"):
         read_sensitivity(report, {"model": "crossformer-fmnist"}, [{"precision": "int8"}], brief=False)
+
+
+def test_a_search_that_needs_every_unit_at_8_bits_fails_and_says_so():
+    """Where even every unit at 8 bits loses more than asked in simulation, the scheme buys nothing: the check
+    fails whatever the file measures, and says why."""
+    from pathlib import Path
+
+    from export.base import Artifact
+    from export.pipeline import _accuracy_control
+
+    control = {"max_drop_pp": 0.0, "kept_8bit": ["layers.0.blocks.1"], "simulated_drop_pp": 0.05,
+               "met_in_simulation": False, "images": "2000 search images"}
+    art = Artifact("coreml", None, "palette4", Path("x.mlpackage"), None, info={"accuracy_control": control})
+    met, why = _accuracy_control(art, source=None)
+    assert not met and control["met"] is False
+    assert "every layer kept at 8 bits it still lost 0.05 pp" in why and "palette4 buys nothing" in why, why
+    assert "--precision w8" in why
