@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_crossformer.compression import GROUP_SIZES, WEIGHT_PRECISIONS, WEIGHT_SCHEMES, role_patterns
+from edge_crossformer.compression import (GROUP_SIZES, WEIGHT_PRECISIONS, WEIGHT_SCHEMES, linear_in_features,
+                                          role_patterns)
 from edge_crossformer.cli import MAX_BATCH, MAX_IMAGES, MAX_IMG_SIZE, MAX_NUM_CLASSES, img_size, int_in, run_cli
 
 DEFAULT_IMAGES = 1000
@@ -66,8 +67,27 @@ def _check_flags(args) -> None:
         grouped = ", ".join(name for name, s in WEIGHT_SCHEMES.items() if s.grouped)
         raise SensitivityError(f"--group-size applies to grouped weights ({grouped}), not --precision "
                                f"{args.precision}")
+    if args.group_size is not None:
+        _check_group_size(args)
     if args.calib_size is None:
         args.calib_size = DEFAULT_CALIB_SIZE
+
+
+def _check_group_size(args) -> None:
+    """A group size that divides the input channels of every linear the report compresses (all stages)."""
+    from edge_crossformer import get_config
+    from edge_crossformer.registry import ModelConfigError
+
+    try:
+        channels = linear_in_features(get_config(args.model), ())
+    except ModelConfigError:
+        return  # the model's own error comes from loading it, with its message
+    bad = {where: c for where, c in channels.items() if c % args.group_size}
+    if bad:
+        fits = [g for g in GROUP_SIZES if all(c % g == 0 for c in channels.values())]
+        where, c = next(iter(bad.items()))
+        raise SensitivityError(f"--group-size {args.group_size} does not divide the input channels of {args.model}'s "
+                               f"{where} ({c}); use --group-size {' / '.join(map(str, fits)) or '16'}")
 
 
 def _load(args):

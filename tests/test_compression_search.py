@@ -165,6 +165,8 @@ def test_sensitivity_cli_weight_flags_bad_input(tmp_path, capsys):
     assert "needs no calibration" in capsys.readouterr().err
     assert main(["sensitivity", "--group-size", "32", "--output", str(out)]) == 2
     assert "--group-size applies to grouped weights (w4)" in capsys.readouterr().err
+    assert main(["sensitivity", "--precision", "w4", "--group-size", "64", "--output", str(out)]) == 2
+    assert "does not divide the input channels" in capsys.readouterr().err
     with pytest.raises(SystemExit) as refused:
         main(["sensitivity", "--precision", "w3", "--output", str(out)])
     assert refused.value.code == 2 and "--precision" in capsys.readouterr().err
