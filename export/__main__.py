@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8: the most top-1 percentage points (0 to 100) INT8 may lose on held-out images (without labels: "
                         "points of agreement with FP32). OpenVINO / ONNX: NNCF's accuracy control; ExecuTorch / "
                         "Core ML: the most sensitive layers (python -m quantize sensitivity) stay float until it "
-                        "holds. The manifest lists what stayed float and the measured drop")
+                        "holds. w4 / palette4 / palette6: the layers 4 bits hurt most (python -m quantize "
+                        "sensitivity --precision w4) stay at 8 bits until it holds on the model's labelled images. "
+                        "The manifest lists what stayed float or 8-bit and the measured drop")
     p.add_argument("--labels-map-by-order", action="store_true",
                    help="int8: the labelled --calib-data folder's classes are the model's labels in order, whatever "
                         "their names (without it, other names or another class count are refused)")
